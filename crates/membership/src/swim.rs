@@ -1,0 +1,1276 @@
+//! The SWIM + Lifeguard state machine.
+//!
+//! Inputs are method calls carrying `now` (a [`Duration`] since any epoch the
+//! caller chooses): [`Membership::handle_datagram`], [`Membership::handle_stream`],
+//! [`Membership::handle_timeout`], [`Membership::join`], [`Membership::leave`],
+//! [`Membership::broadcast`], [`Membership::set_meta`]. Outputs are polled:
+//! [`Membership::poll_transmit`], [`Membership::poll_event`],
+//! [`Membership::poll_timeout`]. Randomness comes from a seed given at construction.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::Message;
+use proto::bytes::Bytes;
+use proto::gossip as pb;
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+
+use crate::broadcast::{Key, Queue};
+use crate::codec::{self, DecodeError, PROTOCOL_VERSION};
+use crate::config::{Config, ConfigError};
+use crate::member::{Member, Meta, Status};
+
+/// Largest message accepted on a reliable stream (push-pull), in bytes.
+pub const MAX_STREAM_MESSAGE: usize = 32 << 20;
+
+/// A packet to send. `reliable` packets (push-pull state exchanges) go over a
+/// stream transport such as TCP and may exceed the datagram size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination gossip address.
+    pub to: SocketAddr,
+    /// Encoded `rumor.gossip.v1.Packet`.
+    pub payload: Vec<u8>,
+    /// True for push-pull exchanges, to be sent over a stream.
+    pub reliable: bool,
+}
+
+/// Something the application may want to know. Events are queued in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A seed answered the join request: this node has the cluster's state.
+    Joined,
+    /// A member joined, or came back after failing or leaving.
+    MemberUp(Member),
+    /// A live member changed address or metadata, or refuted a suspicion.
+    MemberUpdated(Member),
+    /// A member is suspected of having failed.
+    MemberSuspect {
+        /// The suspect.
+        name: String,
+        /// Its incarnation when suspected.
+        incarnation: u64,
+    },
+    /// A member was declared failed (`left == false`) or left gracefully.
+    MemberDown {
+        /// The member.
+        name: String,
+        /// True for a graceful leave.
+        left: bool,
+    },
+    /// A failed or departed member was forgotten after its retention.
+    MemberReaped {
+        /// The member.
+        name: String,
+    },
+    /// This node was suspected or declared dead by others and refuted it.
+    Refuted {
+        /// The new local incarnation.
+        incarnation: u64,
+    },
+    /// A user gossip message arrived for the first time.
+    UserMessage {
+        /// Name of the node that created it.
+        origin: String,
+        /// Per-origin sequence number; `(origin, seq)` is the message id.
+        seq: u64,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+/// Counters. Every dropped input is counted here.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Packets handed in (datagrams and stream messages).
+    pub packets_in: u64,
+    /// Bytes handed in.
+    pub bytes_in: u64,
+    /// Packets produced.
+    pub packets_out: u64,
+    /// Bytes produced.
+    pub bytes_out: u64,
+    /// Packets that did not decode as a gossip packet.
+    pub malformed: u64,
+    /// Packets from a peer speaking another protocol version.
+    pub version_mismatch: u64,
+    /// Packets over the size limit.
+    pub oversized: u64,
+    /// Packets or gossip items with a missing or invalid field.
+    pub invalid: u64,
+    /// Pings addressed to another node name (a stale address).
+    pub misdirected: u64,
+    /// Probes started.
+    pub probes: u64,
+    /// Probes that ended without an ack.
+    pub probe_failures: u64,
+    /// Indirect probe requests sent.
+    pub indirect_probes: u64,
+    /// Nacks received.
+    pub nacks_received: u64,
+    /// Suspicions about this node refuted.
+    pub refutations: u64,
+    /// Push-pull exchanges initiated.
+    pub push_pulls: u64,
+    /// User messages delivered to this node's application.
+    pub user_delivered: u64,
+    /// Duplicate user messages dropped.
+    pub user_duplicates: u64,
+}
+
+/// Why [`Membership::broadcast`] refused a message. No state changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BroadcastError {
+    /// The payload exceeds `Config::max_user_payload`.
+    #[error("gossip message of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Payload size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// This node has left the cluster.
+    #[error("this node has left the cluster")]
+    Left,
+}
+
+/// Why [`Membership::set_meta`] refused new metadata. No state changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node metadata of {len} bytes exceeds the limit of {limit}")]
+pub struct MetaTooLarge {
+    /// Encoded size.
+    pub len: usize,
+    /// The limit.
+    pub limit: usize,
+}
+
+/// Why [`Membership::new`] refused to start. Nothing was constructed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NewError {
+    /// A configuration constraint is broken.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The initial metadata is too large.
+    #[error(transparent)]
+    Meta(#[from] MetaTooLarge),
+    /// The node name is empty.
+    #[error("node name must not be empty")]
+    EmptyName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Running,
+    Leaving,
+}
+
+#[derive(Debug)]
+struct Entry {
+    member: Member,
+    suspicion: Option<Suspicion>,
+}
+
+/// Lifeguard's dynamic suspicion: the timeout starts at `max` and shrinks
+/// towards `min` as independent members confirm the suspicion.
+#[derive(Debug)]
+struct Suspicion {
+    started: Duration,
+    confirmers: BTreeSet<String>,
+    /// Confirmations needed to reach `min`; 0 means a fixed timeout of `min`.
+    k: u32,
+    min: Duration,
+    max: Duration,
+    deadline: Duration,
+}
+
+impl Suspicion {
+    fn timeout(&self) -> Duration {
+        if self.k == 0 {
+            return self.min;
+        }
+        let c = self.confirmers.len().saturating_sub(1) as f64;
+        let frac = (c + 1.0).ln() / (f64::from(self.k) + 1.0).ln();
+        let shrink = (self.max - self.min).mul_f64(frac.min(1.0));
+        (self.max - shrink).max(self.min)
+    }
+}
+
+#[derive(Debug)]
+struct Probe {
+    seq: u64,
+    target: String,
+    ack_deadline: Duration,
+    indirect_sent: bool,
+    expected_nacks: u32,
+    nacks: u32,
+}
+
+/// An indirect probe this node runs for another member.
+#[derive(Debug)]
+struct Relay {
+    requester: SocketAddr,
+    seq: u64,
+    nack_at: Option<Duration>,
+    expires: Duration,
+}
+
+#[derive(Debug)]
+struct Join {
+    seeds: Vec<SocketAddr>,
+    next_at: Duration,
+    backoff: Duration,
+}
+
+/// One node's view of the cluster and its part in the protocol.
+#[derive(Debug)]
+pub struct Membership {
+    cfg: Config,
+    name: String,
+    addr: SocketAddr,
+    incarnation: u64,
+    meta: Meta,
+    lifecycle: Lifecycle,
+    members: BTreeMap<String, Entry>,
+    /// Live members other than this node.
+    live: usize,
+    probe_order: Vec<String>,
+    probe_pos: usize,
+    seq: u64,
+    probe: Option<Probe>,
+    relays: BTreeMap<u64, Relay>,
+    suspicion_deadlines: BTreeSet<(Duration, String)>,
+    /// Failed and departed members by the time they went down, for reaping.
+    down: BTreeSet<(Duration, String)>,
+    broadcasts: Queue,
+    user_seen: BTreeSet<(String, u64)>,
+    user_seen_order: VecDeque<(Duration, String, u64)>,
+    user_seq: u64,
+    /// Lifeguard's local health multiplier (memberlist calls it awareness).
+    health: u32,
+    next_probe: Duration,
+    next_gossip: Duration,
+    next_push_pull: Duration,
+    next_reconnect: Duration,
+    join: Option<Join>,
+    rng: SmallRng,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Membership {
+    /// Creates the state machine for the node `name` listening on `addr`.
+    /// `seed` drives every random choice, so a run is reproducible from it.
+    pub fn new(
+        cfg: Config,
+        name: impl Into<String>,
+        addr: SocketAddr,
+        meta: Meta,
+        seed: u64,
+        now: Duration,
+    ) -> Result<Self, NewError> {
+        cfg.validate()?;
+        let name = name.into();
+        if name.is_empty() {
+            return Err(NewError::EmptyName);
+        }
+        check_meta(&cfg, &meta)?;
+        let mut rng = SmallRng::seed_from_u64(seed);
+        // Spread the first timers over one interval so that nodes started
+        // together do not probe and gossip in lockstep.
+        let next_probe = now + cfg.probe_interval.mul_f64(rng.random::<f64>());
+        let next_gossip = now + cfg.gossip_interval.unwrap_or(cfg.probe_interval);
+        let next_push_pull = now + cfg.push_pull_interval.mul_f64(0.5 + rng.random::<f64>());
+        let next_reconnect = now + cfg.reconnect_interval.mul_f64(0.5 + rng.random::<f64>());
+        Ok(Self {
+            cfg,
+            name,
+            addr,
+            incarnation: 0,
+            meta,
+            lifecycle: Lifecycle::Running,
+            members: BTreeMap::new(),
+            live: 0,
+            probe_order: Vec::new(),
+            probe_pos: 0,
+            seq: 0,
+            probe: None,
+            relays: BTreeMap::new(),
+            suspicion_deadlines: BTreeSet::new(),
+            down: BTreeSet::new(),
+            broadcasts: Queue::default(),
+            user_seen: BTreeSet::new(),
+            user_seen_order: VecDeque::new(),
+            user_seq: 0,
+            health: 0,
+            next_probe,
+            next_gossip,
+            next_push_pull,
+            next_reconnect,
+            join: None,
+            rng,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    // ---- queries -------------------------------------------------------
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This node's gossip address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// This node's incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// This node's metadata.
+    pub fn meta(&self) -> &Meta {
+        &self.meta
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Lifeguard's local health multiplier: 0 when healthy, up to
+    /// `max_health_multiplier` when this node keeps missing acks.
+    pub fn health_score(&self) -> u32 {
+        self.health
+    }
+
+    /// Other members this node knows, including failed and departed ones not yet reaped.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values().map(|e| &e.member)
+    }
+
+    /// One member by name (not this node).
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        self.members.get(name).map(|e| &e.member)
+    }
+
+    /// Live (alive or suspect) members, this node included.
+    pub fn num_live(&self) -> usize {
+        self.live + 1
+    }
+
+    /// This node as a member record.
+    pub fn local_member(&self, now: Duration) -> Member {
+        Member {
+            name: self.name.clone(),
+            addr: self.addr,
+            incarnation: self.incarnation,
+            status: Status::Alive,
+            meta: self.meta.clone(),
+            since: now,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Updates waiting to be disseminated. A leaving node waits for this to
+    /// reach zero (or a timeout) before it stops.
+    pub fn pending_broadcasts(&self) -> usize {
+        self.broadcasts.len()
+    }
+
+    /// True until a seed has answered a join request.
+    pub fn is_joining(&self) -> bool {
+        self.join.is_some()
+    }
+
+    // ---- outputs -------------------------------------------------------
+
+    /// The next packet to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Membership::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let mut t = self.next_push_pull;
+        let mut min = |d: Duration| t = t.min(d);
+        if self.lifecycle == Lifecycle::Running {
+            min(self.next_probe);
+            if let Some(p) = &self.probe
+                && !p.indirect_sent
+            {
+                min(p.ack_deadline);
+            }
+            if !self.down.is_empty() {
+                min(self.next_reconnect);
+            }
+            if let Some(j) = &self.join {
+                min(j.next_at);
+            }
+        }
+        if !self.broadcasts.is_empty()
+            && let Some(_) = self.cfg.gossip_interval
+        {
+            min(self.next_gossip);
+        }
+        for r in self.relays.values() {
+            min(r.nack_at.unwrap_or(r.expires));
+        }
+        if let Some((d, _)) = self.suspicion_deadlines.first() {
+            min(*d);
+        }
+        if let Some((d, _)) = self.down.first() {
+            min(*d + self.cfg.dead_retention);
+        }
+        if let Some((d, _, _)) = self.user_seen_order.front() {
+            min(*d + self.cfg.user_seen_retention);
+        }
+        Some(t)
+    }
+
+    // ---- commands ------------------------------------------------------
+
+    /// Joins the cluster through `seeds`: a push-pull state exchange is sent to
+    /// each, retried with exponential backoff until one answers
+    /// ([`Event::Joined`]). With no seeds this node starts a new cluster.
+    pub fn join(&mut self, now: Duration, seeds: &[SocketAddr]) {
+        let seeds: Vec<SocketAddr> = seeds.iter().copied().filter(|s| *s != self.addr).collect();
+        if seeds.is_empty() {
+            self.join = None;
+            self.events.push_back(Event::Joined);
+            return;
+        }
+        self.join = Some(Join { seeds, next_at: now, backoff: self.cfg.join_retry_interval });
+        self.try_join(now);
+    }
+
+    /// Leaves gracefully: a `left` notice about this node is disseminated and
+    /// probing stops. Keep driving the machine until
+    /// [`Membership::pending_broadcasts`] is zero or a timeout passes, then stop.
+    pub fn leave(&mut self, now: Duration) {
+        if self.lifecycle == Lifecycle::Leaving {
+            return;
+        }
+        self.lifecycle = Lifecycle::Leaving;
+        self.incarnation += 1;
+        self.probe = None;
+        self.join = None;
+        let g = dead_gossip(&self.name, self.incarnation, &self.name, true);
+        self.broadcasts.push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+        // Tell a few members right away rather than waiting for the next probe.
+        self.next_gossip = now;
+    }
+
+    /// Creates a user gossip message, spread to every live member.
+    /// Returns its id `(origin, seq)`; the origin is this node's name.
+    pub fn broadcast(&mut self, now: Duration, payload: Bytes) -> Result<(String, u64), BroadcastError> {
+        if self.lifecycle == Lifecycle::Leaving {
+            return Err(BroadcastError::Left);
+        }
+        if payload.len() > self.cfg.max_user_payload {
+            return Err(BroadcastError::TooLarge { len: payload.len(), limit: self.cfg.max_user_payload });
+        }
+        self.user_seq += 1;
+        let seq = self.user_seq;
+        self.remember_user(now, self.name.clone(), seq);
+        let g = pb::Gossip {
+            kind: Some(pb::gossip::Kind::User(pb::UserMessage { origin: self.name.clone(), seq, payload })),
+        };
+        self.broadcasts.push(Key::User(self.name.clone(), seq), g, self.cfg.max_broadcasts);
+        Ok((self.name.clone(), seq))
+    }
+
+    /// Replaces this node's metadata. The incarnation is raised so that the new
+    /// metadata supersedes the old everywhere.
+    pub fn set_meta(&mut self, meta: Meta) -> Result<(), MetaTooLarge> {
+        check_meta(&self.cfg, &meta)?;
+        if meta != self.meta {
+            self.meta = meta;
+            self.incarnation += 1;
+            self.queue_self_alive();
+        }
+        Ok(())
+    }
+
+    // ---- inputs --------------------------------------------------------
+
+    /// Handles one datagram.
+    pub fn handle_datagram(&mut self, now: Duration, bytes: &[u8]) {
+        let limit = self.cfg.max_packet_size;
+        self.handle(now, bytes, limit);
+    }
+
+    /// Handles one message received over a stream (push-pull).
+    pub fn handle_stream(&mut self, now: Duration, bytes: &[u8]) {
+        self.handle(now, bytes, MAX_STREAM_MESSAGE);
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Duration) {
+        self.expire_user_seen(now);
+        self.reap(now);
+        self.expire_suspicions(now);
+        self.expire_relays(now);
+        if self.lifecycle == Lifecycle::Running {
+            if let Some(j) = &self.join
+                && j.next_at <= now
+            {
+                self.try_join(now);
+            }
+            if let Some(p) = &self.probe
+                && !p.indirect_sent
+                && p.ack_deadline <= now
+            {
+                self.send_indirect_probes(now);
+            }
+            if self.next_probe <= now {
+                self.end_probe(now);
+                self.start_probe(now);
+            }
+            if self.next_push_pull <= now {
+                self.push_pull_random(now);
+            }
+            if self.next_reconnect <= now {
+                self.reconnect(now);
+            }
+        } else if self.next_push_pull <= now {
+            self.next_push_pull = now + self.cfg.push_pull_interval;
+        }
+        if let Some(iv) = self.cfg.gossip_interval
+            && self.next_gossip <= now
+        {
+            self.gossip_round();
+            self.next_gossip = now + iv;
+        }
+    }
+
+    // ---- packet handling -----------------------------------------------
+
+    fn handle(&mut self, now: Duration, bytes: &[u8], limit: usize) {
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let packet = match codec::decode_packet(bytes, limit) {
+            Ok(p) => p,
+            Err(e) => {
+                self.count(&e);
+                return;
+            }
+        };
+        let (from_name, from_addr) = match codec::parse_node(packet.from.as_ref()) {
+            Ok(f) => f,
+            Err(e) => {
+                self.count(&e);
+                return;
+            }
+        };
+        // Gossip first: a ping that carries a suspicion about this node is then
+        // answered with an ack that already carries the refutation.
+        for g in packet.gossip {
+            if let Err(e) = self.handle_gossip(now, g) {
+                self.count(&e);
+            }
+        }
+        use pb::packet::Kind;
+        match packet.kind {
+            Some(Kind::Ping(ping)) => {
+                if ping.target != self.name {
+                    self.stats.misdirected += 1;
+                    return;
+                }
+                self.send(from_addr, Kind::Ack(pb::Ack { seq: ping.seq }), None);
+            }
+            Some(Kind::PingReq(req)) => {
+                let (target, target_addr) = match codec::parse_node(req.target.as_ref()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        self.count(&e);
+                        return;
+                    }
+                };
+                if self.lifecycle != Lifecycle::Running {
+                    return;
+                }
+                let seq = self.next_seq();
+                let timeout = self.scaled(self.cfg.probe_timeout);
+                self.relays.insert(
+                    seq,
+                    Relay {
+                        requester: from_addr,
+                        seq: req.seq,
+                        nack_at: (req.want_nack && self.cfg.lifeguard).then(|| now + timeout.mul_f64(0.8)),
+                        expires: now + self.scaled(self.cfg.probe_interval),
+                    },
+                );
+                self.send(target_addr, Kind::Ping(pb::Ping { seq, target }), None);
+            }
+            Some(Kind::Ack(ack)) => self.handle_ack(ack.seq),
+            Some(Kind::Nack(nack)) => {
+                if let Some(p) = &mut self.probe
+                    && p.seq == nack.seq
+                {
+                    p.nacks += 1;
+                    self.stats.nacks_received += 1;
+                }
+            }
+            Some(Kind::PushPull(pp)) => self.handle_push_pull(now, &from_name, from_addr, pp),
+            Some(Kind::GossipOnly(_)) => {}
+            None => self.stats.invalid += 1,
+        }
+    }
+
+    fn count(&mut self, e: &DecodeError) {
+        match e {
+            DecodeError::Malformed(_) => self.stats.malformed += 1,
+            DecodeError::Version { .. } => self.stats.version_mismatch += 1,
+            DecodeError::TooLarge { .. } => self.stats.oversized += 1,
+            DecodeError::Invalid(_) => self.stats.invalid += 1,
+        }
+    }
+
+    fn handle_ack(&mut self, seq: u64) {
+        if let Some(p) = &self.probe
+            && p.seq == seq
+        {
+            self.probe = None;
+            self.adjust_health(-1);
+            return;
+        }
+        if let Some(r) = self.relays.remove(&seq) {
+            self.send(r.requester, pb::packet::Kind::Ack(pb::Ack { seq: r.seq }), None);
+        }
+    }
+
+    fn handle_gossip(&mut self, now: Duration, g: pb::Gossip) -> Result<(), DecodeError> {
+        use pb::gossip::Kind;
+        match g.kind.ok_or(DecodeError::Invalid("gossip.kind"))? {
+            Kind::Alive(a) => {
+                let (name, addr) = codec::parse_node(a.node.as_ref())?;
+                self.on_alive(now, name, addr, a.incarnation, codec::meta_from_pb(a.meta));
+            }
+            Kind::Suspect(s) => {
+                if s.node.is_empty() {
+                    return Err(DecodeError::Invalid("suspect.node"));
+                }
+                self.on_suspect(now, &s.node, s.incarnation, &s.from);
+            }
+            Kind::Dead(d) => {
+                if d.node.is_empty() {
+                    return Err(DecodeError::Invalid("dead.node"));
+                }
+                self.on_dead(now, &d.node, d.incarnation, &d.from, d.left);
+            }
+            Kind::User(u) => {
+                if u.origin.is_empty() {
+                    return Err(DecodeError::Invalid("user.origin"));
+                }
+                if u.payload.len() > self.cfg.max_user_payload {
+                    return Err(DecodeError::Invalid("user.payload"));
+                }
+                if self.user_seen.contains(&(u.origin.clone(), u.seq)) {
+                    self.stats.user_duplicates += 1;
+                    return Ok(());
+                }
+                self.remember_user(now, u.origin.clone(), u.seq);
+                self.stats.user_delivered += 1;
+                self.events.push_back(Event::UserMessage {
+                    origin: u.origin.clone(),
+                    seq: u.seq,
+                    payload: u.payload.clone(),
+                });
+                let key = Key::User(u.origin.clone(), u.seq);
+                let g = pb::Gossip { kind: Some(Kind::User(u)) };
+                self.broadcasts.push(key, g, self.cfg.max_broadcasts);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_push_pull(&mut self, now: Duration, from: &str, from_addr: SocketAddr, pp: pb::PushPull) {
+        for state in pp.members {
+            if let Err(e) = self.merge_state(now, from, state) {
+                self.count(&e);
+            }
+        }
+        if pp.request {
+            let reply = pb::PushPull { request: false, join: false, members: self.full_state(now) };
+            self.send_reliable(from_addr, reply);
+        } else if self.join.take().is_some() {
+            self.events.push_back(Event::Joined);
+        }
+    }
+
+    /// Merges one member record from a full state exchange. A remote "dead" is
+    /// taken as a suspicion, so a live member gets the chance to refute it.
+    fn merge_state(&mut self, now: Duration, from: &str, s: pb::MemberState) -> Result<(), DecodeError> {
+        let (name, addr) = codec::parse_node(s.node.as_ref())?;
+        let status = codec::status_from_pb(s.status)?;
+        match status {
+            Status::Alive => self.on_alive(now, name, addr, s.incarnation, codec::meta_from_pb(s.meta)),
+            Status::Suspect | Status::Dead => {
+                if name != self.name && !self.members.contains_key(&name) {
+                    if status == Status::Dead {
+                        return Ok(());
+                    }
+                    self.on_alive(now, name.clone(), addr, s.incarnation, codec::meta_from_pb(s.meta));
+                }
+                self.on_suspect(now, &name, s.incarnation, from);
+            }
+            Status::Left => self.on_dead(now, &name, s.incarnation, from, true),
+        }
+        Ok(())
+    }
+
+    // ---- the membership rules ------------------------------------------
+
+    fn on_alive(&mut self, now: Duration, name: String, addr: SocketAddr, inc: u64, meta: Meta) {
+        if name == self.name {
+            if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
+                return;
+            }
+            if inc == self.incarnation && addr == self.addr && meta == self.meta {
+                return;
+            }
+            // Someone holds a different or newer record of this node, e.g. from
+            // before a restart: outbid it.
+            self.refute(inc);
+            return;
+        }
+        let alive = |now| Member { name: name.clone(), addr, incarnation: inc, status: Status::Alive, meta, since: now };
+        match self.members.get_mut(&name) {
+            None => {
+                let member = alive(now);
+                self.members.insert(name.clone(), Entry { member: member.clone(), suspicion: None });
+                self.became_live(&name);
+                self.events.push_back(Event::MemberUp(member));
+            }
+            Some(e) => {
+                if inc <= e.member.incarnation {
+                    return;
+                }
+                let was = e.member.status;
+                let since = if was == Status::Alive { e.member.since } else { now };
+                let mut member = alive(since);
+                member.since = since;
+                e.member = member.clone();
+                if let Some(s) = e.suspicion.take() {
+                    self.suspicion_deadlines.remove(&(s.deadline, name.clone()));
+                }
+                if was.is_live() {
+                    self.events.push_back(Event::MemberUpdated(member));
+                } else {
+                    self.down.retain(|(_, n)| *n != name);
+                    self.became_live(&name);
+                    self.events.push_back(Event::MemberUp(member));
+                }
+            }
+        }
+        let e = &self.members[&name].member;
+        let g = alive_gossip(&e.name, e.addr, e.incarnation, &e.meta);
+        self.broadcasts.push(Key::Member(name), g, self.cfg.max_broadcasts);
+    }
+
+    fn on_suspect(&mut self, now: Duration, name: &str, inc: u64, from: &str) {
+        if name == self.name {
+            if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
+                return;
+            }
+            self.refute(inc);
+            self.adjust_health(1);
+            return;
+        }
+        let live = self.live;
+        let Some(e) = self.members.get_mut(name) else { return };
+        if inc < e.member.incarnation || !e.member.status.is_live() {
+            return;
+        }
+        if e.member.status == Status::Suspect && inc == e.member.incarnation {
+            // A confirmation: Lifeguard shortens the timeout for each new,
+            // independent suspecter.
+            let Some(s) = e.suspicion.as_mut() else { return };
+            if s.k == 0 || !s.confirmers.insert(from.to_owned()) {
+                return;
+            }
+            let old = s.deadline;
+            s.deadline = s.started + s.timeout();
+            let new = s.deadline;
+            self.suspicion_deadlines.remove(&(old, name.to_owned()));
+            self.suspicion_deadlines.insert((new, name.to_owned()));
+        } else {
+            e.member.status = Status::Suspect;
+            e.member.incarnation = inc;
+            e.member.since = now;
+            if let Some(s) = e.suspicion.take() {
+                self.suspicion_deadlines.remove(&(s.deadline, name.to_owned()));
+            }
+            let s = new_suspicion(&self.cfg, now, from, live + 1);
+            self.suspicion_deadlines.insert((s.deadline, name.to_owned()));
+            e.suspicion = Some(s);
+            self.events.push_back(Event::MemberSuspect { name: name.to_owned(), incarnation: inc });
+        }
+        let g = suspect_gossip(name, inc, from);
+        self.broadcasts.push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+    }
+
+    fn on_dead(&mut self, now: Duration, name: &str, inc: u64, from: &str, left: bool) {
+        if name == self.name {
+            if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
+                return;
+            }
+            self.refute(inc);
+            return;
+        }
+        let Some(e) = self.members.get_mut(name) else { return };
+        if inc < e.member.incarnation {
+            return;
+        }
+        let status = if left { Status::Left } else { Status::Dead };
+        if !e.member.status.is_live() {
+            // Already down; only a graceful-leave notice changes how it is recorded.
+            if e.member.status == Status::Dead && left {
+                e.member.status = Status::Left;
+            }
+            return;
+        }
+        e.member.status = status;
+        e.member.incarnation = inc;
+        e.member.since = now;
+        if let Some(s) = e.suspicion.take() {
+            self.suspicion_deadlines.remove(&(s.deadline, name.to_owned()));
+        }
+        self.live -= 1;
+        self.down.insert((now, name.to_owned()));
+        self.events.push_back(Event::MemberDown { name: name.to_owned(), left });
+        let g = dead_gossip(name, inc, from, left);
+        self.broadcasts.push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+        self.bound_down();
+    }
+
+    fn refute(&mut self, inc: u64) {
+        self.incarnation = self.incarnation.max(inc) + 1;
+        self.stats.refutations += 1;
+        self.events.push_back(Event::Refuted { incarnation: self.incarnation });
+        self.queue_self_alive();
+    }
+
+    fn queue_self_alive(&mut self) {
+        let g = alive_gossip(&self.name, self.addr, self.incarnation, &self.meta);
+        self.broadcasts.push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+    }
+
+    fn became_live(&mut self, name: &str) {
+        self.live += 1;
+        // Insert at a random position so a new member is probed within one
+        // round of the order without disturbing it (as SWIM's round-robin asks).
+        let pos = self.rng.random_range(0..=self.probe_order.len());
+        self.probe_order.insert(pos, name.to_owned());
+        if pos < self.probe_pos {
+            self.probe_pos += 1;
+        }
+    }
+
+    // ---- probing -------------------------------------------------------
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// `d` stretched by Lifeguard's local health multiplier.
+    fn scaled(&self, d: Duration) -> Duration {
+        d * (self.health + 1)
+    }
+
+    fn adjust_health(&mut self, delta: i32) {
+        if !self.cfg.lifeguard {
+            return;
+        }
+        let h = i64::from(self.health) + i64::from(delta);
+        self.health = h.clamp(0, i64::from(self.cfg.max_health_multiplier)) as u32;
+    }
+
+    /// The next live member in a shuffled round-robin order.
+    fn next_probe_target(&mut self) -> Option<String> {
+        for _ in 0..2 {
+            while self.probe_pos < self.probe_order.len() {
+                let name = &self.probe_order[self.probe_pos];
+                self.probe_pos += 1;
+                if self.members.get(name).is_some_and(|e| e.member.status.is_live()) {
+                    return Some(name.clone());
+                }
+            }
+            // One round done: rebuild from the live members and reshuffle.
+            self.probe_order = self
+                .members
+                .iter()
+                .filter(|(_, e)| e.member.status.is_live())
+                .map(|(n, _)| n.clone())
+                .collect();
+            self.probe_order.shuffle(&mut self.rng);
+            self.probe_pos = 0;
+        }
+        None
+    }
+
+    fn start_probe(&mut self, now: Duration) {
+        self.next_probe = now + self.scaled(self.cfg.probe_interval);
+        let Some(target) = self.next_probe_target() else { return };
+        let seq = self.next_seq();
+        let e = &self.members[&target];
+        let addr = e.member.addr;
+        // Lifeguard's buddy rule: a suspect learns of it in the probe itself.
+        let buddy = (self.cfg.lifeguard && e.member.status == Status::Suspect)
+            .then(|| suspect_gossip(&target, e.member.incarnation, &self.name));
+        self.stats.probes += 1;
+        self.probe = Some(Probe {
+            seq,
+            target: target.clone(),
+            ack_deadline: now + self.scaled(self.cfg.probe_timeout),
+            indirect_sent: false,
+            expected_nacks: 0,
+            nacks: 0,
+        });
+        self.send(addr, pb::packet::Kind::Ping(pb::Ping { seq, target }), buddy);
+    }
+
+    fn send_indirect_probes(&mut self, _now: Duration) {
+        let Some(p) = &self.probe else { return };
+        let target = p.target.clone();
+        let seq = p.seq;
+        let Some(t) = self.members.get(&target) else {
+            self.probe = None;
+            return;
+        };
+        let target_ref = codec::node_ref(&target, t.member.addr);
+        let helpers = self.random_live(self.cfg.indirect_checks, Some(&target));
+        let want_nack = self.cfg.lifeguard;
+        for h in &helpers {
+            let addr = self.members[h].member.addr;
+            self.stats.indirect_probes += 1;
+            let req = pb::PingReq { seq, target: Some(target_ref.clone()), want_nack };
+            self.send(addr, pb::packet::Kind::PingReq(req), None);
+        }
+        if let Some(p) = &mut self.probe {
+            p.indirect_sent = true;
+            p.expected_nacks = if want_nack { helpers.len() as u32 } else { 0 };
+        }
+    }
+
+    /// Ends the probe of the period that just closed: no ack means suspicion.
+    fn end_probe(&mut self, now: Duration) {
+        let Some(p) = self.probe.take() else { return };
+        self.stats.probe_failures += 1;
+        // Lifeguard: if the helpers answered with nacks, the network around this
+        // node works and the target is the likely culprit; each missing nack
+        // (or, with no helpers, the miss itself) counts against our own health.
+        let delta = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+        self.adjust_health(delta as i32);
+        let Some(e) = self.members.get(&p.target) else { return };
+        if e.member.status == Status::Alive {
+            let inc = e.member.incarnation;
+            let me = self.name.clone();
+            self.on_suspect(now, &p.target, inc, &me);
+        }
+    }
+
+    fn expire_suspicions(&mut self, now: Duration) {
+        while let Some((deadline, name)) = self.suspicion_deadlines.first().cloned() {
+            if deadline > now {
+                break;
+            }
+            self.suspicion_deadlines.pop_first();
+            let Some(e) = self.members.get(&name) else { continue };
+            if e.member.status != Status::Suspect {
+                continue;
+            }
+            let inc = e.member.incarnation;
+            let me = self.name.clone();
+            self.on_dead(deadline, &name, inc, &me, false);
+        }
+    }
+
+    fn expire_relays(&mut self, now: Duration) {
+        let mut nacks = Vec::new();
+        self.relays.retain(|_, r| {
+            if let Some(at) = r.nack_at
+                && at <= now
+            {
+                nacks.push((r.requester, r.seq));
+                r.nack_at = None;
+            }
+            r.expires > now
+        });
+        for (to, seq) in nacks {
+            self.send(to, pb::packet::Kind::Nack(pb::Nack { seq }), None);
+        }
+    }
+
+    // ---- anti-entropy --------------------------------------------------
+
+    fn try_join(&mut self, now: Duration) {
+        let Some(j) = &mut self.join else { return };
+        let seeds = j.seeds.clone();
+        j.next_at = now + j.backoff;
+        j.backoff = (j.backoff * 2).min(self.cfg.join_retry_max);
+        for s in seeds {
+            let msg = pb::PushPull { request: true, join: true, members: self.full_state(now) };
+            self.stats.push_pulls += 1;
+            self.send_reliable(s, msg);
+        }
+    }
+
+    fn push_pull_random(&mut self, now: Duration) {
+        let scale = (self.num_live() / self.cfg.push_pull_scale_members).max(1) as u32;
+        let iv = self.cfg.push_pull_interval * scale;
+        self.next_push_pull = now + iv.mul_f64(0.5 + self.rng.random::<f64>());
+        if let Some(peer) = self.random_live(1, None).pop() {
+            let addr = self.members[&peer].member.addr;
+            self.push_pull_to(now, addr);
+        }
+    }
+
+    /// Tries a state exchange with one random failed member: after a partition
+    /// is repaired, this is how the two sides find each other again.
+    fn reconnect(&mut self, now: Duration) {
+        self.next_reconnect = now + self.cfg.reconnect_interval.mul_f64(0.5 + self.rng.random::<f64>());
+        let failed: Vec<&String> = self
+            .down
+            .iter()
+            .map(|(_, n)| n)
+            .filter(|n| self.members.get(*n).is_some_and(|e| e.member.status == Status::Dead))
+            .collect();
+        if failed.is_empty() {
+            return;
+        }
+        let pick = failed[self.rng.random_range(0..failed.len())].clone();
+        let addr = self.members[&pick].member.addr;
+        self.push_pull_to(now, addr);
+    }
+
+    fn push_pull_to(&mut self, now: Duration, addr: SocketAddr) {
+        self.stats.push_pulls += 1;
+        let msg = pb::PushPull { request: true, join: false, members: self.full_state(now) };
+        self.send_reliable(addr, msg);
+    }
+
+    fn full_state(&self, _now: Duration) -> Vec<pb::MemberState> {
+        let mut out = Vec::with_capacity(self.members.len() + 1);
+        out.push(pb::MemberState {
+            node: Some(codec::node_ref(&self.name, self.addr)),
+            incarnation: self.incarnation,
+            status: codec::status_to_pb(if self.lifecycle == Lifecycle::Leaving {
+                Status::Left
+            } else {
+                Status::Alive
+            }) as i32,
+            meta: Some(codec::meta_to_pb(&self.meta)),
+        });
+        for e in self.members.values() {
+            let m = &e.member;
+            out.push(pb::MemberState {
+                node: Some(codec::node_ref(&m.name, m.addr)),
+                incarnation: m.incarnation,
+                status: codec::status_to_pb(m.status) as i32,
+                meta: Some(codec::meta_to_pb(&m.meta)),
+            });
+        }
+        out
+    }
+
+    // ---- dissemination -------------------------------------------------
+
+    fn retransmit_limit(&self) -> u32 {
+        let n = self.num_live() as f64;
+        self.cfg.retransmit_mult * ((n + 1.0).log10().ceil() as u32).max(1)
+    }
+
+    fn gossip_round(&mut self) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        for peer in self.random_live(self.cfg.gossip_nodes, None) {
+            if self.broadcasts.is_empty() {
+                break;
+            }
+            let addr = self.members[&peer].member.addr;
+            self.send(addr, pb::packet::Kind::GossipOnly(pb::Empty {}), None);
+        }
+    }
+
+    fn send(&mut self, to: SocketAddr, kind: pb::packet::Kind, first: Option<pb::Gossip>) {
+        let mut packet = pb::Packet {
+            version: PROTOCOL_VERSION,
+            from: Some(codec::node_ref(&self.name, self.addr)),
+            kind: Some(kind),
+            gossip: Vec::new(),
+        };
+        let mut budget = self.cfg.max_packet_size.saturating_sub(packet.encoded_len());
+        if let Some(g) = first {
+            budget = budget.saturating_sub(codec::field_len(g.encoded_len()));
+            packet.gossip.push(g);
+        }
+        let limit = self.retransmit_limit();
+        self.broadcasts.take(budget, limit, &mut packet.gossip);
+        if matches!(packet.kind, Some(pb::packet::Kind::GossipOnly(_))) && packet.gossip.is_empty() {
+            return;
+        }
+        self.emit(to, codec::encode(&packet), false);
+    }
+
+    fn send_reliable(&mut self, to: SocketAddr, pp: pb::PushPull) {
+        let packet = pb::Packet {
+            version: PROTOCOL_VERSION,
+            from: Some(codec::node_ref(&self.name, self.addr)),
+            kind: Some(pb::packet::Kind::PushPull(pp)),
+            gossip: Vec::new(),
+        };
+        self.emit(to, codec::encode(&packet), true);
+    }
+
+    fn emit(&mut self, to: SocketAddr, payload: Vec<u8>, reliable: bool) {
+        self.stats.packets_out += 1;
+        self.stats.bytes_out += payload.len() as u64;
+        self.transmits.push_back(Transmit { to, payload, reliable });
+    }
+
+    /// Up to `n` distinct random live members, excluding `except`.
+    fn random_live(&mut self, n: usize, except: Option<&str>) -> Vec<String> {
+        let mut out = Vec::with_capacity(n);
+        let len = self.probe_order.len();
+        if len == 0 || n == 0 {
+            return out;
+        }
+        // Sample positions of the probe order (a superset of the live members)
+        // and keep live ones; bounded attempts keep this O(n).
+        for _ in 0..(4 * n + 8) {
+            if out.len() == n {
+                break;
+            }
+            let name = &self.probe_order[self.rng.random_range(0..len)];
+            if Some(name.as_str()) == except || out.contains(name) {
+                continue;
+            }
+            if self.members.get(name).is_some_and(|e| e.member.status.is_live()) {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    fn remember_user(&mut self, now: Duration, origin: String, seq: u64) {
+        self.user_seen.insert((origin.clone(), seq));
+        self.user_seen_order.push_back((now, origin, seq));
+        while self.user_seen_order.len() > self.cfg.max_user_seen {
+            if let Some((_, o, s)) = self.user_seen_order.pop_front() {
+                self.user_seen.remove(&(o, s));
+            }
+        }
+    }
+
+    fn expire_user_seen(&mut self, now: Duration) {
+        while let Some((t, _, _)) = self.user_seen_order.front() {
+            if *t + self.cfg.user_seen_retention > now {
+                break;
+            }
+            if let Some((_, o, s)) = self.user_seen_order.pop_front() {
+                self.user_seen.remove(&(o, s));
+            }
+        }
+    }
+
+    // ---- retention -----------------------------------------------------
+
+    fn reap(&mut self, now: Duration) {
+        while let Some((since, name)) = self.down.first().cloned() {
+            if since + self.cfg.dead_retention > now {
+                break;
+            }
+            self.forget(&name, since);
+        }
+    }
+
+    fn bound_down(&mut self) {
+        while self.down.len() > self.cfg.max_dead_members {
+            let Some((since, name)) = self.down.first().cloned() else { break };
+            self.forget(&name, since);
+        }
+    }
+
+    fn forget(&mut self, name: &str, since: Duration) {
+        self.down.remove(&(since, name.to_owned()));
+        if self.members.get(name).is_some_and(|e| !e.member.status.is_live()) {
+            self.members.remove(name);
+            self.events.push_back(Event::MemberReaped { name: name.to_owned() });
+        }
+    }
+}
+
+fn check_meta(cfg: &Config, meta: &Meta) -> Result<(), MetaTooLarge> {
+    let len = codec::meta_encoded_len(meta);
+    if len > cfg.max_meta_size {
+        return Err(MetaTooLarge { len, limit: cfg.max_meta_size });
+    }
+    Ok(())
+}
+
+fn new_suspicion(cfg: &Config, now: Duration, from: &str, n: usize) -> Suspicion {
+    let n = n.max(1) as f64;
+    let min = cfg.probe_interval.mul_f64(f64::from(cfg.suspicion_mult) * n.log10().max(1.0));
+    let (k, max) = if cfg.lifeguard {
+        // Too few members to expect independent confirmations: fixed timeout.
+        let k = if (n as u32).saturating_sub(2) < cfg.suspicion_confirmations { 0 } else { cfg.suspicion_confirmations };
+        (k, min * cfg.suspicion_max_mult)
+    } else {
+        (0, min)
+    };
+    let mut s = Suspicion { started: now, confirmers: BTreeSet::new(), k, min, max, deadline: now };
+    s.confirmers.insert(from.to_owned());
+    s.deadline = now + s.timeout();
+    s
+}
+
+fn alive_gossip(name: &str, addr: SocketAddr, incarnation: u64, meta: &Meta) -> pb::Gossip {
+    pb::Gossip {
+        kind: Some(pb::gossip::Kind::Alive(pb::Alive {
+            node: Some(codec::node_ref(name, addr)),
+            incarnation,
+            meta: Some(codec::meta_to_pb(meta)),
+        })),
+    }
+}
+
+fn suspect_gossip(name: &str, incarnation: u64, from: &str) -> pb::Gossip {
+    pb::Gossip {
+        kind: Some(pb::gossip::Kind::Suspect(pb::Suspect {
+            node: name.to_owned(),
+            incarnation,
+            from: from.to_owned(),
+        })),
+    }
+}
+
+fn dead_gossip(name: &str, incarnation: u64, from: &str, left: bool) -> pb::Gossip {
+    pb::Gossip {
+        kind: Some(pb::gossip::Kind::Dead(pb::Dead {
+            node: name.to_owned(),
+            incarnation,
+            from: from.to_owned(),
+            left,
+        })),
+    }
+}
