@@ -1,16 +1,26 @@
 //! The dissemination queue: updates waiting to be piggybacked, sent a bounded
 //! number of times each, fewest transmissions first.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 
 use proto::Message;
 use proto::gossip as pb;
 
-use crate::codec::field_len;
+/// Encodes `gossip` as one `gossip` field of a `Packet`: protobuf lets
+/// repeated fields be concatenated, so frames appended to an encoded packet
+/// are decoded as its piggybacked gossip.
+pub(crate) fn frame(gossip: pb::Gossip) -> Vec<u8> {
+    pb::Packet {
+        gossip: vec![gossip],
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
 
 /// What an update is about. A newer update with the same key replaces the
 /// older one (an `Alive` for a member supersedes its `Suspect`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum Key {
     Member(String),
     User(String, u64),
@@ -18,76 +28,86 @@ pub(crate) enum Key {
 
 #[derive(Debug)]
 struct Entry {
-    gossip: pb::Gossip,
-    /// Encoded size inside a packet, tag and length included.
-    size: usize,
-    transmits: u32,
-    /// Insertion order: among equally transmitted entries the newest goes first.
-    id: u64,
+    key: Key,
+    /// The update encoded as the `gossip` field of a `Packet`, tag and length
+    /// included, so a packet is built by appending bytes.
+    frame: Vec<u8>,
 }
+
+/// Position in the queue: fewest transmissions first, then newest first.
+type Rank = (u32, Reverse<u64>);
 
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
-    entries: BTreeMap<Key, Entry>,
-    /// Priority order: (transmits, reversed id) -> key.
-    order: BTreeSet<(u32, std::cmp::Reverse<u64>, Key)>,
+    /// Entries in the order they are sent.
+    order: BTreeMap<Rank, Entry>,
+    /// Where each key's entry stands in `order`. Only looked up, never iterated,
+    /// so its hasher does not affect determinism.
+    index: HashMap<Key, Rank>,
     next_id: u64,
 }
 
 impl Queue {
     pub(crate) fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.order.is_empty()
     }
 
     /// Queues `gossip`, replacing any pending update with the same key.
     /// Beyond `max` entries, the most transmitted are dropped.
     pub(crate) fn push(&mut self, key: Key, gossip: pb::Gossip, max: usize) {
         self.remove(&key);
-        let id = self.next_id;
+        let rank = (0, Reverse(self.next_id));
         self.next_id += 1;
-        let size = field_len(gossip.encoded_len());
-        self.order.insert((0, std::cmp::Reverse(id), key.clone()));
-        self.entries.insert(key, Entry { gossip, size, transmits: 0, id });
-        while self.entries.len() > max {
-            let Some((_, _, worst)) = self.order.last().cloned() else { break };
-            self.remove(&worst);
+        let frame = frame(gossip);
+        self.index.insert(key.clone(), rank);
+        self.order.insert(rank, Entry { key, frame });
+        while self.order.len() > max {
+            let Some((_, worst)) = self.order.pop_last() else { break };
+            self.index.remove(&worst.key);
         }
     }
 
     pub(crate) fn remove(&mut self, key: &Key) {
-        if let Some(e) = self.entries.remove(key) {
-            self.order.remove(&(e.transmits, std::cmp::Reverse(e.id), key.clone()));
+        if let Some(rank) = self.index.remove(key) {
+            self.order.remove(&rank);
         }
     }
 
     /// Takes updates that fit in `budget` bytes, fewest transmissions first,
     /// counting one transmission for each; updates sent `limit` times are retired.
-    pub(crate) fn take(&mut self, mut budget: usize, limit: u32, out: &mut Vec<pb::Gossip>) {
+    pub(crate) fn take(&mut self, mut budget: usize, limit: u32, out: &mut Vec<u8>) {
+        // Gossip items are small and similar in size; after a few misfits the
+        // packet is full for practical purposes, so stop scanning.
+        const MAX_MISFITS: usize = 8;
         let mut taken = Vec::new();
-        for (transmits, id, key) in self.order.iter() {
-            if budget < 8 {
-                break;
-            }
-            let e = &self.entries[key];
-            if e.size > budget {
+        let mut misfits = 0;
+        for (rank, e) in self.order.iter() {
+            if e.frame.len() > budget {
+                misfits += 1;
+                if misfits > MAX_MISFITS {
+                    break;
+                }
                 continue;
             }
-            budget -= e.size;
-            out.push(e.gossip.clone());
-            taken.push((*transmits, *id, key.clone()));
+            budget -= e.frame.len();
+            out.extend_from_slice(&e.frame);
+            taken.push(*rank);
         }
-        for (transmits, id, key) in taken {
-            self.order.remove(&(transmits, id, key.clone()));
-            if transmits + 1 >= limit {
-                self.entries.remove(&key);
+        for rank in taken {
+            let e = self.order.remove(&rank).expect("taken entries are queued");
+            let transmits = rank.0 + 1;
+            if transmits >= limit {
+                self.index.remove(&e.key);
             } else {
-                let e = self.entries.get_mut(&key).expect("entry exists for ordered key");
-                e.transmits = transmits + 1;
-                self.order.insert((transmits + 1, id, key));
+                let rank = (transmits, rank.1);
+                if let Some(r) = self.index.get_mut(&e.key) {
+                    *r = rank;
+                }
+                self.order.insert(rank, e);
             }
         }
     }
@@ -107,18 +127,20 @@ mod tests {
         }
     }
 
+    fn take(q: &mut Queue, budget: usize, limit: u32) -> Vec<pb::Gossip> {
+        let mut out = Vec::new();
+        q.take(budget, limit, &mut out);
+        pb::Packet::decode(&out[..]).unwrap().gossip
+    }
+
     #[test]
     fn updates_are_retired_after_the_transmit_limit() {
         let mut q = Queue::default();
         q.push(Key::User("a".into(), 1), user(1, 10), 100);
         for _ in 0..3 {
-            let mut out = Vec::new();
-            q.take(1000, 3, &mut out);
-            assert_eq!(out.len(), 1);
+            assert_eq!(take(&mut q, 1000, 3).len(), 1);
         }
-        let mut out = Vec::new();
-        q.take(1000, 3, &mut out);
-        assert!(out.is_empty());
+        assert!(take(&mut q, 1000, 3).is_empty());
         assert!(q.is_empty());
     }
 
@@ -126,11 +148,9 @@ mod tests {
     fn fewest_transmitted_go_first_and_budget_is_respected() {
         let mut q = Queue::default();
         q.push(Key::User("a".into(), 1), user(1, 100), 100);
-        let mut out = Vec::new();
-        q.take(1000, 10, &mut out);
+        take(&mut q, 1000, 10);
         q.push(Key::User("a".into(), 2), user(2, 100), 100);
-        let mut out = Vec::new();
-        q.take(150, 10, &mut out);
+        let out = take(&mut q, 150, 10);
         assert_eq!(out.len(), 1);
         assert!(matches!(&out[0].kind, Some(pb::gossip::Kind::User(u)) if u.seq == 2));
     }

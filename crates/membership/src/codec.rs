@@ -33,11 +33,17 @@ pub enum DecodeError {
 /// Decodes a packet and checks its version.
 pub fn decode_packet(bytes: &[u8], limit: usize) -> Result<pb::Packet, DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge { len: bytes.len(), limit });
+        return Err(DecodeError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
     }
     let packet = pb::Packet::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     if packet.version != PROTOCOL_VERSION {
-        return Err(DecodeError::Version { theirs: packet.version, ours: PROTOCOL_VERSION });
+        return Err(DecodeError::Version {
+            theirs: packet.version,
+            ours: PROTOCOL_VERSION,
+        });
     }
     Ok(packet)
 }
@@ -46,13 +52,11 @@ pub(crate) fn encode(packet: &pb::Packet) -> Vec<u8> {
     packet.encode_to_vec()
 }
 
-/// Bytes a repeated length-delimited field adds for one element of `len` bytes.
-pub(crate) fn field_len(len: usize) -> usize {
-    1 + proto::encoding::encoded_len_varint(len as u64) + len
-}
-
 pub(crate) fn node_ref(name: &str, addr: SocketAddr) -> pb::NodeRef {
-    pb::NodeRef { name: name.to_owned(), addr: addr.to_string() }
+    pb::NodeRef {
+        name: name.to_owned(),
+        addr: addr.to_string(),
+    }
 }
 
 pub(crate) fn parse_node(node: Option<&pb::NodeRef>) -> Result<(String, SocketAddr), DecodeError> {

@@ -43,4 +43,5 @@ mod swim;
 pub use codec::{DecodeError, PROTOCOL_VERSION, decode_packet};
 pub use config::{Config, ConfigError};
 pub use member::{Member, Meta, Status};
+pub use proto::bytes::Bytes;
 pub use swim::{BroadcastError, Event, MAX_STREAM_MESSAGE, Membership, MetaTooLarge, NewError, Stats, Transmit};

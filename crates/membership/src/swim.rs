@@ -7,7 +7,8 @@
 //! [`Membership::poll_transmit`], [`Membership::poll_event`],
 //! [`Membership::poll_timeout`]. Randomness comes from a seed given at construction.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
-use crate::broadcast::{Key, Queue};
+use crate::broadcast::{self, Key, Queue};
 use crate::codec::{self, DecodeError, PROTOCOL_VERSION};
 use crate::config::{Config, ConfigError};
 use crate::member::{Member, Meta, Status};
@@ -233,7 +234,11 @@ pub struct Membership {
     incarnation: u64,
     meta: Meta,
     lifecycle: Lifecycle,
-    members: BTreeMap<String, Entry>,
+    /// Members by name. The hasher has fixed keys so that iteration order, and
+    /// with it every run, depends only on the inputs (the simulator replays
+    /// runs from a seed). Names come only from cluster members, which hold the
+    /// gossip key, so hash flooding is not a concern here.
+    members: HashMap<String, Entry, BuildHasherDefault<DefaultHasher>>,
     /// Live members other than this node.
     live: usize,
     probe_order: Vec<String>,
@@ -292,7 +297,7 @@ impl Membership {
             incarnation: 0,
             meta,
             lifecycle: Lifecycle::Running,
-            members: BTreeMap::new(),
+            members: HashMap::default(),
             live: 0,
             probe_order: Vec::new(),
             probe_pos: 0,
@@ -351,7 +356,8 @@ impl Membership {
         self.health
     }
 
-    /// Other members this node knows, including failed and departed ones not yet reaped.
+    /// Other members this node knows, including failed and departed ones not
+    /// yet reaped, in no particular order.
     pub fn members(&self) -> impl Iterator<Item = &Member> {
         self.members.values().map(|e| &e.member)
     }
@@ -456,7 +462,11 @@ impl Membership {
             self.events.push_back(Event::Joined);
             return;
         }
-        self.join = Some(Join { seeds, next_at: now, backoff: self.cfg.join_retry_interval });
+        self.join = Some(Join {
+            seeds,
+            next_at: now,
+            backoff: self.cfg.join_retry_interval,
+        });
         self.try_join(now);
     }
 
@@ -472,7 +482,8 @@ impl Membership {
         self.probe = None;
         self.join = None;
         let g = dead_gossip(&self.name, self.incarnation, &self.name, true);
-        self.broadcasts.push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+        self.broadcasts
+            .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
         // Tell a few members right away rather than waiting for the next probe.
         self.next_gossip = now;
     }
@@ -484,15 +495,23 @@ impl Membership {
             return Err(BroadcastError::Left);
         }
         if payload.len() > self.cfg.max_user_payload {
-            return Err(BroadcastError::TooLarge { len: payload.len(), limit: self.cfg.max_user_payload });
+            return Err(BroadcastError::TooLarge {
+                len: payload.len(),
+                limit: self.cfg.max_user_payload,
+            });
         }
         self.user_seq += 1;
         let seq = self.user_seq;
         self.remember_user(now, self.name.clone(), seq);
         let g = pb::Gossip {
-            kind: Some(pb::gossip::Kind::User(pb::UserMessage { origin: self.name.clone(), seq, payload })),
+            kind: Some(pb::gossip::Kind::User(pb::UserMessage {
+                origin: self.name.clone(),
+                seq,
+                payload,
+            })),
         };
-        self.broadcasts.push(Key::User(self.name.clone(), seq), g, self.cfg.max_broadcasts);
+        self.broadcasts
+            .push(Key::User(self.name.clone(), seq), g, self.cfg.max_broadcasts);
         Ok((self.name.clone(), seq))
     }
 
@@ -660,6 +679,9 @@ impl Membership {
         use pb::gossip::Kind;
         match g.kind.ok_or(DecodeError::Invalid("gossip.kind"))? {
             Kind::Alive(a) => {
+                if self.is_stale_alive(a.node.as_ref(), a.incarnation) {
+                    return Ok(());
+                }
                 let (name, addr) = codec::parse_node(a.node.as_ref())?;
                 self.on_alive(now, name, addr, a.incarnation, codec::meta_from_pb(a.meta));
             }
@@ -694,7 +716,9 @@ impl Membership {
                     payload: u.payload.clone(),
                 });
                 let key = Key::User(u.origin.clone(), u.seq);
-                let g = pb::Gossip { kind: Some(Kind::User(u)) };
+                let g = pb::Gossip {
+                    kind: Some(Kind::User(u)),
+                };
                 self.broadcasts.push(key, g, self.cfg.max_broadcasts);
             }
         }
@@ -708,18 +732,27 @@ impl Membership {
             }
         }
         if pp.request {
-            let reply = pb::PushPull { request: false, join: false, members: self.full_state(now) };
+            let reply = pb::PushPull {
+                request: false,
+                join: false,
+                members: self.full_state(now),
+            };
             self.send_reliable(from_addr, reply);
         } else if self.join.take().is_some() {
             self.events.push_back(Event::Joined);
+            // Now that the cluster's size is known, space push-pulls for it.
+            self.next_push_pull = now + self.push_pull_interval().mul_f64(0.5 + self.rng.random::<f64>());
         }
     }
 
     /// Merges one member record from a full state exchange. A remote "dead" is
     /// taken as a suspicion, so a live member gets the chance to refute it.
     fn merge_state(&mut self, now: Duration, from: &str, s: pb::MemberState) -> Result<(), DecodeError> {
-        let (name, addr) = codec::parse_node(s.node.as_ref())?;
         let status = codec::status_from_pb(s.status)?;
+        if status == Status::Alive && self.is_stale_alive(s.node.as_ref(), s.incarnation) {
+            return Ok(());
+        }
+        let (name, addr) = codec::parse_node(s.node.as_ref())?;
         match status {
             Status::Alive => self.on_alive(now, name, addr, s.incarnation, codec::meta_from_pb(s.meta)),
             Status::Suspect | Status::Dead => {
@@ -738,6 +771,17 @@ impl Membership {
 
     // ---- the membership rules ------------------------------------------
 
+    /// True for an `Alive` about another member that brings nothing new. Most
+    /// gossip is such a repeat, so it is dropped before any parsing.
+    fn is_stale_alive(&self, node: Option<&pb::NodeRef>, inc: u64) -> bool {
+        let Some(node) = node else { return false };
+        node.name != self.name
+            && self
+                .members
+                .get(&node.name)
+                .is_some_and(|e| inc <= e.member.incarnation)
+    }
+
     fn on_alive(&mut self, now: Duration, name: String, addr: SocketAddr, inc: u64, meta: Meta) {
         if name == self.name {
             if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
@@ -751,11 +795,24 @@ impl Membership {
             self.refute(inc);
             return;
         }
-        let alive = |now| Member { name: name.clone(), addr, incarnation: inc, status: Status::Alive, meta, since: now };
+        let alive = |now| Member {
+            name: name.clone(),
+            addr,
+            incarnation: inc,
+            status: Status::Alive,
+            meta,
+            since: now,
+        };
         match self.members.get_mut(&name) {
             None => {
                 let member = alive(now);
-                self.members.insert(name.clone(), Entry { member: member.clone(), suspicion: None });
+                self.members.insert(
+                    name.clone(),
+                    Entry {
+                        member: member.clone(),
+                        suspicion: None,
+                    },
+                );
                 self.became_live(&name);
                 self.events.push_back(Event::MemberUp(member));
             }
@@ -821,10 +878,14 @@ impl Membership {
             let s = new_suspicion(&self.cfg, now, from, live + 1);
             self.suspicion_deadlines.insert((s.deadline, name.to_owned()));
             e.suspicion = Some(s);
-            self.events.push_back(Event::MemberSuspect { name: name.to_owned(), incarnation: inc });
+            self.events.push_back(Event::MemberSuspect {
+                name: name.to_owned(),
+                incarnation: inc,
+            });
         }
         let g = suspect_gossip(name, inc, from);
-        self.broadcasts.push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+        self.broadcasts
+            .push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
     }
 
     fn on_dead(&mut self, now: Duration, name: &str, inc: u64, from: &str, left: bool) {
@@ -855,33 +916,40 @@ impl Membership {
         }
         self.live -= 1;
         self.down.insert((now, name.to_owned()));
-        self.events.push_back(Event::MemberDown { name: name.to_owned(), left });
+        self.events.push_back(Event::MemberDown {
+            name: name.to_owned(),
+            left,
+        });
         let g = dead_gossip(name, inc, from, left);
-        self.broadcasts.push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+        self.broadcasts
+            .push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
         self.bound_down();
     }
 
     fn refute(&mut self, inc: u64) {
         self.incarnation = self.incarnation.max(inc) + 1;
         self.stats.refutations += 1;
-        self.events.push_back(Event::Refuted { incarnation: self.incarnation });
+        self.events.push_back(Event::Refuted {
+            incarnation: self.incarnation,
+        });
         self.queue_self_alive();
     }
 
     fn queue_self_alive(&mut self) {
         let g = alive_gossip(&self.name, self.addr, self.incarnation, &self.meta);
-        self.broadcasts.push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+        self.broadcasts
+            .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
     }
 
     fn became_live(&mut self, name: &str) {
         self.live += 1;
-        // Insert at a random position so a new member is probed within one
-        // round of the order without disturbing it (as SWIM's round-robin asks).
-        let pos = self.rng.random_range(0..=self.probe_order.len());
-        self.probe_order.insert(pos, name.to_owned());
-        if pos < self.probe_pos {
-            self.probe_pos += 1;
-        }
+        // Put it at a random place among the members not yet probed this round
+        // (SWIM's round-robin asks that a new member be probed within one round);
+        // a swap keeps this O(1).
+        self.probe_order.push(name.to_owned());
+        let last = self.probe_order.len() - 1;
+        let pos = self.rng.random_range(self.probe_pos.min(last)..=last);
+        self.probe_order.swap(pos, last);
     }
 
     // ---- probing -------------------------------------------------------
@@ -962,7 +1030,11 @@ impl Membership {
         for h in &helpers {
             let addr = self.members[h].member.addr;
             self.stats.indirect_probes += 1;
-            let req = pb::PingReq { seq, target: Some(target_ref.clone()), want_nack };
+            let req = pb::PingReq {
+                seq,
+                target: Some(target_ref.clone()),
+                want_nack,
+            };
             self.send(addr, pb::packet::Kind::PingReq(req), None);
         }
         if let Some(p) = &mut self.probe {
@@ -978,7 +1050,11 @@ impl Membership {
         // Lifeguard: if the helpers answered with nacks, the network around this
         // node works and the target is the likely culprit; each missing nack
         // (or, with no helpers, the miss itself) counts against our own health.
-        let delta = if p.expected_nacks > 0 { p.expected_nacks.saturating_sub(p.nacks) } else { 1 };
+        let delta = if p.expected_nacks > 0 {
+            p.expected_nacks.saturating_sub(p.nacks)
+        } else {
+            1
+        };
         self.adjust_health(delta as i32);
         let Some(e) = self.members.get(&p.target) else { return };
         if e.member.status == Status::Alive {
@@ -1028,16 +1104,25 @@ impl Membership {
         j.next_at = now + j.backoff;
         j.backoff = (j.backoff * 2).min(self.cfg.join_retry_max);
         for s in seeds {
-            let msg = pb::PushPull { request: true, join: true, members: self.full_state(now) };
+            let msg = pb::PushPull {
+                request: true,
+                join: true,
+                members: self.full_state(now),
+            };
             self.stats.push_pulls += 1;
             self.send_reliable(s, msg);
         }
     }
 
-    fn push_pull_random(&mut self, now: Duration) {
+    /// The push-pull interval scaled linearly with cluster size, so that the
+    /// bytes each node sends for anti-entropy per second stay flat in N.
+    fn push_pull_interval(&self) -> Duration {
         let scale = (self.num_live() / self.cfg.push_pull_scale_members).max(1) as u32;
-        let iv = self.cfg.push_pull_interval * scale;
-        self.next_push_pull = now + iv.mul_f64(0.5 + self.rng.random::<f64>());
+        self.cfg.push_pull_interval * scale
+    }
+
+    fn push_pull_random(&mut self, now: Duration) {
+        self.next_push_pull = now + self.push_pull_interval().mul_f64(0.5 + self.rng.random::<f64>());
         if let Some(peer) = self.random_live(1, None).pop() {
             let addr = self.members[&peer].member.addr;
             self.push_pull_to(now, addr);
@@ -1064,7 +1149,11 @@ impl Membership {
 
     fn push_pull_to(&mut self, now: Duration, addr: SocketAddr) {
         self.stats.push_pulls += 1;
-        let msg = pb::PushPull { request: true, join: false, members: self.full_state(now) };
+        let msg = pb::PushPull {
+            request: true,
+            join: false,
+            members: self.full_state(now),
+        };
         self.send_reliable(addr, msg);
     }
 
@@ -1113,23 +1202,26 @@ impl Membership {
     }
 
     fn send(&mut self, to: SocketAddr, kind: pb::packet::Kind, first: Option<pb::Gossip>) {
-        let mut packet = pb::Packet {
+        let gossip_only = matches!(kind, pb::packet::Kind::GossipOnly(_));
+        let packet = pb::Packet {
             version: PROTOCOL_VERSION,
             from: Some(codec::node_ref(&self.name, self.addr)),
             kind: Some(kind),
             gossip: Vec::new(),
         };
-        let mut budget = self.cfg.max_packet_size.saturating_sub(packet.encoded_len());
+        let mut buf = Vec::with_capacity(self.cfg.max_packet_size);
+        packet.encode(&mut buf).expect("a Vec grows as needed");
+        let header = buf.len();
         if let Some(g) = first {
-            budget = budget.saturating_sub(codec::field_len(g.encoded_len()));
-            packet.gossip.push(g);
+            buf.extend_from_slice(&broadcast::frame(g));
         }
+        let budget = self.cfg.max_packet_size.saturating_sub(buf.len());
         let limit = self.retransmit_limit();
-        self.broadcasts.take(budget, limit, &mut packet.gossip);
-        if matches!(packet.kind, Some(pb::packet::Kind::GossipOnly(_))) && packet.gossip.is_empty() {
+        self.broadcasts.take(budget, limit, &mut buf);
+        if gossip_only && buf.len() == header {
             return;
         }
-        self.emit(to, codec::encode(&packet), false);
+        self.emit(to, buf, false);
     }
 
     fn send_reliable(&mut self, to: SocketAddr, pp: pb::PushPull) {
@@ -1206,7 +1298,9 @@ impl Membership {
 
     fn bound_down(&mut self) {
         while self.down.len() > self.cfg.max_dead_members {
-            let Some((since, name)) = self.down.first().cloned() else { break };
+            let Some((since, name)) = self.down.first().cloned() else {
+                break;
+            };
             self.forget(&name, since);
         }
     }
@@ -1223,22 +1317,38 @@ impl Membership {
 fn check_meta(cfg: &Config, meta: &Meta) -> Result<(), MetaTooLarge> {
     let len = codec::meta_encoded_len(meta);
     if len > cfg.max_meta_size {
-        return Err(MetaTooLarge { len, limit: cfg.max_meta_size });
+        return Err(MetaTooLarge {
+            len,
+            limit: cfg.max_meta_size,
+        });
     }
     Ok(())
 }
 
 fn new_suspicion(cfg: &Config, now: Duration, from: &str, n: usize) -> Suspicion {
     let n = n.max(1) as f64;
-    let min = cfg.probe_interval.mul_f64(f64::from(cfg.suspicion_mult) * n.log10().max(1.0));
+    let min = cfg
+        .probe_interval
+        .mul_f64(f64::from(cfg.suspicion_mult) * n.log10().max(1.0));
     let (k, max) = if cfg.lifeguard {
         // Too few members to expect independent confirmations: fixed timeout.
-        let k = if (n as u32).saturating_sub(2) < cfg.suspicion_confirmations { 0 } else { cfg.suspicion_confirmations };
+        let k = if (n as u32).saturating_sub(2) < cfg.suspicion_confirmations {
+            0
+        } else {
+            cfg.suspicion_confirmations
+        };
         (k, min * cfg.suspicion_max_mult)
     } else {
         (0, min)
     };
-    let mut s = Suspicion { started: now, confirmers: BTreeSet::new(), k, min, max, deadline: now };
+    let mut s = Suspicion {
+        started: now,
+        confirmers: BTreeSet::new(),
+        k,
+        min,
+        max,
+        deadline: now,
+    };
     s.confirmers.insert(from.to_owned());
     s.deadline = now + s.timeout();
     s

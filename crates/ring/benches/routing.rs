@@ -148,11 +148,7 @@ impl<A: Algorithm> Table for Ours<A> {
 
 /// Maps node names back to the bench's member ids.
 fn name_ids(members: &[Member]) -> HashMap<String, usize> {
-    members
-        .iter()
-        .enumerate()
-        .map(|(i, m)| (m.name.clone(), i))
-        .collect()
+    members.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect()
 }
 
 /// A node for hrw-hash: a name with a capacity.
@@ -363,15 +359,11 @@ struct Keys {
 impl Keys {
     fn new(n: usize, rng: &mut Rng) -> Self {
         // Conversation keys as a gateway sees them: a prefix and 16 hex digits.
-        let owned = (0..n)
-            .map(|_| format!("conv-{:016x}", rng.next()))
-            .collect();
+        let owned = (0..n).map(|_| format!("conv-{:016x}", rng.next())).collect();
         Self { owned }
     }
     fn iter(&self, limit: usize) -> impl Iterator<Item = &[u8]> {
-        self.owned[..limit.min(self.owned.len())]
-            .iter()
-            .map(String::as_bytes)
+        self.owned[..limit.min(self.owned.len())].iter().map(String::as_bytes)
     }
 }
 
@@ -509,8 +501,7 @@ fn main() {
             let region = Region::new(GLOBAL);
             let t = (c.build)(&members);
             let stats = region.change();
-            row.memory = (stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-                + stats.bytes_reallocated)
+            row.memory = (stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated)
                 .max(0) as usize;
             drop(t);
             // Subtract what the bench adapter itself holds.
@@ -523,8 +514,7 @@ fn main() {
                 Box::new(())
             };
             let stats = region.change();
-            let overhead = (stats.bytes_allocated as isize - stats.bytes_deallocated as isize
-                + stats.bytes_reallocated)
+            let overhead = (stats.bytes_allocated as isize - stats.bytes_deallocated as isize + stats.bytes_reallocated)
                 .max(0) as usize;
             drop(extra);
             row.memory = row.memory.saturating_sub(overhead);
@@ -535,11 +525,7 @@ fn main() {
         for (i, c) in cands.iter().enumerate() {
             // Tables slower than ~2 µs per key get a tenth of the keys for
             // balance and movement so the run fits its time budget.
-            let limit = if probe[i] > 2_000.0 {
-                key_count / 10
-            } else {
-                key_count
-            };
+            let limit = if probe[i] > 2_000.0 { key_count / 10 } else { key_count };
             let base = assign(tables[i].as_ref(), &keys, limit);
             let row = rows.get_mut(&(n, i)).unwrap();
             let mut counts = vec![0u64; n];
@@ -557,10 +543,7 @@ fn main() {
             for t in 0..trials {
                 // Join: one new member.
                 let mut plus = members.clone();
-                plus.push(Member::new(
-                    format!("joiner-{t}-{}", trial_rng.next() % 1000),
-                    1,
-                ));
+                plus.push(Member::new(format!("joiner-{t}-{}", trial_rng.next() % 1000), 1));
                 let after = assign((c.build)(&plus).as_ref(), &keys, limit);
                 let (moved, collateral) = movement(&base, &after, Some(n as u32), None);
                 jr += (moved as f64 / base.len() as f64) / (1.0 / (n + 1) as f64);
@@ -613,19 +596,13 @@ fn main() {
         // ---- weighted balance: weights 1, 2 and 4 in turn.
         if n == 100 || n == 1000 {
             eprintln!("N = {n}: weighted balance");
-            let weighted: Vec<Member> = (0..n)
-                .map(|i| Member::new(member_name(i), [1, 2, 4][i % 3]))
-                .collect();
+            let weighted: Vec<Member> = (0..n).map(|i| Member::new(member_name(i), [1, 2, 4][i % 3])).collect();
             let total_w: u64 = weighted.iter().map(|m| u64::from(m.weight)).sum();
             for (i, c) in cands.iter().enumerate() {
                 if !c.weighted {
                     continue;
                 }
-                let limit = if probe[i] > 2_000.0 {
-                    key_count / 10
-                } else {
-                    key_count
-                };
+                let limit = if probe[i] > 2_000.0 { key_count / 10 } else { key_count };
                 let got = assign((c.build)(&weighted).as_ref(), &keys, limit);
                 let mut counts = vec![0u64; n];
                 for &o in &got {
@@ -634,9 +611,7 @@ fn main() {
                 let worst = counts
                     .iter()
                     .zip(&weighted)
-                    .map(|(&c, m)| {
-                        c as f64 / (got.len() as f64 * f64::from(m.weight) / total_w as f64)
-                    })
+                    .map(|(&c, m)| c as f64 / (got.len() as f64 * f64::from(m.weight) / total_w as f64))
                     .fold(0.0, f64::max);
                 rows.get_mut(&(n, i)).unwrap().weighted_balance = Some(worst);
             }
@@ -673,21 +648,10 @@ fn main() {
     let elapsed = started.elapsed();
     notes.push(format!("Whole run: {:.0} s.", elapsed.as_secs_f64()));
 
-    let report = render(
-        &cands,
-        &rows,
-        &checksum_lines,
-        &bounded,
-        &notes,
-        key_count,
-        elapsed,
-    );
+    let report = render(&cands, &rows, &checksum_lines, &bounded, &notes, key_count, elapsed);
     println!("{report}");
     if !quick {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/benchmarks/routing.md"
-        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/benchmarks/routing.md");
         std::fs::write(path, report).expect("write docs/benchmarks/routing.md");
         eprintln!("wrote {path}");
     }
@@ -774,7 +738,11 @@ fn bounded_load_section(keys: &Keys, quick: bool) -> String {
         .collect();
 
     let mut out = String::new();
-    writeln!(out, "| mode | max in-flight / average | messages not on their owner | time per choice (median) |").unwrap();
+    writeln!(
+        out,
+        "| mode | max in-flight / average | messages not on their owner | time per choice (median) |"
+    )
+    .unwrap();
     writeln!(out, "|---|---:|---:|---:|").unwrap();
     for factor in [None, Some(150), Some(125), Some(110)] {
         let mut load = vec![0u64; n];
@@ -919,17 +887,8 @@ fn render(
     )
     .unwrap();
     writeln!(w, "|---|---|---:|---:|---:|").unwrap();
-    let find = |label: &str| {
-        cands
-            .iter()
-            .position(|c| c.label.starts_with(label))
-            .unwrap()
-    };
-    let (rv, mg, md) = (
-        find("rendezvous (ours)"),
-        find("maglev (ours)"),
-        find("hash mod N"),
-    );
+    let find = |label: &str| cands.iter().position(|c| c.label.starts_with(label)).unwrap();
+    let (rv, mg, md) = (find("rendezvous (ours)"), find("maglev (ours)"), find("hash mod N"));
     let cell = |n: usize, i: usize, f: &dyn Fn(&Row) -> String| f(&rows[&(n, i)]);
     let worst_move = |i: usize| {
         SIZES
@@ -940,11 +899,7 @@ fn render(
     let worst_coll = |i: usize| {
         SIZES
             .iter()
-            .map(|&n| {
-                rows[&(n, i)]
-                    .join_collateral
-                    .max(rows[&(n, i)].leave_collateral)
-            })
+            .map(|&n| rows[&(n, i)].join_collateral.max(rows[&(n, i)].leave_collateral))
             .fold(0.0, f64::max)
     };
     let orders = |i: usize| {
@@ -971,7 +926,13 @@ fn render(
         cell(100, md, &bal)
     )
     .unwrap();
-    writeln!(w, "| keys moved / optimal, worst of join and leave over all N | <= 1.1 | {:.3} | {:.3} | not consistent |", worst_move(rv), worst_move(mg)).unwrap();
+    writeln!(
+        w,
+        "| keys moved / optimal, worst of join and leave over all N | <= 1.1 | {:.3} | {:.3} | not consistent |",
+        worst_move(rv),
+        worst_move(mg)
+    )
+    .unwrap();
     writeln!(
         w,
         "| collateral moves, worst, % of all keys | 0 | {:.3}% | {:.3}% | not consistent |",
@@ -996,11 +957,7 @@ fn render(
     for &n in &SIZES {
         writeln!(w, "## N = {n}\n").unwrap();
         writeln!(w, "| algorithm | lookup median | lookup p99 | build | update (1 join) | memory | balance max/avg | join moved / optimal | join collateral | leave moved / optimal | leave collateral | same table from 100 orders |").unwrap();
-        writeln!(
-            w,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        )
-        .unwrap();
+        writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
         let best_lookup = cands
             .iter()
             .enumerate()
@@ -1039,13 +996,7 @@ fn render(
         writeln!(w).unwrap();
         let mut sample_note = String::from("Lookup keys timed: ");
         for (i, c) in cands.iter().enumerate() {
-            write!(
-                sample_note,
-                "{} {}; ",
-                c.label,
-                rows[&(n, i)].lookup_samples
-            )
-            .unwrap();
+            write!(sample_note, "{} {}; ", c.label, rows[&(n, i)].lookup_samples).unwrap();
         }
         writeln!(w, "{}\n", sample_note.trim_end_matches("; ")).unwrap();
         if n != 10 {
@@ -1065,11 +1016,7 @@ fn render(
             writeln!(w).unwrap();
         }
     }
-    writeln!(
-        w,
-        "## Determinism of `ring::Ring` (checksum and table digest)\n"
-    )
-    .unwrap();
+    writeln!(w, "## Determinism of `ring::Ring` (checksum and table digest)\n").unwrap();
     writeln!(
         w,
         "Members with weights 1, 2, 3 in turn, built from 100 seeded shuffles of the list.\n"
@@ -1080,7 +1027,11 @@ fn render(
     for l in checksum_lines {
         writeln!(w, "{l}").unwrap();
     }
-    writeln!(w, "\n## Bounded-load mode (N = 100, Zipf(1.0) over 20,000 conversations, all messages in flight)\n").unwrap();
+    writeln!(
+        w,
+        "\n## Bounded-load mode (N = 100, Zipf(1.0) over 20,000 conversations, all messages in flight)\n"
+    )
+    .unwrap();
     writeln!(w, "{bounded}").unwrap();
     writeln!(w, "## Candidates\n").unwrap();
     for c in cands {

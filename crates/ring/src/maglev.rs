@@ -138,11 +138,7 @@ impl Algorithm for Maglev {
             pos.push(reduce(member_hash(name, 1), m));
             skip.push(reduce(member_hash(name, 2), m - 1) + 1);
         }
-        let max_weight = members
-            .iter()
-            .map(|m| u64::from(m.weight))
-            .max()
-            .unwrap_or(1);
+        let max_weight = members.iter().map(|m| u64::from(m.weight)).max().unwrap_or(1);
         let mut credit = vec![0u64; n];
         let mut table = vec![EMPTY; m];
         // The probe loop tests this bitmap rather than the table: at 1/32 of
@@ -245,11 +241,7 @@ mod tests {
 
     #[test]
     fn every_member_holds_its_weighted_share_of_slots() {
-        let members = vec![
-            Member::new("a", 1),
-            Member::new("b", 2),
-            Member::new("c", 1),
-        ];
+        let members = vec![Member::new("a", 1), Member::new("b", 2), Member::new("c", 1)];
         let t = Maglev::build(members, &MaglevConfig::default());
         let mut counts = [0usize; 3];
         for &e in &t.table {

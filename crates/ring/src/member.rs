@@ -47,12 +47,7 @@ pub(crate) fn canonical(members: &[Member]) -> Vec<Member> {
     let mut out: Vec<Member> = members.iter().filter(|m| m.weight > 0).cloned().collect();
     // Sorting by name and then by descending weight puts the winner of each
     // duplicate group first, where `dedup_by` keeps it.
-    out.sort_unstable_by(|a, b| {
-        a.name
-            .as_bytes()
-            .cmp(b.name.as_bytes())
-            .then(b.weight.cmp(&a.weight))
-    });
+    out.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()).then(b.weight.cmp(&a.weight)));
     out.dedup_by(|later, first| later.name == first.name);
     out
 }

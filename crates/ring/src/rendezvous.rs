@@ -60,9 +60,8 @@ impl Rendezvous {
             })
             .collect();
         // Highest score first; among equal scores the lower index first.
-        let order = |a: &(f64, u64, usize), b: &(f64, u64, usize)| {
-            b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2))
-        };
+        let order =
+            |a: &(f64, u64, usize), b: &(f64, u64, usize)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1)).then(a.2.cmp(&b.2));
         if want < scored.len() {
             scored.select_nth_unstable_by(want - 1, order);
             scored.truncate(want);
@@ -77,10 +76,7 @@ impl Algorithm for Rendezvous {
     const NAME: &'static str = "rendezvous";
 
     fn build(members: Vec<Member>, _config: &Self::Config) -> Self {
-        let hashes = members
-            .iter()
-            .map(|m| member_hash(m.name.as_bytes(), 0))
-            .collect();
+        let hashes = members.iter().map(|m| member_hash(m.name.as_bytes(), 0)).collect();
         let uniform = members.windows(2).all(|w| w[0].weight == w[1].weight);
         Self {
             members,
@@ -140,10 +136,6 @@ impl Algorithm for Rendezvous {
     fn heap_bytes(&self) -> usize {
         self.hashes.capacity() * 8
             + self.members.capacity() * size_of::<Member>()
-            + self
-                .members
-                .iter()
-                .map(|m| m.name.capacity())
-                .sum::<usize>()
+            + self.members.iter().map(|m| m.name.capacity()).sum::<usize>()
     }
 }

@@ -124,9 +124,7 @@ impl<A: Algorithm> Router<A> {
     pub fn owners(&self, key: &[u8], n: usize) -> Vec<&str> {
         let mut idx = Vec::with_capacity(n.min(self.len()));
         self.table.owners_of(key_hash(key), n, &mut idx);
-        idx.into_iter()
-            .map(|i| self.table.members()[i].name.as_str())
-            .collect()
+        idx.into_iter().map(|i| self.table.members()[i].name.as_str()).collect()
     }
 
     /// A short checksum of the routing table, for comparing with a peer's.

@@ -56,8 +56,7 @@ impl Algorithm for VnodeRing {
         let mut pairs: Vec<(u64, u32)> = Vec::new();
         for (i, m) in members.iter().enumerate() {
             // points = round(V * weight / mean weight), at least 1.
-            let count = (u128::from(v) * u128::from(m.weight) * u128::from(n)
-                + u128::from(total) / 2)
+            let count = (u128::from(v) * u128::from(m.weight) * u128::from(n) + u128::from(total) / 2)
                 / u128::from(total.max(1));
             let count = (count as u64).clamp(1, MAX_POINTS_PER_MEMBER);
             let base = member_hash(m.name.as_bytes(), 0);
@@ -133,10 +132,6 @@ impl Algorithm for VnodeRing {
         self.points.capacity() * 8
             + self.owners.capacity() * 4
             + self.members.capacity() * size_of::<Member>()
-            + self
-                .members
-                .iter()
-                .map(|m| m.name.capacity())
-                .sum::<usize>()
+            + self.members.iter().map(|m| m.name.capacity()).sum::<usize>()
     }
 }

@@ -26,10 +26,7 @@ fn small_maglev(members: &[Member]) -> Router<Maglev> {
 /// include 0 and `u32::MAX`.
 fn member_sets() -> impl Strategy<Value = Vec<Member>> {
     prop::collection::vec(
-        (
-            "[a-h]{1,2}",
-            prop_oneof![Just(0u32), 1u32..5, Just(u32::MAX)],
-        )
+        ("[a-h]{1,2}", prop_oneof![Just(0u32), 1u32..5, Just(u32::MAX)])
             .prop_map(|(name, weight)| Member::new(name, weight)),
         0..24,
     )
@@ -177,24 +174,11 @@ fn a_join_moves_close_to_the_optimal_share_of_keys() {
     let moved = |a: &dyn Fn(&[u8]) -> Option<String>, b: &dyn Fn(&[u8]) -> Option<String>| {
         ks.iter().filter(|k| a(k) != b(k)).count() as f64 / ks.len() as f64
     };
-    let (r0, r1) = (
-        Router::<Rendezvous>::new(&members),
-        Router::<Rendezvous>::new(&plus),
-    );
-    let ratio = moved(&|k| r0.owner(k).map(String::from), &|k| {
-        r1.owner(k).map(String::from)
-    }) / optimal;
-    assert!(
-        (0.9..1.1).contains(&ratio),
-        "rendezvous moved {ratio:.3} x optimal"
-    );
+    let (r0, r1) = (Router::<Rendezvous>::new(&members), Router::<Rendezvous>::new(&plus));
+    let ratio = moved(&|k| r0.owner(k).map(String::from), &|k| r1.owner(k).map(String::from)) / optimal;
+    assert!((0.9..1.1).contains(&ratio), "rendezvous moved {ratio:.3} x optimal");
     let (m0, m1) = (small_maglev(&members), small_maglev(&plus));
-    let ratio = moved(&|k| m0.owner(k).map(String::from), &|k| {
-        m1.owner(k).map(String::from)
-    }) / optimal;
+    let ratio = moved(&|k| m0.owner(k).map(String::from), &|k| m1.owner(k).map(String::from)) / optimal;
     // Maglev has collateral moves; this bounds them rather than denying them.
-    assert!(
-        (0.9..1.6).contains(&ratio),
-        "maglev moved {ratio:.3} x optimal"
-    );
+    assert!((0.9..1.6).contains(&ratio), "maglev moved {ratio:.3} x optimal");
 }

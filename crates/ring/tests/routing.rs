@@ -29,14 +29,8 @@ fn a_non_owner_forwards_once_and_then_rejects_at_the_hop_limit() {
     let ring = Ring::new(&members(&["a", "b", "c"]));
     let key = key_owned_by(&ring, "b");
     assert_eq!(ring.route(&key, "a", 0, 1), Route::Forward("b"));
-    assert_eq!(
-        ring.route(&key, "a", 1, 1),
-        Route::Reject(Rejection::HopLimit)
-    );
-    assert_eq!(
-        ring.route(&key, "a", 0, 0),
-        Route::Reject(Rejection::HopLimit)
-    );
+    assert_eq!(ring.route(&key, "a", 1, 1), Route::Reject(Rejection::HopLimit));
+    assert_eq!(ring.route(&key, "a", 0, 0), Route::Reject(Rejection::HopLimit));
 }
 
 #[test]
@@ -57,10 +51,7 @@ fn views_that_disagree_forward_once_instead_of_looping() {
 #[test]
 fn routing_with_no_members_rejects_with_no_owner() {
     let ring = Ring::new(&[]);
-    assert_eq!(
-        ring.route(b"k", "a", 0, 1),
-        Route::Reject(Rejection::NoOwner)
-    );
+    assert_eq!(ring.route(b"k", "a", 0, 1), Route::Reject(Rejection::NoOwner));
     assert_eq!(Rejection::NoOwner.to_string(), "no member owns any key");
 }
 
@@ -84,11 +75,7 @@ fn bounded_load_spills_to_the_next_preferred_member_when_the_owner_is_full() {
     // The owner holds 13 of 40 (at capacity); the second choice too; the
     // third has room, so it gets the message, deterministically.
     let loads = |m: &str| {
-        if m == prefs[0] || m == prefs[1] {
-            13
-        } else {
-            7
-        }
+        if m == prefs[0] || m == prefs[1] { 13 } else { 7 }
     };
     assert_eq!(ring.owner_bounded(key, bound, 40, loads), Some(prefs[2]));
     assert_eq!(ring.owner_bounded(key, bound, 40, loads), Some(prefs[2]));
@@ -99,23 +86,14 @@ fn bounded_load_with_inconsistent_counts_still_answers_the_owner() {
     let ring = Ring::new(&members(&["a", "b"]));
     let bound = BoundedLoad::new(100).unwrap();
     // Every member reports more than the total allows; nobody has room.
-    assert_eq!(
-        ring.owner_bounded(b"k", bound, 0, |_| u64::MAX),
-        ring.owner(b"k")
-    );
+    assert_eq!(ring.owner_bounded(b"k", bound, 0, |_| u64::MAX), ring.owner(b"k"));
 }
 
 #[test]
 fn bounded_load_rejects_factors_below_one_hundred_percent() {
     assert_eq!(BoundedLoad::new(99), None);
-    assert_eq!(
-        BoundedLoad::new(100).map(BoundedLoad::factor_percent),
-        Some(100)
-    );
-    assert_eq!(
-        BoundedLoad::new(u32::MAX).unwrap().capacity(u64::MAX, 1),
-        u64::MAX
-    );
+    assert_eq!(BoundedLoad::new(100).map(BoundedLoad::factor_percent), Some(100));
+    assert_eq!(BoundedLoad::new(u32::MAX).unwrap().capacity(u64::MAX, 1), u64::MAX);
     assert_eq!(BoundedLoad::new(150).unwrap().capacity(10, 0), 0);
 }
 
@@ -125,10 +103,7 @@ fn no_members_answer_none_and_empty_without_panicking() {
     assert!(ring.is_empty());
     assert_eq!(ring.owner(b"k"), None);
     assert!(ring.owners(b"k", 5).is_empty());
-    assert_eq!(
-        ring.owner_bounded(b"k", BoundedLoad::new(125).unwrap(), 0, |_| 0),
-        None
-    );
+    assert_eq!(ring.owner_bounded(b"k", BoundedLoad::new(125).unwrap(), 0, |_| 0), None);
     let maglev = Router::<Maglev>::new(&[]);
     assert_eq!(maglev.owner(b"k"), None);
     assert!(maglev.owners(b"k", 5).is_empty());
@@ -152,10 +127,7 @@ fn one_member_owns_every_key() {
         assert_eq!(ring.owner(format!("k{i}").as_bytes()), Some("only"));
     }
     assert_eq!(ring.owners(b"k", 10), vec!["only"]);
-    assert_eq!(
-        Router::<Maglev>::new(&members(&["only"])).owner(b"k"),
-        Some("only")
-    );
+    assert_eq!(Router::<Maglev>::new(&members(&["only"])).owner(b"k"), Some("only"));
 }
 
 #[test]
@@ -181,16 +153,8 @@ fn a_huge_weight_takes_nearly_everything_and_nothing_panics() {
 
 #[test]
 fn duplicate_names_keep_the_highest_weight_in_any_order() {
-    let a = Ring::new(&[
-        Member::new("x", 1),
-        Member::new("x", 5),
-        Member::new("y", 2),
-    ]);
-    let b = Ring::new(&[
-        Member::new("y", 2),
-        Member::new("x", 5),
-        Member::new("x", 1),
-    ]);
+    let a = Ring::new(&[Member::new("x", 1), Member::new("x", 5), Member::new("y", 2)]);
+    let b = Ring::new(&[Member::new("y", 2), Member::new("x", 5), Member::new("x", 1)]);
     assert_eq!(a.members(), &[Member::new("x", 5), Member::new("y", 2)]);
     assert_eq!(a.checksum(), b.checksum());
     assert_eq!(a.len(), 2);
@@ -244,11 +208,7 @@ fn the_default_ring_gives_the_pinned_answers() {
         ["worker-d", "worker-a", "worker-e"],
     ];
     for (i, w) in want.iter().enumerate() {
-        assert_eq!(
-            ring.owners(format!("conv-{i}").as_bytes(), 3),
-            w,
-            "conv-{i}"
-        );
+        assert_eq!(ring.owners(format!("conv-{i}").as_bytes(), 3), w, "conv-{i}");
     }
     let maglev = Router::<Maglev>::new(&ms);
     let vnode = Router::<VnodeRing>::new(&ms);

@@ -1,0 +1,662 @@
+//! The discrete-event engine: a virtual clock, a simulated network and N nodes.
+//!
+//! Everything random (latency jitter, loss, node seeds) comes from one seed, and
+//! events at the same instant run in the order they were scheduled, so a run is
+//! a pure function of its seed and its operations.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, RngExt, SeedableRng};
+
+use crate::protocol::{NodeSpec, Protocol, SimEvent};
+
+/// The simulated network's behaviour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetConfig {
+    /// One-way latency of every link.
+    pub latency: Duration,
+    /// Extra latency drawn uniformly from `[0, jitter)` for each packet.
+    pub jitter: Duration,
+    /// Probability that a datagram is lost, on every link.
+    pub loss: f64,
+}
+
+impl Default for NetConfig {
+    /// A LAN: 0.5 ms latency, 0.5 ms jitter, no loss.
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_micros(500),
+            jitter: Duration::from_micros(500),
+            loss: 0.0,
+        }
+    }
+}
+
+/// The address node `index` listens on in its `generation`-th life. Addresses
+/// are virtual (no packet leaves the process); they are loopback addresses so
+/// they could never be mistaken for real hosts.
+pub fn sim_addr(index: usize, generation: u32) -> SocketAddr {
+    let port = 1024 + (index % 60_000) as u16;
+    let host = 1 + (index / 60_000) as u8 + (generation as u8).wrapping_mul(16);
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, generation as u8, host)), port)
+}
+
+type Factory<P> = Box<dyn FnMut(&NodeSpec) -> P>;
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Scheduled {
+    at: Duration,
+    seq: u64,
+    what: What,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum What {
+    Deliver {
+        to: usize,
+        life: u32,
+        from: SocketAddr,
+        payload: Rc<[u8]>,
+        reliable: bool,
+    },
+    Timer {
+        node: usize,
+        life: u32,
+    },
+}
+
+struct Node<P> {
+    name: String,
+    addr: SocketAddr,
+    proto: Option<P>,
+    /// Incremented on every restart; packets and timers for an old life are dropped.
+    life: u32,
+    timer_at: Option<Duration>,
+    /// Extra delay before this node handles each packet (a slow node).
+    slow: Option<Duration>,
+    left: bool,
+    bytes_out: u64,
+    packets_out: u64,
+}
+
+/// Figures gathered while the simulation runs, indexed by node.
+#[derive(Debug, Default)]
+pub struct Observations {
+    /// `view[o]` holds the nodes observer `o` sees as live.
+    view: Vec<HashSet<usize>>,
+    /// `down_view[o]` holds the nodes observer `o` has declared down and not seen up since.
+    down_view: Vec<HashSet<usize>>,
+    /// For each subject, how many observers currently see it as down.
+    down_believers: Vec<usize>,
+    /// Times a member that was up was declared down by at least one other member.
+    pub false_positive_episodes: u64,
+    /// Individual (observer, subject) declarations of an up member as down.
+    pub false_positive_declarations: u64,
+    /// For each subject: first suspicion and first/last down declaration since `watch`.
+    watches: HashMap<usize, Watch>,
+    /// Message id -> (sent at, receivers).
+    messages: HashMap<u64, (Duration, usize)>,
+    /// Message id -> time every live node had it.
+    pub message_complete: HashMap<u64, Duration>,
+}
+
+/// Detection figures for one watched subject.
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    /// When the watch started.
+    pub since: Duration,
+    /// First time any node suspected the subject.
+    pub first_suspect: Option<Duration>,
+    /// First time any node declared it down.
+    pub first_down: Option<Duration>,
+    /// Observers that have declared it down since the watch started.
+    pub down_by: HashSet<usize>,
+    /// Observers that see it as up since the watch started.
+    pub up_by: HashSet<usize>,
+    /// Time the last live node declared it down (filled by `Cluster::watch_status`).
+    pub all_down: Option<Duration>,
+    /// Time every live node saw it up.
+    pub all_up: Option<Duration>,
+}
+
+/// A simulated cluster running protocol `P`.
+pub struct Cluster<P: Protocol> {
+    now: Duration,
+    seq: u64,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    nodes: Vec<Node<P>>,
+    by_name: HashMap<String, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    net: NetConfig,
+    link_loss: HashMap<(usize, usize), f64>,
+    /// Blocked directed links `(from, to)`.
+    blocked: HashSet<(usize, usize)>,
+    rng: SmallRng,
+    seed: u64,
+    factory: Factory<P>,
+    /// Nodes running and not left.
+    up_count: usize,
+    /// Measurements.
+    pub obs: Observations,
+    /// Events processed, for performance reporting.
+    pub events_processed: u64,
+}
+
+impl<P: Protocol> std::fmt::Debug for Cluster<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+impl<P: Protocol> Cluster<P> {
+    /// An empty cluster. `factory` creates a node's protocol state machine.
+    pub fn new(seed: u64, net: NetConfig, factory: impl FnMut(&NodeSpec) -> P + 'static) -> Self {
+        Self {
+            now: Duration::ZERO,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            nodes: Vec::new(),
+            by_name: HashMap::new(),
+            by_addr: HashMap::new(),
+            net,
+            link_loss: HashMap::new(),
+            blocked: HashSet::new(),
+            rng: SmallRng::seed_from_u64(seed),
+            seed,
+            factory: Box::new(factory),
+            up_count: 0,
+            obs: Observations::default(),
+            events_processed: 0,
+        }
+    }
+
+    /// The seed this run replays from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Simulated time.
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    /// Number of nodes ever added (up or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no node was added.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Number of nodes running and not left.
+    pub fn up_count(&self) -> usize {
+        self.up_count
+    }
+
+    /// Indices of nodes that are running and have not left.
+    pub fn up_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.is_up(i)).collect()
+    }
+
+    /// True when node `i` runs and has not left.
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].proto.is_some() && !self.nodes[i].left
+    }
+
+    /// Node `i`'s name.
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// Node `i`'s current address.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    /// Node `i`'s protocol state, when up.
+    pub fn protocol(&self, i: usize) -> Option<&P> {
+        self.nodes[i].proto.as_ref()
+    }
+
+    /// The network settings, to change loss or latency mid-run.
+    pub fn net_mut(&mut self) -> &mut NetConfig {
+        &mut self.net
+    }
+
+    /// Adds a node and joins it through `seeds` (node indices).
+    pub fn add_node(&mut self, seeds: &[usize]) -> usize {
+        let index = self.nodes.len();
+        let name = format!("n{index}");
+        let addr = sim_addr(index, 0);
+        self.by_name.insert(name.clone(), index);
+        self.nodes.push(Node {
+            name,
+            addr,
+            proto: None,
+            life: 0,
+            timer_at: None,
+            slow: None,
+            left: false,
+            bytes_out: 0,
+            packets_out: 0,
+        });
+        self.obs.view.push(HashSet::new());
+        self.obs.down_view.push(HashSet::new());
+        self.obs.down_believers.push(0);
+        self.start(index, seeds);
+        index
+    }
+
+    fn start(&mut self, index: usize, seeds: &[usize]) {
+        let node_seed = self.rng.next_u64();
+        let node = &mut self.nodes[index];
+        node.life += 1;
+        node.timer_at = None;
+        node.left = false;
+        self.by_addr.insert(node.addr, index);
+        let spec = NodeSpec {
+            index,
+            name: node.name.clone(),
+            addr: node.addr,
+            seed: node_seed,
+            now: self.now,
+        };
+        let mut proto = (self.factory)(&spec);
+        let seed_addrs: Vec<SocketAddr> = seeds
+            .iter()
+            .filter(|&&s| s != index)
+            .map(|&s| self.nodes[s].addr)
+            .collect();
+        proto.join(self.now, &seed_addrs);
+        self.nodes[index].proto = Some(proto);
+        self.up_count += 1;
+        self.forget_view(index);
+        self.after_input(index);
+    }
+
+    /// Stops node `i` without a word (kill -9): its state is lost.
+    pub fn crash(&mut self, i: usize) {
+        if self.is_up(i) {
+            self.up_count -= 1;
+        }
+        self.forget_view(i);
+        self.nodes[i].proto = None;
+        self.nodes[i].timer_at = None;
+        let addr = self.nodes[i].addr;
+        self.by_addr.remove(&addr);
+    }
+
+    /// Restarts a crashed node under the same name, optionally at a new address,
+    /// and joins it through `seeds`.
+    pub fn restart(&mut self, i: usize, new_addr: bool, seeds: &[usize]) {
+        if self.nodes[i].proto.is_some() {
+            self.crash(i);
+        }
+        if new_addr {
+            let life = self.nodes[i].life;
+            self.nodes[i].addr = sim_addr(i, life);
+        }
+        self.start(i, seeds);
+    }
+
+    /// Node `i` leaves gracefully; it keeps running until `shutdown` is called.
+    pub fn leave(&mut self, i: usize) {
+        let now = self.now;
+        if let Some(p) = self.nodes[i].proto.as_mut() {
+            p.leave(now);
+        }
+        if self.is_up(i) {
+            self.up_count -= 1;
+        }
+        self.nodes[i].left = true;
+        self.after_input(i);
+    }
+
+    /// Drops what observer `i` believed, when it crashes or restarts.
+    fn forget_view(&mut self, i: usize) {
+        self.obs.view[i].clear();
+        for s in std::mem::take(&mut self.obs.down_view[i]) {
+            self.obs.down_believers[s] -= 1;
+        }
+    }
+
+    /// Makes node `i` handle every packet `delay` late (`None` restores it).
+    pub fn set_slow(&mut self, i: usize, delay: Option<Duration>) {
+        self.nodes[i].slow = delay;
+    }
+
+    /// Sets the loss probability of the directed link `from -> to`.
+    pub fn set_link_loss(&mut self, from: usize, to: usize, loss: f64) {
+        self.link_loss.insert((from, to), loss);
+    }
+
+    /// Blocks traffic from every node in `a` to every node in `b`, and back when `two_way`.
+    pub fn partition(&mut self, a: &[usize], b: &[usize], two_way: bool) {
+        for &x in a {
+            for &y in b {
+                self.blocked.insert((x, y));
+                if two_way {
+                    self.blocked.insert((y, x));
+                }
+            }
+        }
+    }
+
+    /// Removes every partition.
+    pub fn repair(&mut self) {
+        self.blocked.clear();
+    }
+
+    /// Node `i` starts a user gossip message with id `id`.
+    pub fn broadcast(&mut self, i: usize, id: u64, len: usize) -> bool {
+        let mut payload = vec![0u8; len.max(8)];
+        payload[..8].copy_from_slice(&id.to_le_bytes());
+        let now = self.now;
+        let ok = self.nodes[i].proto.as_mut().is_some_and(|p| p.broadcast(now, &payload));
+        if ok {
+            self.obs.messages.insert(id, (now, 1));
+        }
+        self.after_input(i);
+        ok
+    }
+
+    /// Starts recording detection figures for node `i`.
+    pub fn watch(&mut self, i: usize) {
+        self.obs.watches.insert(
+            i,
+            Watch {
+                since: self.now,
+                ..Watch::default()
+            },
+        );
+    }
+
+    /// The figures recorded for a watched node, with `all_down` and `all_up`
+    /// meaning "every node up now has seen it".
+    pub fn watch_status(&self, i: usize) -> Option<&Watch> {
+        self.obs.watches.get(&i)
+    }
+
+    /// True when every up node sees exactly the up nodes as live.
+    pub fn converged(&self) -> bool {
+        let up = self.up_nodes();
+        let n = up.len();
+        up.iter().all(|&o| {
+            let v = &self.obs.view[o];
+            v.len() == n - 1 && up.iter().all(|&x| x == o || v.contains(&x))
+        })
+    }
+
+    /// How many up nodes see node `i` as live.
+    pub fn seen_up_by(&self, i: usize) -> usize {
+        self.up_nodes()
+            .iter()
+            .filter(|&&o| o != i && self.obs.view[o].contains(&i))
+            .count()
+    }
+
+    /// Bytes and packets sent by each node since the last reset.
+    pub fn traffic(&self) -> Vec<(u64, u64)> {
+        self.nodes.iter().map(|n| (n.bytes_out, n.packets_out)).collect()
+    }
+
+    /// Zeroes the traffic counters.
+    pub fn reset_traffic(&mut self) {
+        for n in &mut self.nodes {
+            n.bytes_out = 0;
+            n.packets_out = 0;
+        }
+    }
+
+    /// Runs until simulated time `t`.
+    pub fn run_until(&mut self, t: Duration) {
+        while let Some(Reverse(s)) = self.queue.peek() {
+            if s.at > t {
+                break;
+            }
+            let Reverse(s) = self.queue.pop().expect("peeked");
+            self.now = s.at;
+            self.process(s.what);
+        }
+        self.now = self.now.max(t);
+    }
+
+    /// Runs for `d` of simulated time.
+    pub fn run_for(&mut self, d: Duration) {
+        let t = self.now + d;
+        self.run_until(t);
+    }
+
+    /// Runs until `done` holds (checked every `step`) or `limit` passes;
+    /// returns the time it first held.
+    pub fn run_until_cond(
+        &mut self,
+        step: Duration,
+        limit: Duration,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> Option<Duration> {
+        let end = self.now + limit;
+        loop {
+            if done(self) {
+                return Some(self.now);
+            }
+            if self.now >= end {
+                return None;
+            }
+            let t = (self.now + step).min(end);
+            self.run_until(t);
+        }
+    }
+
+    fn schedule(&mut self, at: Duration, what: What) {
+        self.seq += 1;
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            what,
+        }));
+    }
+
+    fn process(&mut self, what: What) {
+        self.events_processed += 1;
+        let now = self.now;
+        match what {
+            What::Timer { node, life } => {
+                let n = &mut self.nodes[node];
+                if n.life != life || n.timer_at != Some(now) {
+                    return;
+                }
+                n.timer_at = None;
+                let Some(p) = n.proto.as_mut() else { return };
+                p.handle_timeout(now);
+                self.after_input(node);
+            }
+            What::Deliver {
+                to,
+                life,
+                from,
+                payload,
+                reliable,
+            } => {
+                let n = &mut self.nodes[to];
+                if n.life != life {
+                    return;
+                }
+                let Some(p) = n.proto.as_mut() else { return };
+                if reliable {
+                    p.handle_stream(now, from, &payload);
+                } else {
+                    p.handle_datagram(now, from, &payload);
+                }
+                self.after_input(to);
+            }
+        }
+    }
+
+    /// Drains a node's outputs after it handled an input.
+    fn after_input(&mut self, i: usize) {
+        let now = self.now;
+        let mut sends = Vec::new();
+        let mut events = Vec::new();
+        let Some(p) = self.nodes[i].proto.as_mut() else { return };
+        while let Some(t) = p.poll_transmit() {
+            sends.push(t);
+        }
+        while let Some(e) = p.poll_event() {
+            events.push(e);
+        }
+        let next = p.poll_timeout();
+        for e in events {
+            self.observe(i, e);
+        }
+        let from = self.nodes[i].addr;
+        for t in sends {
+            let n = &mut self.nodes[i];
+            n.bytes_out += t.payload.len() as u64;
+            n.packets_out += 1;
+            let Some(&to) = self.by_addr.get(&t.to) else { continue };
+            if self.blocked.contains(&(i, to)) {
+                continue;
+            }
+            if !t.reliable {
+                let loss = self.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
+                if loss > 0.0 && self.rng.random::<f64>() < loss {
+                    continue;
+                }
+            }
+            let mut delay = self.net.latency;
+            if !self.net.jitter.is_zero() {
+                delay += self.net.jitter.mul_f64(self.rng.random::<f64>());
+            }
+            if let Some(s) = self.nodes[to].slow {
+                delay += s.mul_f64(0.5 + self.rng.random::<f64>());
+            }
+            let life = self.nodes[to].life;
+            let payload: Rc<[u8]> = t.payload.into();
+            self.schedule(
+                now + delay,
+                What::Deliver {
+                    to,
+                    life,
+                    from,
+                    payload,
+                    reliable: t.reliable,
+                },
+            );
+        }
+        if let Some(at) = next {
+            let at = at.max(now);
+            let n = &mut self.nodes[i];
+            // Keep the earliest pending wake-up; a spurious early one is harmless.
+            if n.timer_at.is_none_or(|cur| at < cur) {
+                n.timer_at = Some(at);
+                let life = n.life;
+                self.schedule(at, What::Timer { node: i, life });
+            }
+        }
+    }
+
+    fn observe(&mut self, observer: usize, e: SimEvent) {
+        let now = self.now;
+        match e {
+            SimEvent::Up(name) => {
+                let Some(&s) = self.by_name.get(&name) else { return };
+                self.obs.view[observer].insert(s);
+                if self.obs.down_view[observer].remove(&s) {
+                    self.obs.down_believers[s] -= 1;
+                }
+                if let Some(w) = self.obs.watches.get_mut(&s) {
+                    w.down_by.remove(&observer);
+                    if w.up_by.insert(observer) {
+                        self.update_watch_up(s);
+                    }
+                }
+            }
+            SimEvent::Suspect(name) => {
+                let Some(&s) = self.by_name.get(&name) else { return };
+                if let Some(w) = self.obs.watches.get_mut(&s) {
+                    w.first_suspect.get_or_insert(now);
+                }
+            }
+            SimEvent::Down(name) => {
+                let Some(&s) = self.by_name.get(&name) else { return };
+                if !self.obs.view[observer].remove(&s) {
+                    return;
+                }
+                if self.is_up(s) {
+                    self.obs.false_positive_declarations += 1;
+                    if self.obs.down_believers[s] == 0 {
+                        self.obs.false_positive_episodes += 1;
+                    }
+                }
+                if self.obs.down_view[observer].insert(s) {
+                    self.obs.down_believers[s] += 1;
+                }
+                if let Some(w) = self.obs.watches.get_mut(&s) {
+                    w.first_down.get_or_insert(now);
+                    w.up_by.remove(&observer);
+                    if w.down_by.insert(observer) {
+                        self.update_watch_down(s);
+                    }
+                }
+            }
+            SimEvent::Message(payload) => {
+                if payload.len() < 8 {
+                    return;
+                }
+                let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
+                let up = self.up_count;
+                if let Some((_, count)) = self.obs.messages.get_mut(&id) {
+                    *count += 1;
+                    if *count >= up {
+                        self.obs.message_complete.entry(id).or_insert(now);
+                    }
+                }
+            }
+        }
+    }
+
+    fn update_watch_down(&mut self, s: usize) {
+        let Some(w) = self.obs.watches.get(&s) else { return };
+        if w.all_down.is_some() {
+            return;
+        }
+        // Cheap count first; the exact check only when it could hold.
+        if w.down_by.len() + 1 < self.up_count {
+            return;
+        }
+        let all = self.up_nodes().iter().all(|&o| o == s || w.down_by.contains(&o));
+        if all {
+            let now = self.now;
+            if let Some(w) = self.obs.watches.get_mut(&s) {
+                w.all_down = Some(now);
+            }
+        }
+    }
+
+    fn update_watch_up(&mut self, s: usize) {
+        let Some(w) = self.obs.watches.get(&s) else { return };
+        if w.all_up.is_some() {
+            return;
+        }
+        if w.up_by.len() + 1 < self.up_count {
+            return;
+        }
+        if self.up_nodes().iter().all(|&o| o == s || w.up_by.contains(&o)) {
+            let now = self.now;
+            if let Some(w) = self.obs.watches.get_mut(&s) {
+                w.all_up = Some(now);
+            }
+        }
+    }
+}

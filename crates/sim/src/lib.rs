@@ -1,0 +1,15 @@
+//! A deterministic simulator for rumor's gossip membership.
+//!
+//! One thread, a virtual clock and a seeded random source drive N protocol
+//! state machines over a simulated network with latency, jitter, loss,
+//! partitions, crashes, restarts and slow nodes. The same seed and the same
+//! operations replay the same run, event for event.
+
+mod cluster;
+mod foca;
+mod protocol;
+
+pub use crate::foca::{Foca, FocaConfig};
+pub use cluster::{Cluster, NetConfig, Observations, Watch, sim_addr};
+pub use protocol::{NodeSpec, Protocol, Rumor, SimEvent, Transmit};
+pub mod scenario;
