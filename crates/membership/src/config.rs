@@ -15,6 +15,10 @@ pub struct Config {
     pub probe_timeout: Duration,
     /// Members asked to probe a silent target indirectly (SWIM's k). LAN default: 3.
     pub indirect_checks: usize,
+    /// When the direct probe times out, also ping the target over the stream
+    /// transport (TCP), as memberlist does: a stream gets through datagram loss
+    /// that would otherwise look like a failure. Default: on.
+    pub stream_fallback: bool,
     /// Lifeguard on or off. Off gives plain SWIM with suspicion (fixed probe
     /// timing, fixed suspicion timeout, no nacks, no buddy rule), for comparison.
     /// Default: on.
@@ -45,10 +49,12 @@ pub struct Config {
     /// Members per gossip fan-out round. LAN default: 3.
     pub gossip_nodes: usize,
     /// Push-pull anti-entropy: a full state exchange with one random member every
-    /// `push_pull_interval * max(1, N / push_pull_scale_members)`. Scaling linearly
-    /// keeps the bytes each node sends per second flat in N. LAN default: 30 s.
+    /// `push_pull_interval * max(0.25, N / push_pull_scale_members)` on average.
+    /// Scaling linearly keeps the bytes each node sends per second flat in N.
+    /// LAN default: 30 s (so 30 s at 16 members, 31 min at 1,000; cluster-wide
+    /// that is still one exchange every 2 s).
     pub push_pull_interval: Duration,
-    /// See `push_pull_interval`. Default: 32.
+    /// See `push_pull_interval`. Default: 16.
     pub push_pull_scale_members: usize,
     /// How often to try a full state exchange with one random failed (not left)
     /// member, so that partitions heal once repaired. LAN default: 10 s.
@@ -87,6 +93,7 @@ impl Config {
             probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(500),
             indirect_checks: 3,
+            stream_fallback: true,
             lifeguard: true,
             max_health_multiplier: 8,
             suspicion_mult: 4,
@@ -97,7 +104,7 @@ impl Config {
             gossip_interval: Some(Duration::from_millis(200)),
             gossip_nodes: 3,
             push_pull_interval: Duration::from_secs(30),
-            push_pull_scale_members: 32,
+            push_pull_scale_members: 16,
             reconnect_interval: Duration::from_secs(10),
             dead_retention: Duration::from_secs(3600),
             max_dead_members: 4096,

@@ -582,6 +582,7 @@ impl Membership {
     // ---- packet handling -----------------------------------------------
 
     fn handle(&mut self, now: Duration, bytes: &[u8], limit: usize) {
+        let reliable = limit == MAX_STREAM_MESSAGE;
         self.stats.packets_in += 1;
         self.stats.bytes_in += bytes.len() as u64;
         let packet = match codec::decode_packet(bytes, limit) {
@@ -612,7 +613,13 @@ impl Membership {
                     self.stats.misdirected += 1;
                     return;
                 }
-                self.send(from_addr, Kind::Ack(pb::Ack { seq: ping.seq }), None);
+                let ack = Kind::Ack(pb::Ack { seq: ping.seq });
+                if reliable {
+                    // A fallback probe over a stream is answered the same way.
+                    self.send_stream(from_addr, ack);
+                } else {
+                    self.send(from_addr, ack, None);
+                }
             }
             Some(Kind::PingReq(req)) => {
                 let (target, target_addr) = match codec::parse_node(req.target.as_ref()) {
@@ -844,7 +851,12 @@ impl Membership {
 
     fn on_suspect(&mut self, now: Duration, name: &str, inc: u64, from: &str) {
         if name == self.name {
-            if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
+            if self.lifecycle == Lifecycle::Leaving {
+                return;
+            }
+            if inc < self.incarnation {
+                // The sender has not heard our last refutation: say it again.
+                self.queue_self_alive();
                 return;
             }
             self.refute(inc);
@@ -890,7 +902,11 @@ impl Membership {
 
     fn on_dead(&mut self, now: Duration, name: &str, inc: u64, from: &str, left: bool) {
         if name == self.name {
-            if self.lifecycle == Lifecycle::Leaving || inc < self.incarnation {
+            if self.lifecycle == Lifecycle::Leaving {
+                return;
+            }
+            if inc < self.incarnation {
+                self.queue_self_alive();
                 return;
             }
             self.refute(inc);
@@ -1024,7 +1040,8 @@ impl Membership {
             self.probe = None;
             return;
         };
-        let target_ref = codec::node_ref(&target, t.member.addr);
+        let t_addr = t.member.addr;
+        let target_ref = codec::node_ref(&target, t_addr);
         let helpers = self.random_live(self.cfg.indirect_checks, Some(&target));
         let want_nack = self.cfg.lifeguard;
         for h in &helpers {
@@ -1036,6 +1053,17 @@ impl Membership {
                 want_nack,
             };
             self.send(addr, pb::packet::Kind::PingReq(req), None);
+        }
+        if self.cfg.stream_fallback {
+            // Like memberlist, also try the target over the stream transport:
+            // TCP gets through datagram loss that would otherwise look like a failure.
+            self.send_stream(
+                t_addr,
+                pb::packet::Kind::Ping(pb::Ping {
+                    seq,
+                    target: target.clone(),
+                }),
+            );
         }
         if let Some(p) = &mut self.probe {
             p.indirect_sent = true;
@@ -1115,10 +1143,12 @@ impl Membership {
     }
 
     /// The push-pull interval scaled linearly with cluster size, so that the
-    /// bytes each node sends for anti-entropy per second stay flat in N.
+    /// bytes each node sends for anti-entropy per second stay flat in N
+    /// (a full state is O(N) bytes, sent every O(N) seconds). Small clusters
+    /// exchange more often, but never more than four times per base interval.
     fn push_pull_interval(&self) -> Duration {
-        let scale = (self.num_live() / self.cfg.push_pull_scale_members).max(1) as u32;
-        self.cfg.push_pull_interval * scale
+        let scale = self.num_live() as f64 / self.cfg.push_pull_scale_members as f64;
+        self.cfg.push_pull_interval.mul_f64(scale.max(0.25))
     }
 
     fn push_pull_random(&mut self, now: Duration) {
@@ -1225,10 +1255,15 @@ impl Membership {
     }
 
     fn send_reliable(&mut self, to: SocketAddr, pp: pb::PushPull) {
+        self.send_stream(to, pb::packet::Kind::PushPull(pp));
+    }
+
+    /// Sends one packet over the stream transport, without piggybacked gossip.
+    fn send_stream(&mut self, to: SocketAddr, kind: pb::packet::Kind) {
         let packet = pb::Packet {
             version: PROTOCOL_VERSION,
             from: Some(codec::node_ref(&self.name, self.addr)),
-            kind: Some(pb::packet::Kind::PushPull(pp)),
+            kind: Some(kind),
             gossip: Vec::new(),
         };
         self.emit(to, codec::encode(&packet), true);

@@ -89,6 +89,8 @@ struct Node<P> {
 pub struct Observations {
     /// `view[o]` holds the nodes observer `o` sees as live.
     view: Vec<HashSet<usize>>,
+    /// Sum of the sizes of `view`, kept so that most convergence checks are O(1).
+    view_entries: usize,
     /// `down_view[o]` holds the nodes observer `o` has declared down and not seen up since.
     down_view: Vec<HashSet<usize>>,
     /// For each subject, how many observers currently see it as down.
@@ -97,6 +99,8 @@ pub struct Observations {
     pub false_positive_episodes: u64,
     /// Individual (observer, subject) declarations of an up member as down.
     pub false_positive_declarations: u64,
+    /// False-positive episodes by subject.
+    pub false_positives_of: Vec<u64>,
     /// For each subject: first suspicion and first/last down declaration since `watch`.
     watches: HashMap<usize, Watch>,
     /// Message id -> (sent at, receivers).
@@ -253,6 +257,7 @@ impl<P: Protocol> Cluster<P> {
         self.obs.view.push(HashSet::new());
         self.obs.down_view.push(HashSet::new());
         self.obs.down_believers.push(0);
+        self.obs.false_positives_of.push(0);
         self.start(index, seeds);
         index
     }
@@ -324,6 +329,7 @@ impl<P: Protocol> Cluster<P> {
 
     /// Drops what observer `i` believed, when it crashes or restarts.
     fn forget_view(&mut self, i: usize) {
+        self.obs.view_entries -= self.obs.view[i].len();
         self.obs.view[i].clear();
         for s in std::mem::take(&mut self.obs.down_view[i]) {
             self.obs.down_believers[s] -= 1;
@@ -370,6 +376,11 @@ impl<P: Protocol> Cluster<P> {
         ok
     }
 
+    /// How many nodes have user message `id` (its sender included).
+    pub fn message_receivers(&self, id: u64) -> usize {
+        self.obs.messages.get(&id).map_or(0, |m| m.1)
+    }
+
     /// Starts recording detection figures for node `i`.
     pub fn watch(&mut self, i: usize) {
         self.obs.watches.insert(
@@ -389,8 +400,11 @@ impl<P: Protocol> Cluster<P> {
 
     /// True when every up node sees exactly the up nodes as live.
     pub fn converged(&self) -> bool {
+        let n = self.up_count;
+        if self.obs.view_entries < n * n.saturating_sub(1) {
+            return false;
+        }
         let up = self.up_nodes();
-        let n = up.len();
         up.iter().all(|&o| {
             let v = &self.obs.view[o];
             v.len() == n - 1 && up.iter().all(|&x| x == o || v.contains(&x))
@@ -571,7 +585,9 @@ impl<P: Protocol> Cluster<P> {
         match e {
             SimEvent::Up(name) => {
                 let Some(&s) = self.by_name.get(&name) else { return };
-                self.obs.view[observer].insert(s);
+                if self.obs.view[observer].insert(s) {
+                    self.obs.view_entries += 1;
+                }
                 if self.obs.down_view[observer].remove(&s) {
                     self.obs.down_believers[s] -= 1;
                 }
@@ -593,10 +609,12 @@ impl<P: Protocol> Cluster<P> {
                 if !self.obs.view[observer].remove(&s) {
                     return;
                 }
+                self.obs.view_entries -= 1;
                 if self.is_up(s) {
                     self.obs.false_positive_declarations += 1;
                     if self.obs.down_believers[s] == 0 {
                         self.obs.false_positive_episodes += 1;
+                        self.obs.false_positives_of[s] += 1;
                     }
                 }
                 if self.obs.down_view[observer].insert(s) {

@@ -12,4 +12,5 @@ mod protocol;
 pub use crate::foca::{Foca, FocaConfig};
 pub use cluster::{Cluster, NetConfig, Observations, Watch, sim_addr};
 pub use protocol::{NodeSpec, Protocol, Rumor, SimEvent, Transmit};
+pub mod bench;
 pub mod scenario;

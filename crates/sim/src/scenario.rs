@@ -128,6 +128,51 @@ pub fn run_rumor(scenario: &Scenario, seed: u64, cfg: Config) -> Report {
     run(scenario, cluster)
 }
 
+/// Runs `scenario` with implementation `imp` (foca's LAN preset is sized by `n`).
+pub fn run_impl(scenario: &Scenario, seed: u64, imp: crate::bench::Impl, n: usize) -> Report {
+    use crate::bench::Impl;
+    match imp {
+        Impl::Lifeguard => run_rumor(scenario, seed, Config::lan()),
+        Impl::NoLifeguard => run_rumor(
+            scenario,
+            seed,
+            Config {
+                lifeguard: false,
+                ..Config::lan()
+            },
+        ),
+        Impl::Foca => {
+            let c = Cluster::new(seed, scenario.net.clone(), move |spec| crate::foca::Foca::new(spec, n));
+            run(scenario, c)
+        }
+    }
+}
+
+/// The spread of one gossip message through `n` rumor nodes: (seconds, nodes that have it).
+pub fn playground(n: usize, loss: f64, seed: u64) -> Vec<(f64, usize)> {
+    let net = NetConfig {
+        loss,
+        ..NetConfig::default()
+    };
+    let mut c = Cluster::new(seed, net, |spec| Rumor::new(Config::lan(), spec));
+    for k in 0..n {
+        if k > 0 && k % 10 == 0 {
+            c.run_for(Duration::from_millis(100));
+        }
+        c.add_node(&[0]);
+    }
+    c.run_until_cond(Duration::from_millis(100), Duration::from_secs(600), |c| c.converged());
+    let t0 = c.now();
+    c.broadcast(n / 2, 1, 64);
+    let mut timeline = vec![(0.0, 1)];
+    let step = Duration::from_millis(100);
+    while timeline.last().is_some_and(|&(t, k)| k < n && t < 60.0) {
+        c.run_for(step);
+        timeline.push(((c.now() - t0).as_secs_f64(), c.message_receivers(1)));
+    }
+    timeline
+}
+
 /// Runs `scenario` on `cluster`.
 pub fn run<P: Protocol>(scenario: &Scenario, mut c: Cluster<P>) -> Report {
     let wall = Instant::now();
