@@ -1,0 +1,998 @@
+//! The gossip transport: one task drives [`membership::Membership`] over real
+//! sockets.
+//!
+//! ```text
+//!            UDP socket ──datagrams──┐
+//!                                    │
+//!  TCP listener ─accept─> reader task per connection ─frames (mpsc)─┐
+//!                                    │                             │
+//!  GossipHandle ──commands (mpsc)──> owner task: Membership, Keyring
+//!       ^                            │
+//!       └── view (watch), events (broadcast), counters (atomics)
+//! ```
+//!
+//! The owner task is the only code that touches the state machine and the
+//! keyring, so neither needs a lock. It loops over a `select!` of: a datagram
+//! on the UDP socket, a frame body from a connection reader, a new TCP
+//! connection, a command from a [`GossipHandle`], and the state machine's next
+//! deadline. After each input it drains the machine's outputs: datagrams are
+//! sent from the owner task; each reliable (push-pull) message is sent by a
+//! short-lived task that connects to the peer, writes one frame and closes.
+//!
+//! UDP and TCP share one port number. With port 0 the OS picks a free UDP
+//! port and the TCP listener takes the same number.
+//!
+//! Everything dropped is counted: see [`TransportStats`] for the transport's
+//! own counters and [`membership::Stats`] for the protocol's.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use membership::{Bytes, Event, Member, Membership, Meta, MetaTooLarge, NewError, Status, Transmit};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::crypto::{Key, KeyId, Keyring, KeyringError, OVERHEAD, OpenError};
+use crate::frame::{self, FrameError};
+
+/// Everything the gossip transport needs to start. A plain struct: the binary
+/// reads config files and fills it in.
+#[derive(Debug, Clone)]
+pub struct GossipConfig {
+    /// Unique node name, the member's identity across restarts.
+    pub name: String,
+    /// Address to bind the UDP socket and the TCP listener to (same port).
+    /// Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Address other members reach this node at. Default: the bound address,
+    /// which must then not be unspecified (`0.0.0.0`). An advertised port 0
+    /// means "the bound port".
+    pub advertise: Option<SocketAddr>,
+    /// Members to join through (their gossip addresses). Empty: start a new
+    /// cluster.
+    pub seeds: Vec<SocketAddr>,
+    /// Gossip encryption keys, 32 bytes each in standard base64. The first
+    /// encrypts (the primary); all decrypt. Empty: no encryption, and the node
+    /// logs a warning at start.
+    pub keys: Vec<String>,
+    /// Protocol parameters.
+    pub membership: membership::Config,
+    /// This node's initial metadata.
+    pub meta: Meta,
+    /// Deadline for connecting and writing an outgoing push-pull frame, and for
+    /// reading a whole incoming one. Default: 10 s.
+    pub stream_timeout: Duration,
+    /// Incoming push-pull connections read at the same time; further ones are
+    /// closed at once and counted (`streams_rejected`). Default: 64.
+    pub max_inbound_streams: usize,
+}
+
+impl GossipConfig {
+    /// A config with LAN protocol defaults, no seeds, no keys, empty metadata.
+    pub fn new(name: impl Into<String>, bind: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            bind,
+            advertise: None,
+            seeds: Vec::new(),
+            keys: Vec::new(),
+            membership: membership::Config::lan(),
+            meta: Meta::default(),
+            stream_timeout: Duration::from_secs(10),
+            max_inbound_streams: 64,
+        }
+    }
+}
+
+/// Why [`spawn`] did not start. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A configured key is malformed.
+    #[error("gossip key: {0}")]
+    Key(#[from] KeyringError),
+    /// The protocol configuration, name or metadata was refused.
+    #[error(transparent)]
+    Membership(#[from] NewError),
+    /// A socket could not be bound.
+    #[error("cannot bind gossip {proto} socket to {addr}: {source}")]
+    Bind {
+        /// `udp` or `tcp`.
+        proto: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// Bound to an unspecified address with nothing to advertise.
+    #[error("gossip is bound to {0}; set an advertise address other members can reach")]
+    UnspecifiedAdvertise(SocketAddr),
+    /// A transport setting is out of range.
+    #[error("gossip config: {0}")]
+    Invalid(&'static str),
+}
+
+/// The gossip task is gone (shut down, or every handle was dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the gossip task has stopped")]
+pub struct Stopped;
+
+/// A command the gossip task refused, or could not take because it stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError<E> {
+    /// The gossip task is gone; nothing changed.
+    #[error("the gossip task has stopped")]
+    Stopped,
+    /// The command was refused; nothing changed.
+    #[error(transparent)]
+    Rejected(E),
+}
+
+impl<E> From<Stopped> for CommandError<E> {
+    fn from(_: Stopped) -> Self {
+        CommandError::Stopped
+    }
+}
+
+/// How a graceful leave ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaveOutcome {
+    /// True when every pending update (the leave notice among them) was
+    /// disseminated, or no live member was left to tell.
+    pub drained: bool,
+    /// Updates still pending when the leave returned.
+    pub pending: usize,
+}
+
+/// The live membership as this node sees it, published on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct View {
+    /// This node (status `Alive`, or `Left` after a leave).
+    pub local: Member,
+    /// Every other known member, failed and departed ones included until
+    /// reaped, sorted by name.
+    pub members: Vec<Member>,
+    /// A seed answered (or there were none): this node is in a cluster.
+    pub joined: bool,
+}
+
+impl View {
+    /// A member by name, this node included.
+    pub fn member(&self, name: &str) -> Option<&Member> {
+        if self.local.name == name {
+            return Some(&self.local);
+        }
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// Alive and suspect members, this node included unless it left.
+    pub fn live(&self) -> impl Iterator<Item = &Member> {
+        std::iter::once(&self.local)
+            .chain(&self.members)
+            .filter(|m| m.status.is_live())
+    }
+}
+
+/// Everything the node knows, at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Time since the node started, the clock of `Member::since`.
+    pub now: Duration,
+    /// Membership as in [`View`].
+    pub view: View,
+    /// Still waiting for a seed to answer.
+    pub joining: bool,
+    /// Lifeguard's local health multiplier (0 is healthy).
+    pub health_score: u32,
+    /// Updates waiting to be disseminated.
+    pub pending_broadcasts: usize,
+    /// The protocol's counters.
+    pub stats: membership::Stats,
+    /// The transport's counters.
+    pub transport: TransportStats,
+    /// Ids of the gossip keys, the primary first; `None` in plaintext mode.
+    pub keys: Option<Vec<KeyId>>,
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// The transport's counters, for metrics. Monotonic since start.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct TransportStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        /// Shared by the owner task and the connection tasks. Plain atomics
+        /// (relaxed: each counter stands alone) so that connection tasks count
+        /// without messaging the owner and a handle reads them without waiting
+        /// for the owner.
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn read(&self) -> TransportStats {
+                TransportStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Datagrams received (before any check).
+    datagrams_in,
+    /// Datagrams sent.
+    datagrams_out,
+    /// Datagrams that could not be sent (socket errors).
+    datagram_send_errors,
+    /// Socket errors while receiving datagrams.
+    datagram_recv_errors,
+    /// Datagrams over the size limit (`max_packet_size` plus encryption
+    /// overhead), dropped before decryption.
+    oversized_datagrams,
+    /// Datagrams and frames that failed to decrypt (wrong key, tampering,
+    /// truncation, plaintext from a peer without encryption), dropped.
+    decrypt_failures,
+    /// Push-pull frames received whole.
+    frames_in,
+    /// Push-pull frames sent whole.
+    frames_out,
+    /// Incoming frames announcing more than the stream cap, dropped unread.
+    oversized_frames,
+    /// Incoming connections closed before a whole frame arrived, or failing
+    /// with a socket error.
+    stream_errors,
+    /// Incoming connections that did not deliver a frame within `stream_timeout`.
+    stream_timeouts,
+    /// Incoming connections refused because `max_inbound_streams` were busy.
+    streams_rejected,
+    /// Outgoing push-pull frames that failed (connect, write or timeout).
+    stream_send_failures,
+    /// Errors accepting TCP connections.
+    accept_errors,
+}
+
+impl Counters {
+    fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+enum KeyOp {
+    Install(Key),
+    Use(Key),
+    Remove(Key),
+    List,
+}
+
+enum Command {
+    Join {
+        seeds: Vec<SocketAddr>,
+        reply: oneshot::Sender<()>,
+    },
+    Leave {
+        drain_timeout: Duration,
+        reply: oneshot::Sender<LeaveOutcome>,
+    },
+    Broadcast {
+        payload: Bytes,
+        reply: oneshot::Sender<Result<(String, u64), membership::BroadcastError>>,
+    },
+    SetMeta {
+        meta: Meta,
+        reply: oneshot::Sender<Result<(), MetaTooLarge>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
+    },
+    Keyring {
+        op: KeyOp,
+        reply: oneshot::Sender<Result<Vec<KeyId>, KeyringError>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Talks to a running gossip task. Cheap to clone; the task stops when
+/// [`GossipHandle::shutdown`] is called or every handle is dropped (without
+/// leaving the cluster, as a crash would).
+#[derive(Clone)]
+pub struct GossipHandle {
+    name: Arc<str>,
+    addr: SocketAddr,
+    epoch: Instant,
+    /// Commands to the owner task. Bounded: callers wait rather than queue
+    /// without limit when the owner is busy.
+    commands: mpsc::Sender<Command>,
+    /// Kept to hand out subscriptions to the owner's event stream.
+    events: broadcast::Sender<Event>,
+    /// The latest membership view; the owner task holds the sender.
+    view: watch::Receiver<View>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for GossipHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GossipHandle")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipHandle {
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gossip address other members reach this node at (UDP and TCP).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// When the node started: `Member::since` and [`Snapshot::now`] count from here.
+    pub fn epoch(&self) -> Instant {
+        self.epoch
+    }
+
+    /// The live membership. `changed()` fires on every membership change and
+    /// fails once the task has stopped.
+    pub fn view(&self) -> watch::Receiver<View> {
+        self.view.clone()
+    }
+
+    /// Every event of the state machine from now on, user gossip messages
+    /// included. A subscriber more than 1024 events behind misses the oldest
+    /// (`RecvError::Lagged`); follow [`GossipHandle::view`] for membership.
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The transport's counters, read without waiting for the gossip task.
+    pub fn transport_stats(&self) -> TransportStats {
+        self.counters.read()
+    }
+
+    /// Waits until a seed has answered (at once for a node without seeds).
+    pub async fn wait_joined(&self) -> Result<(), Stopped> {
+        let mut view = self.view.clone();
+        view.wait_for(|v| v.joined).await.map(|_| ()).map_err(|_| Stopped)
+    }
+
+    /// Joins (again) through `seeds`, retried in the background until one
+    /// answers; see [`GossipHandle::wait_joined`]. The task already joins the
+    /// configured seeds at start.
+    pub async fn join(&self, seeds: Vec<SocketAddr>) -> Result<(), Stopped> {
+        self.request(|reply| Command::Join { seeds, reply }).await
+    }
+
+    /// Leaves the cluster gracefully: announces it, then keeps gossiping until
+    /// every pending update is disseminated or `drain_timeout` passes. The task
+    /// keeps running (answering, not probing) until [`GossipHandle::shutdown`].
+    pub async fn leave(&self, drain_timeout: Duration) -> Result<LeaveOutcome, Stopped> {
+        self.request(|reply| Command::Leave { drain_timeout, reply }).await
+    }
+
+    /// Creates a user gossip message, spread to every live member. Returns its
+    /// id `(origin, seq)`.
+    pub async fn broadcast(
+        &self,
+        payload: impl Into<Bytes>,
+    ) -> Result<(String, u64), CommandError<membership::BroadcastError>> {
+        let payload = payload.into();
+        self.request(|reply| Command::Broadcast { payload, reply })
+            .await?
+            .map_err(CommandError::Rejected)
+    }
+
+    /// Replaces this node's metadata; the change is gossiped.
+    pub async fn set_meta(&self, meta: Meta) -> Result<(), CommandError<MetaTooLarge>> {
+        self.request(|reply| Command::SetMeta { meta, reply })
+            .await?
+            .map_err(CommandError::Rejected)
+    }
+
+    /// Members, counters and keyring state at one instant.
+    pub async fn snapshot(&self) -> Result<Snapshot, Stopped> {
+        self.request(|reply| Command::Snapshot { reply }).await
+    }
+
+    /// Installs a gossip key (base64) for decryption. Returns the key ids,
+    /// primary first. Step 1 of a rotation, done on every node.
+    pub async fn install_key(&self, key_base64: &str) -> Result<Vec<KeyId>, CommandError<KeyringError>> {
+        let key = Key::from_base64(key_base64).map_err(CommandError::Rejected)?;
+        self.keyring(KeyOp::Install(key)).await
+    }
+
+    /// Makes an installed key the primary (the one that encrypts). Step 2 of a
+    /// rotation, once every node has the key installed.
+    pub async fn use_key(&self, key_base64: &str) -> Result<Vec<KeyId>, CommandError<KeyringError>> {
+        let key = Key::from_base64(key_base64).map_err(CommandError::Rejected)?;
+        self.keyring(KeyOp::Use(key)).await
+    }
+
+    /// Removes a key; the primary is refused. Step 3 of a rotation, once every
+    /// node uses the new primary.
+    pub async fn remove_key(&self, key_base64: &str) -> Result<Vec<KeyId>, CommandError<KeyringError>> {
+        let key = Key::from_base64(key_base64).map_err(CommandError::Rejected)?;
+        self.keyring(KeyOp::Remove(key)).await
+    }
+
+    /// The key ids, primary first.
+    pub async fn keys(&self) -> Result<Vec<KeyId>, CommandError<KeyringError>> {
+        self.keyring(KeyOp::List).await
+    }
+
+    /// Stops the gossip task without leaving (others will detect a failure)
+    /// and waits until its sockets are closed. Call [`GossipHandle::leave`]
+    /// first for a graceful exit.
+    pub async fn shutdown(&self) -> Result<(), Stopped> {
+        self.request(|reply| Command::Shutdown { reply }).await
+    }
+
+    async fn keyring(&self, op: KeyOp) -> Result<Vec<KeyId>, CommandError<KeyringError>> {
+        self.request(|reply| Command::Keyring { op, reply })
+            .await?
+            .map_err(CommandError::Rejected)
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Stopped> {
+        // A oneshot per request carries the answer back from the owner task.
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| Stopped)?;
+        rx.await.map_err(|_| Stopped)
+    }
+}
+
+/// Binds the sockets, starts the gossip task on the current tokio runtime and
+/// joins `config.seeds` (none: a new cluster).
+pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
+    if config.stream_timeout.is_zero() {
+        return Err(StartError::Invalid("stream_timeout must be positive"));
+    }
+    if config.max_inbound_streams == 0 {
+        return Err(StartError::Invalid("max_inbound_streams must be positive"));
+    }
+    let keyring = Keyring::from_base64(&config.keys)?;
+    config.membership.validate().map_err(NewError::from)?;
+    let (udp, listener) = bind(config.bind).await?;
+    let bound = udp.local_addr().map_err(|source| StartError::Bind {
+        proto: "udp",
+        addr: config.bind,
+        source,
+    })?;
+    let addr = match config.advertise {
+        Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
+        Some(a) => a,
+        None if bound.ip().is_unspecified() => return Err(StartError::UnspecifiedAdvertise(bound)),
+        None => bound,
+    };
+
+    let epoch = Instant::now();
+    // The only randomness the state machine gets: one seed from the OS-seeded
+    // generator, logged so that a run's choices can be related to it.
+    let seed: u64 = rand::random();
+    let max_datagram = config.membership.max_packet_size + if keyring.is_some() { OVERHEAD } else { 0 };
+    let mut membership = Membership::new(
+        config.membership,
+        config.name.clone(),
+        addr,
+        config.meta,
+        seed,
+        Duration::ZERO,
+    )?;
+    membership.join(Duration::ZERO, &config.seeds);
+
+    match &keyring {
+        None => warn!(
+            node = %config.name,
+            "gossip encryption is OFF: no key configured, packets travel in plaintext and anyone who \
+             can reach {addr} can join the cluster"
+        ),
+        Some(r) => {
+            info!(node = %config.name, primary = %r.primary(), keys = r.key_ids().len(), "gossip encryption on (AES-256-GCM)")
+        }
+    }
+    info!(node = %config.name, %addr, %bound, seeds = ?config.seeds, seed, "gossip started");
+
+    let (commands_tx, commands) = mpsc::channel(64);
+    // Connection readers hand complete frame bodies to the owner task, the only
+    // one allowed to decrypt and feed the state machine. Bounded so that a burst
+    // of connections waits (holding its slot) instead of buffering without limit.
+    let (frames_tx, frames) = mpsc::channel(16);
+    let (events, _) = broadcast::channel(1024);
+    let counters = Arc::new(Counters::default());
+    let mut driver = Driver {
+        membership,
+        keyring,
+        udp,
+        listener,
+        epoch,
+        stream_timeout: config.stream_timeout,
+        max_datagram,
+        max_frame: membership::MAX_STREAM_MESSAGE + OVERHEAD,
+        commands,
+        frames,
+        frames_tx,
+        stream_slots: Arc::new(Semaphore::new(config.max_inbound_streams)),
+        counters: counters.clone(),
+        events: events.clone(),
+        view: watch::Sender::new(empty_view(addr)),
+        view_dirty: true,
+        joined: false,
+        left: false,
+        leaving: None,
+        accept_paused_until: None,
+        recv_buf: vec![0; 65_536],
+        plain_buf: Vec::new(),
+    };
+    driver.publish_view(Duration::ZERO);
+    let view = driver.view.subscribe();
+    tokio::spawn(async move {
+        // `run` consumes the driver: when it returns, the sockets are closed.
+        if let Some(reply) = driver.run().await {
+            let _ = reply.send(());
+        }
+    });
+    Ok(GossipHandle {
+        name: config.name.into(),
+        addr,
+        epoch,
+        commands: commands_tx,
+        events,
+        view,
+        counters,
+    })
+}
+
+fn empty_view(addr: SocketAddr) -> View {
+    View {
+        local: Member {
+            name: String::new(),
+            addr,
+            incarnation: 0,
+            status: Status::Alive,
+            meta: Meta::default(),
+            since: Duration::ZERO,
+        },
+        members: Vec::new(),
+        joined: false,
+    }
+}
+
+/// Binds UDP and TCP on one port number. With port 0 the OS picks a free UDP
+/// port; another process may hold that number for TCP, so a few picks are tried.
+async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), StartError> {
+    let udp_err = |source| StartError::Bind {
+        proto: "udp",
+        addr,
+        source,
+    };
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = UdpSocket::bind(addr).await.map_err(udp_err)?;
+        let port = udp.local_addr().map_err(udp_err)?.port();
+        let tcp_addr = SocketAddr::new(addr.ip(), port);
+        match TcpListener::bind(tcp_addr).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(source) => {
+                last = Some(StartError::Bind {
+                    proto: "tcp",
+                    addr: tcp_addr,
+                    source,
+                })
+            }
+        }
+    }
+    Err(last.expect("at least one attempt"))
+}
+
+struct Leaving {
+    deadline: Duration,
+    waiters: Vec<oneshot::Sender<LeaveOutcome>>,
+}
+
+/// The owner task's state: the only place the state machine and keyring live.
+struct Driver {
+    membership: Membership,
+    keyring: Option<Keyring>,
+    udp: UdpSocket,
+    listener: TcpListener,
+    epoch: Instant,
+    stream_timeout: Duration,
+    /// Largest datagram accepted off the wire.
+    max_datagram: usize,
+    /// Largest frame body accepted off a connection.
+    max_frame: usize,
+    commands: mpsc::Receiver<Command>,
+    frames: mpsc::Receiver<Vec<u8>>,
+    /// Cloned into each connection reader. Holding one here also means
+    /// `frames.recv()` never reports a closed channel.
+    frames_tx: mpsc::Sender<Vec<u8>>,
+    /// Bounds the connection readers alive at once, so a flood of idle
+    /// connections costs a bounded number of tasks and buffers.
+    stream_slots: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    /// Fan-out of state machine events to any number of subscribers; a
+    /// broadcast channel because a slow subscriber must never block gossip.
+    events: broadcast::Sender<Event>,
+    /// The latest view; a watch because followers only need the newest one.
+    view: watch::Sender<View>,
+    view_dirty: bool,
+    joined: bool,
+    left: bool,
+    leaving: Option<Leaving>,
+    /// After an accept error (e.g. out of file descriptors) accepting pauses
+    /// briefly instead of spinning.
+    accept_paused_until: Option<Instant>,
+    recv_buf: Vec<u8>,
+    plain_buf: Vec<u8>,
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        self.epoch.elapsed()
+    }
+
+    /// Runs until a shutdown command (returned, to be answered once the
+    /// sockets are closed) or until every handle is dropped.
+    async fn run(mut self) -> Option<oneshot::Sender<()>> {
+        loop {
+            let now = self.now();
+            if self.membership.poll_timeout().is_some_and(|t| t <= now) {
+                self.membership.handle_timeout(now);
+            }
+            self.flush(now).await;
+
+            let wake = self.next_wake();
+            let accepting = self.accept_paused_until.is_none_or(|t| t <= Instant::now());
+            tokio::select! {
+                r = self.udp.recv_from(&mut self.recv_buf) => self.on_datagram(r),
+                Some(body) = self.frames.recv() => self.on_frame(&body),
+                r = self.listener.accept(), if accepting => self.on_accept(r),
+                cmd = self.commands.recv() => match cmd {
+                    None => {
+                        info!(node = %self.membership.name(), "every gossip handle dropped; stopping");
+                        return None;
+                    }
+                    Some(Command::Shutdown { reply }) => {
+                        info!(node = %self.membership.name(), "gossip shut down");
+                        return Some(reply);
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                },
+                () = sleep_until(wake) => {}
+            }
+        }
+    }
+
+    fn next_wake(&mut self) -> Instant {
+        let mut wake = self.membership.poll_timeout().unwrap_or(Duration::from_secs(3600));
+        if let Some(l) = &self.leaving {
+            wake = wake.min(l.deadline);
+        }
+        let mut at = self.epoch + wake;
+        match self.accept_paused_until {
+            Some(t) if t > Instant::now() => at = at.min(t),
+            Some(_) => self.accept_paused_until = None,
+            None => {}
+        }
+        at
+    }
+
+    /// Sends what the state machine produced, publishes its events, and
+    /// finishes a leave once drained.
+    async fn flush(&mut self, now: Duration) {
+        while let Some(t) = self.membership.poll_transmit() {
+            self.transmit(t).await;
+        }
+        while let Some(ev) = self.membership.poll_event() {
+            self.on_event(ev);
+        }
+        self.check_leave(now);
+        if self.view_dirty {
+            self.publish_view(now);
+        }
+    }
+
+    async fn transmit(&mut self, t: Transmit) {
+        let payload = match &self.keyring {
+            None => t.payload,
+            Some(ring) => match ring.seal(&t.payload) {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(to = %t.to, len = t.payload.len(), "not sent: {e}");
+                    return;
+                }
+            },
+        };
+        if !t.reliable {
+            match self.udp.send_to(&payload, t.to).await {
+                Ok(_) => Counters::inc(&self.counters.datagrams_out),
+                Err(e) => {
+                    Counters::inc(&self.counters.datagram_send_errors);
+                    debug!(to = %t.to, "datagram not sent: {e}");
+                }
+            }
+            return;
+        }
+        let Some(bytes) = frame::encode(&payload) else {
+            warn!(to = %t.to, len = payload.len(), "push-pull message too large to frame; not sent");
+            return;
+        };
+        let counters = self.counters.clone();
+        let limit = self.stream_timeout;
+        // One short-lived task per push-pull message, so that a slow or dead
+        // peer never holds up the owner task; the timeout bounds its life.
+        tokio::spawn(async move {
+            let send = async {
+                let mut stream = TcpStream::connect(t.to).await?;
+                stream.write_all(&bytes).await?;
+                stream.shutdown().await
+            };
+            match timeout(limit, send).await {
+                Ok(Ok(())) => Counters::inc(&counters.frames_out),
+                Ok(Err(e)) => {
+                    Counters::inc(&counters.stream_send_failures);
+                    debug!(to = %t.to, "push-pull not sent: {e}");
+                }
+                Err(_) => {
+                    Counters::inc(&counters.stream_send_failures);
+                    debug!(to = %t.to, "push-pull not sent: timed out");
+                }
+            }
+        });
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let node = self.membership.name();
+        match &ev {
+            Event::Joined => {
+                self.joined = true;
+                info!(node, "joined the cluster");
+            }
+            Event::MemberUp(m) => info!(node, member = %m.name, addr = %m.addr, "member up"),
+            Event::MemberUpdated(m) => {
+                debug!(node, member = %m.name, addr = %m.addr, incarnation = m.incarnation, "member updated")
+            }
+            Event::MemberSuspect { name, incarnation } => info!(node, member = %name, incarnation, "member suspect"),
+            Event::MemberDown { name, left: true } => info!(node, member = %name, "member left"),
+            Event::MemberDown { name, left: false } => warn!(node, member = %name, "member failed"),
+            Event::MemberReaped { name } => debug!(node, member = %name, "member forgotten"),
+            Event::Refuted { incarnation } => info!(node, incarnation, "refuted a suspicion about this node"),
+            Event::UserMessage { origin, seq, payload } => {
+                debug!(node, origin = %origin, seq, len = payload.len(), "gossip message")
+            }
+        }
+        if !matches!(ev, Event::UserMessage { .. }) {
+            self.view_dirty = true;
+        }
+        // No subscriber is not an error.
+        let _ = self.events.send(ev);
+    }
+
+    fn check_leave(&mut self, now: Duration) {
+        let Some(l) = &self.leaving else { return };
+        let pending = self.membership.pending_broadcasts();
+        // With no live member left there is nobody to tell.
+        let drained = pending == 0 || self.membership.num_live() <= 1;
+        if drained || now >= l.deadline {
+            let outcome = LeaveOutcome { drained, pending };
+            info!(node = %self.membership.name(), drained, pending, "leave finished");
+            for w in self.leaving.take().map(|l| l.waiters).unwrap_or_default() {
+                let _ = w.send(outcome);
+            }
+        }
+    }
+
+    fn view_now(&self, now: Duration) -> View {
+        let mut local = self.membership.local_member(now);
+        if self.left {
+            local.status = Status::Left;
+        }
+        let mut members: Vec<Member> = self.membership.members().cloned().collect();
+        members.sort_by(|a, b| a.name.cmp(&b.name));
+        View {
+            local,
+            members,
+            joined: self.joined,
+        }
+    }
+
+    fn publish_view(&mut self, now: Duration) {
+        self.view_dirty = false;
+        let view = self.view_now(now);
+        self.view.send_replace(view);
+    }
+
+    fn on_datagram(&mut self, r: io::Result<(usize, SocketAddr)>) {
+        let (n, from) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                Counters::inc(&self.counters.datagram_recv_errors);
+                debug!("datagram receive error: {e}");
+                return;
+            }
+        };
+        Counters::inc(&self.counters.datagrams_in);
+        if n > self.max_datagram {
+            Counters::inc(&self.counters.oversized_datagrams);
+            debug!(%from, len = n, limit = self.max_datagram, "dropped oversized datagram");
+            return;
+        }
+        let now = self.now();
+        match &self.keyring {
+            None => self.membership.handle_datagram(now, &self.recv_buf[..n]),
+            Some(ring) => match ring.open_into(&self.recv_buf[..n], &mut self.plain_buf) {
+                Ok(()) => self.membership.handle_datagram(now, &self.plain_buf),
+                Err(e) => self.decrypt_failed("datagram", Some(from), e),
+            },
+        }
+    }
+
+    fn on_frame(&mut self, body: &[u8]) {
+        let now = self.now();
+        match &self.keyring {
+            None => self.membership.handle_stream(now, body),
+            Some(ring) => match ring.open_into(body, &mut self.plain_buf) {
+                Ok(()) => {
+                    self.membership.handle_stream(now, &self.plain_buf);
+                    // Do not keep a push-pull-sized buffer around.
+                    if self.plain_buf.capacity() > 64 * 1024 {
+                        self.plain_buf = Vec::new();
+                    }
+                }
+                Err(e) => self.decrypt_failed("push-pull frame", None, e),
+            },
+        }
+    }
+
+    fn decrypt_failed(&self, what: &str, from: Option<SocketAddr>, e: OpenError) {
+        let before = self.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+        let node = self.membership.name();
+        let from = from.map(|a| a.to_string()).unwrap_or_default();
+        // The first failure is worth an operator's attention (a peer with the
+        // wrong key, or without encryption); the rest show in the counter.
+        if before == 0 {
+            warn!(
+                node,
+                from, "dropped a {what} that does not decrypt ({e}); a peer may use another gossip key or none"
+            );
+        } else {
+            debug!(node, from, "dropped a {what}: {e}");
+        }
+    }
+
+    fn on_accept(&mut self, r: io::Result<(TcpStream, SocketAddr)>) {
+        let (mut stream, peer) = match r {
+            Ok(x) => x,
+            Err(e) => {
+                Counters::inc(&self.counters.accept_errors);
+                warn!("gossip accept error: {e}; pausing accepts for 100 ms");
+                self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                return;
+            }
+        };
+        let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
+            Counters::inc(&self.counters.streams_rejected);
+            debug!(%peer, "push-pull connection refused: too many open");
+            return;
+        };
+        let frames = self.frames_tx.clone();
+        let counters = self.counters.clone();
+        let (limit, deadline) = (self.max_frame, self.stream_timeout);
+        // One reader per connection so that a slow sender delays only itself.
+        tokio::spawn(async move {
+            let _permit = permit;
+            match timeout(deadline, frame::read(&mut stream, limit)).await {
+                Ok(Ok(body)) => {
+                    Counters::inc(&counters.frames_in);
+                    // Fails only when the owner task has stopped.
+                    let _ = frames.send(body).await;
+                }
+                Ok(Err(e @ FrameError::TooLarge { .. })) => {
+                    Counters::inc(&counters.oversized_frames);
+                    debug!(%peer, "push-pull frame dropped: {e}");
+                }
+                Ok(Err(e)) => {
+                    Counters::inc(&counters.stream_errors);
+                    debug!(%peer, "push-pull frame dropped: {e}");
+                }
+                Err(_) => {
+                    Counters::inc(&counters.stream_timeouts);
+                    debug!(%peer, "push-pull frame dropped: no complete frame within {deadline:?}");
+                }
+            }
+        });
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = self.now();
+        match cmd {
+            Command::Join { seeds, reply } => {
+                info!(node = %self.membership.name(), ?seeds, "joining");
+                self.membership.join(now, &seeds);
+                let _ = reply.send(());
+            }
+            Command::Leave { drain_timeout, reply } => {
+                if !self.left {
+                    info!(node = %self.membership.name(), "leaving the cluster");
+                    self.membership.leave(now);
+                    self.left = true;
+                    self.view_dirty = true;
+                    self.leaving = Some(Leaving {
+                        deadline: now + drain_timeout,
+                        waiters: Vec::new(),
+                    });
+                }
+                match &mut self.leaving {
+                    Some(l) => l.waiters.push(reply),
+                    // Already left and drained (or timed out): report the state.
+                    None => {
+                        let pending = self.membership.pending_broadcasts();
+                        let _ = reply.send(LeaveOutcome {
+                            drained: pending == 0,
+                            pending,
+                        });
+                    }
+                }
+            }
+            Command::Broadcast { payload, reply } => {
+                let _ = reply.send(self.membership.broadcast(now, payload));
+            }
+            Command::SetMeta { meta, reply } => {
+                let r = self.membership.set_meta(meta);
+                self.view_dirty |= r.is_ok();
+                let _ = reply.send(r);
+            }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(Snapshot {
+                    now,
+                    view: self.view_now(now),
+                    joining: self.membership.is_joining(),
+                    health_score: self.membership.health_score(),
+                    pending_broadcasts: self.membership.pending_broadcasts(),
+                    stats: self.membership.stats().clone(),
+                    transport: self.counters.read(),
+                    keys: self.keyring.as_ref().map(Keyring::key_ids),
+                });
+            }
+            Command::Keyring { op, reply } => {
+                let _ = reply.send(self.keyring_op(op));
+            }
+            // Handled in `run`, which stops the loop.
+            Command::Shutdown { .. } => {}
+        }
+    }
+
+    fn keyring_op(&mut self, op: KeyOp) -> Result<Vec<KeyId>, KeyringError> {
+        let node = self.membership.name();
+        let ring = self.keyring.as_mut().ok_or(KeyringError::Plaintext)?;
+        match op {
+            KeyOp::Install(k) => {
+                ring.install(k.clone());
+                info!(node, key = %k.id(), "gossip key installed");
+            }
+            KeyOp::Use(k) => {
+                ring.use_key(&k)?;
+                info!(node, key = %k.id(), "gossip key is now primary");
+            }
+            KeyOp::Remove(k) => {
+                ring.remove(&k)?;
+                info!(node, key = %k.id(), "gossip key removed");
+            }
+            KeyOp::List => {}
+        }
+        Ok(ring.key_ids())
+    }
+}
