@@ -512,6 +512,8 @@ impl Membership {
         };
         self.broadcasts
             .push(Key::User(self.name.clone(), seq), g, self.cfg.max_broadcasts);
+        // Start spreading it now rather than at the next gossip tick.
+        self.next_gossip = self.next_gossip.min(now);
         Ok((self.name.clone(), seq))
     }
 

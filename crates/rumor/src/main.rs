@@ -2,6 +2,9 @@
 //! library crates; nothing here is protocol logic.
 
 use std::path::PathBuf;
+use std::time::Duration;
+
+mod up;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,6 +24,18 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the whole system locally: a gateway, a forward node and workers on 127.0.0.1.
+    Up {
+        /// Number of worker nodes.
+        #[arg(long, default_value_t = 3)]
+        workers: usize,
+        /// First gossip port (the others follow); 0 picks free ports.
+        #[arg(long, default_value_t = 0)]
+        base_port: u16,
+        /// Leave and exit after this many seconds instead of waiting for Ctrl-C.
+        #[arg(long)]
+        exit_after: Option<u64>,
+    },
     /// Run a membership scenario in the deterministic simulator and print its figures.
     Sim {
         /// Scenario name: steady, crash, join, gossip, loss, slow, partition, restart, churn.
@@ -90,6 +105,15 @@ impl From<ImplArg> for Impl {
     }
 }
 
+/// Logs to stderr; `RUMOR_LOG` sets the level (error, warn, info, debug, trace; default warn).
+fn init_logging() {
+    let level = std::env::var("RUMOR_LOG")
+        .ok()
+        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+}
+
 /// A seed from the clock when none is given; it is printed, so the run can be replayed.
 fn seed_or_new(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| {
@@ -101,7 +125,16 @@ fn seed_or_new(seed: Option<u64>) -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging();
     match cli.command {
+        Command::Up { workers, base_port, exit_after } => {
+            if workers == 0 {
+                bail!("--workers must be at least 1");
+            }
+            let opts = up::UpOptions { workers, base_port, exit_after: exit_after.map(Duration::from_secs) };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+            rt.block_on(up::run(opts))?;
+        }
         Command::Sim {
             scenario: name,
             nodes,

@@ -60,7 +60,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The full benchmark (about 20 minutes on 2 cores).
+    /// The full benchmark (about 25 minutes on one core).
     pub fn full(seed: u64) -> Self {
         Self {
             seed,
@@ -73,8 +73,8 @@ impl Options {
                     Duration::from_secs(600)
                 }
             },
-            crashes: |n| if n >= 1000 { 5 } else { 10 },
-            disseminations: |n| if n >= 1000 { 5 } else { 10 },
+            crashes: |n| if n >= 1000 { 20 } else { 30 },
+            disseminations: |n| if n >= 1000 { 10 } else { 20 },
             slow: vec![
                 (100, 5, Duration::from_secs(2), Duration::from_secs(3600)),
                 (100, 5, Duration::from_secs(5), Duration::from_secs(3600)),
