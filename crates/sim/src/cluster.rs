@@ -138,6 +138,7 @@ pub struct Cluster<P: Protocol> {
     by_addr: HashMap<SocketAddr, usize>,
     net: NetConfig,
     link_loss: HashMap<(usize, usize), f64>,
+    link_latency: HashMap<(usize, usize), Duration>,
     /// Blocked directed links `(from, to)`.
     blocked: HashSet<(usize, usize)>,
     rng: SmallRng,
@@ -172,6 +173,7 @@ impl<P: Protocol> Cluster<P> {
             by_addr: HashMap::new(),
             net,
             link_loss: HashMap::new(),
+            link_latency: HashMap::new(),
             blocked: HashSet::new(),
             rng: SmallRng::seed_from_u64(seed),
             seed,
@@ -344,6 +346,11 @@ impl<P: Protocol> Cluster<P> {
     /// Sets the loss probability of the directed link `from -> to`.
     pub fn set_link_loss(&mut self, from: usize, to: usize, loss: f64) {
         self.link_loss.insert((from, to), loss);
+    }
+
+    /// Sets the one-way latency of the directed link `from -> to` (jitter still applies).
+    pub fn set_link_latency(&mut self, from: usize, to: usize, latency: Duration) {
+        self.link_latency.insert((from, to), latency);
     }
 
     /// Blocks traffic from every node in `a` to every node in `b`, and back when `two_way`.
@@ -548,7 +555,7 @@ impl<P: Protocol> Cluster<P> {
                     continue;
                 }
             }
-            let mut delay = self.net.latency;
+            let mut delay = self.link_latency.get(&(i, to)).copied().unwrap_or(self.net.latency);
             if !self.net.jitter.is_zero() {
                 delay += self.net.jitter.mul_f64(self.rng.random::<f64>());
             }

@@ -50,6 +50,15 @@ pub enum Op {
         /// Probability of loss.
         loss: f64,
     },
+    /// Sets the one-way latency of one directed link.
+    LinkLatency {
+        /// Sender.
+        from: usize,
+        /// Receiver.
+        to: usize,
+        /// Latency.
+        latency: Duration,
+    },
     /// Makes a node handle packets late (`None` restores it).
     Slow {
         /// Which node.
@@ -241,6 +250,10 @@ pub fn run<P: Protocol>(scenario: &Scenario, mut c: Cluster<P>) -> Report {
             Op::LinkLoss { from, to, loss } => {
                 c.set_link_loss(*from, *to, *loss);
                 say(&c, format!("loss n{from}->n{to} set to {:.1}%", loss * 100.0));
+            }
+            Op::LinkLatency { from, to, latency } => {
+                c.set_link_latency(*from, *to, *latency);
+                say(&c, format!("latency n{from}->n{to} set to {latency:?}"));
             }
             Op::Slow { node, delay } => {
                 c.set_slow(*node, *delay);

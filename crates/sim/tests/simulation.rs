@@ -171,3 +171,45 @@ fn two_hundred_nodes_run_for_a_simulated_minute_without_false_positives() {
             .any(|(k, v)| k == "false-positive episodes" && v == "0")
     );
 }
+
+#[test]
+fn a_slow_link_delays_but_does_not_break_membership() {
+    let sc = Scenario {
+        name: "slow link".into(),
+        net: NetConfig::default(),
+        ops: vec![
+            Op::Start { nodes: 8 },
+            Op::Converge {
+                limit: Duration::from_secs(60),
+            },
+            Op::LinkLatency {
+                from: 1,
+                to: 2,
+                latency: Duration::from_millis(300),
+            },
+            Op::LinkLatency {
+                from: 2,
+                to: 1,
+                latency: Duration::from_millis(300),
+            },
+            Op::LinkLoss {
+                from: 3,
+                to: 4,
+                loss: 1.0,
+            },
+            Op::Wait(Duration::from_secs(300)),
+        ],
+    };
+    let r = scenario::run_rumor(&sc, 8, Config::lan());
+    println!("{}", r.render("slow link"));
+    assert!(
+        r.figures.iter().any(|(k, v)| k == "converged" && v == "true"),
+        "{}",
+        r.render("slow link")
+    );
+    assert!(
+        r.figures
+            .iter()
+            .any(|(k, v)| k == "false-positive episodes" && v == "0")
+    );
+}
