@@ -1,8 +1,36 @@
 //! rumor's mesh node runtime: the IO shell around the pure protocol crates.
 //!
-//! So far it holds the gossip part (issue 4): [`gossip`] drives
-//! [`membership::Membership`] over UDP and TCP from one tokio task, with
-//! [`crypto`] encrypting every packet under a rotatable AES-256-GCM keyring.
+//! - [`gossip`] drives [`membership::Membership`] over UDP and TCP from one
+//!   tokio task, with [`crypto`] encrypting every packet under a rotatable
+//!   AES-256-GCM keyring.
+//! - The data plane (gRPC, `rumor.mesh.v1.Mesh`): [`router`] keeps a
+//!   [`ring::Ring`] over the live workers of the gossip view and delivers each
+//!   message to the owner of its conversation key, re-routing when the owner
+//!   fails; [`mesh`] is the server that receives envelopes from peers;
+//!   [`worker`] processes them in per-conversation order with
+//!   de-duplication and a capacity limit.
+//!
+//! Wiring a worker node (gossip advertises the mesh address and capacity):
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use node::{mesh, router::Router, worker::{Echo, Worker, WorkerConfig}};
+//!
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let mut cfg = node::GossipConfig::new("worker-1", "127.0.0.1:0".parse()?);
+//! cfg.meta.roles = vec!["worker".into()];
+//! cfg.meta.capacity = 256;
+//! cfg.meta.services.insert("mesh".into(), listener.local_addr()?.to_string());
+//! let gossip = node::spawn(cfg).await?;
+//! let worker = Worker::new("worker-1", WorkerConfig::default(), Arc::new(Echo::default()));
+//! let router = Router::new("worker-1", mesh::MeshConfig::default(), gossip.view(), Some(worker));
+//! tokio::spawn(mesh::serve(listener, router.clone(), std::future::pending()));
+//! let reply = router
+//!     .send(proto::mesh::Envelope { id: mesh::new_message_id(), key: "conv-1".into(), ..Default::default() })
+//!     .await?;
+//! # drop(reply); Ok(()) }
+//! ```
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -22,5 +50,8 @@
 pub mod crypto;
 pub mod frame;
 pub mod gossip;
+pub mod mesh;
+pub mod router;
+pub mod worker;
 
 pub use gossip::{GossipConfig, GossipHandle, spawn};

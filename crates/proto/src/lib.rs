@@ -15,3 +15,12 @@ pub mod gossip {
     }
     pub use v1::*;
 }
+
+/// The mesh data plane between nodes: `Mesh.Deliver` carries an envelope to
+/// the worker that owns its key and streams the reply back (gRPC).
+pub mod mesh {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rumor.mesh.v1.rs"));
+    }
+    pub use v1::*;
+}

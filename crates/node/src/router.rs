@@ -1,0 +1,538 @@
+//! The router: which worker owns a conversation key, and getting the message
+//! there and its reply back, re-routing when the owner fails.
+//!
+//! ```text
+//!  gossip view (watch) ──changes──> table task: Ring over live workers,
+//!                                   their mesh addresses; prunes channels
+//!  send / accept(envelope)
+//!     └─ loop until the deadline:
+//!          owner = first of ring.owners(key) not in envelope.skip
+//!          owner is me ─> local Worker::submit
+//!          otherwise   ─> Deliver on the pooled Channel to the owner
+//!                         (hops + 1, grpc-timeout = time left)
+//!          failed before the first chunk, or owner declared dead:
+//!                         skip it, back off, go round again
+//!     └─ after the first chunk: a relay task streams the rest, and turns a
+//!        failure or the owner's death into an explicit error chunk
+//! ```
+//!
+//! # Re-routing and the skip list
+//!
+//! The envelope carries the members its senders failed to reach. A receiver
+//! routes as if they were absent: when the old owner has died but the
+//! receiver has not noticed yet, the receiver still takes the message
+//! instead of forwarding it back to the dead owner. Views converge through
+//! gossip, after which the receiver owns the key anyway (rendezvous hashing
+//! makes the old second choice the new owner).
+//!
+//! A message is re-routed only while no reply chunk has reached the caller,
+//! so the caller never sees two partial replies. Once chunks have flowed, a
+//! failure of the owner ends the reply with an error chunk (`UNAVAILABLE`,
+//! "reply incomplete"); the caller may resend under the same id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use proto::mesh::mesh_client::MeshClient;
+use proto::mesh::{Envelope, ReplyChunk};
+use ring::{Member as RingMember, Ring};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status, Streaming};
+use tracing::debug;
+
+use crate::gossip::View;
+use crate::mesh::{self, Counters, MeshConfig, MeshStats, PROTOCOL_VERSION, count};
+use crate::worker::{ReplyStream, Worker};
+
+/// The routing table of one gossip view: a [`Ring`] over the live members
+/// with the worker role, weighted by their advertised capacity, and where to
+/// reach each of them.
+#[derive(Debug, Clone)]
+pub struct Table {
+    ring: Ring,
+    addrs: BTreeMap<String, String>,
+}
+
+impl Table {
+    /// Builds the table from a view: live members holding `config.worker_role`
+    /// with capacity above 0 and a `config.service` address.
+    pub fn from_view(view: &View, config: &MeshConfig) -> Self {
+        let mut members = Vec::new();
+        let mut addrs = BTreeMap::new();
+        for m in view.live() {
+            let Some(addr) = m.meta.services.get(&config.service) else {
+                continue;
+            };
+            if m.meta.has_role(&config.worker_role) && m.meta.capacity > 0 {
+                members.push(RingMember::new(m.name.clone(), m.meta.capacity));
+                addrs.insert(m.name.clone(), addr.clone());
+            }
+        }
+        Self {
+            ring: Ring::new(&members),
+            addrs,
+        }
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// The ring's checksum, carried in every envelope this node sends.
+    pub fn checksum(&self) -> u64 {
+        self.ring.checksum()
+    }
+
+    /// The owner of `key`.
+    pub fn owner(&self, key: &str) -> Option<&str> {
+        self.ring.owner(key.as_bytes())
+    }
+
+    /// A member's mesh address.
+    pub fn addr(&self, name: &str) -> Option<&str> {
+        self.addrs.get(name).map(String::as_str)
+    }
+
+    /// The first member in `key`'s preference order that is not in `skip`.
+    fn pick(&self, key: &str, skip: &[String]) -> Option<&str> {
+        if skip.is_empty() {
+            return self.owner(key);
+        }
+        self.ring
+            .owners(key.as_bytes(), self.ring.len())
+            .into_iter()
+            .find(|name| !skip.iter().any(|s| s == name))
+    }
+}
+
+impl PartialEq for Table {
+    fn eq(&self, other: &Self) -> bool {
+        self.checksum() == other.checksum() && self.addrs == other.addrs
+    }
+}
+
+/// Routes messages to the owners of their keys. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Router {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Router")
+            .field("me", &self.inner.me)
+            .field("checksum", &self.table().checksum())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    me: String,
+    config: MeshConfig,
+    worker: Option<Worker>,
+    /// The gossip view, watched by calls in progress so that an owner
+    /// declared dead mid-call is given up on at once.
+    view: watch::Receiver<View>,
+    /// The current table. A watch channel rather than a lock: the table task
+    /// replaces it whole and readers take the `Arc` without blocking it.
+    table: watch::Receiver<Arc<Table>>,
+    /// One lazily connected channel per peer, keyed by name with the address
+    /// it was made for. tonic multiplexes calls over it, so this is the whole
+    /// pool. A plain mutex: held only to look up or insert.
+    peers: Mutex<HashMap<String, (String, Channel)>>,
+    counters: Counters,
+}
+
+/// Why one attempt on one owner failed.
+enum Attempt {
+    /// Before any reply chunk: try the next owner.
+    Retry(Status),
+    /// Final: give the caller this status.
+    Fail(Status),
+}
+
+impl Router {
+    /// A router for node `me` over its gossip `view`, with `worker` when this
+    /// node holds the worker role. It rebuilds its table on every view change
+    /// in a task that ends when the view's sender (the gossip task) stops or
+    /// the router is dropped.
+    pub fn new(me: impl Into<String>, config: MeshConfig, view: watch::Receiver<View>, worker: Option<Worker>) -> Self {
+        let initial = Arc::new(Table::from_view(&view.borrow(), &config));
+        let (table_tx, table_rx) = watch::channel(initial);
+        let inner = Arc::new(Inner {
+            me: me.into(),
+            config,
+            worker,
+            view: view.clone(),
+            table: table_rx,
+            peers: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        });
+        tokio::spawn(maintain_table(Arc::downgrade(&inner), view, table_tx));
+        Self { inner }
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.me
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &MeshConfig {
+        &self.inner.config
+    }
+
+    /// The current routing table.
+    pub fn table(&self) -> Arc<Table> {
+        self.inner.table.borrow().clone()
+    }
+
+    /// The local worker, if this node is one.
+    pub fn worker(&self) -> Option<&Worker> {
+        self.inner.worker.as_ref()
+    }
+
+    /// A snapshot of the data plane's counters (server and router).
+    pub fn stats(&self) -> MeshStats {
+        self.inner.counters.read()
+    }
+
+    /// Peers with a pooled channel now.
+    pub fn pooled_peers(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.lock_peers().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Sends a message that enters the mesh at this node (the gateway's and
+    /// the forward role's entry point) and returns its reply stream.
+    ///
+    /// The caller fills `id` (see [`mesh::new_message_id`]), `key`,
+    /// `payload` and optionally `deadline_unix_ms`; the router sets the
+    /// version, origin, hop count and checksum. The reply stream ends with a
+    /// chunk that has `last` or `error` set; an `Err` is an explicit refusal:
+    /// `DEADLINE_EXCEEDED` when no owner took the message in time,
+    /// `UNAVAILABLE` when the view has no worker, `INVALID_ARGUMENT` for a bad
+    /// envelope, `ALREADY_EXISTS` for a duplicate that cannot be replayed.
+    pub async fn send(&self, mut envelope: Envelope) -> Result<ReplyStream, Status> {
+        let inner = &self.inner;
+        envelope.version = PROTOCOL_VERSION;
+        envelope.origin = inner.me.clone();
+        envelope.hops = 0;
+        envelope.skip.clear();
+        mesh::check_fields(&envelope, &inner.counters)?;
+        mesh::check_size(&envelope, &inner.config, &inner.counters)?;
+        let deadline = mesh::deadline_of(&envelope, None, inner.config.default_timeout);
+        if envelope.deadline_unix_ms == 0 {
+            envelope.deadline_unix_ms = mesh::deadline_in(deadline - Instant::now());
+        }
+        inner.deliver(envelope, deadline).await
+    }
+
+    /// Handles an envelope received from a peer: checks it, then routes it
+    /// from this node's own view.
+    pub(crate) async fn accept(
+        &self,
+        envelope: Envelope,
+        grpc_timeout: Option<Duration>,
+    ) -> Result<ReplyStream, Status> {
+        let inner = &self.inner;
+        mesh::check_envelope(&envelope, &inner.config, &inner.counters)?;
+        let deadline = mesh::deadline_of(&envelope, grpc_timeout, inner.config.default_timeout);
+        if Instant::now() >= deadline {
+            count(&inner.counters.expired_on_arrival);
+            return Err(Status::deadline_exceeded(format!(
+                "message {}: deadline passed before it reached {}",
+                envelope.id, inner.me
+            )));
+        }
+        count(&inner.counters.accepted);
+        if envelope.ring_checksum != self.table().checksum() {
+            count(&inner.counters.checksum_mismatch);
+        }
+        inner.deliver(envelope, deadline).await
+    }
+}
+
+impl Inner {
+    fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Channel)>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn channel(&self, name: &str, addr: &str) -> Result<Channel, Status> {
+        let mut peers = self.lock_peers();
+        if let Some((a, channel)) = peers.get(name)
+            && a == addr
+        {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| Status::unavailable(format!("member {name} advertises a bad mesh address {addr:?}: {e}")))?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        peers.insert(name.to_owned(), (addr.to_owned(), channel.clone()));
+        Ok(channel)
+    }
+
+    fn drop_channel(&self, name: &str) {
+        self.lock_peers().remove(name);
+    }
+
+    /// Routes until an owner takes the message or the deadline passes.
+    async fn deliver(self: &Arc<Self>, mut env: Envelope, deadline: Instant) -> Result<ReplyStream, Status> {
+        let mut backoff = self.config.retry_backoff;
+        let mut failures: Vec<String> = Vec::new();
+        loop {
+            if Instant::now() >= deadline {
+                count(&self.counters.deadline_exceeded);
+                return Err(Status::deadline_exceeded(format!(
+                    "message {}: deadline passed before an owner took it{}",
+                    env.id,
+                    describe(&failures)
+                )));
+            }
+            let table = self.table.borrow().clone();
+            if table.ring().is_empty() {
+                count(&self.counters.no_owner);
+                return Err(Status::unavailable(format!(
+                    "message {}: no live worker in {}'s view{}",
+                    env.id,
+                    self.me,
+                    describe(&failures)
+                )));
+            }
+            let Some(target) = table.pick(&env.key, &env.skip).map(str::to_owned) else {
+                // Every owner failed once. Dead ones leave the view soon and
+                // busy ones free up, so start the preference order afresh.
+                env.skip.clear();
+                pause(&mut backoff, deadline, &self.config).await;
+                continue;
+            };
+            let result = if target == self.me {
+                self.deliver_locally(&env, deadline)
+            } else if env.hops >= self.config.max_hops {
+                count(&self.counters.hop_limit_reached);
+                Err(Attempt::Fail(Status::aborted(format!(
+                    "message {}: hop limit of {} reached at {}, which does not own key {:?} (its owner there: {target}); \
+                     views disagree, retry shortly",
+                    env.id, self.config.max_hops, self.me, env.key
+                ))))
+            } else {
+                let Some(addr) = table.addr(&target).map(str::to_owned) else {
+                    // Unreachable: every ring member has an address.
+                    env.skip.push(target);
+                    continue;
+                };
+                self.forward(&env, &target, &addr, table.checksum(), deadline).await
+            };
+            match result {
+                Ok(stream) => {
+                    if !failures.is_empty() {
+                        count(&self.counters.rerouted);
+                    }
+                    return Ok(stream);
+                }
+                Err(Attempt::Fail(status)) => return Err(status),
+                Err(Attempt::Retry(status)) => {
+                    count(&self.counters.failed_attempts);
+                    debug!(id = %env.id, %target, %status, "mesh attempt failed; re-routing");
+                    failures.push(format!("{target}: {}", status.message()));
+                    if status.code() == Code::Aborted {
+                        // The receiver's view disagreed with ours; it is not
+                        // dead, so wait for views to converge instead.
+                        pause(&mut backoff, deadline, &self.config).await;
+                    } else {
+                        env.skip.push(target);
+                        if status.code() != Code::ResourceExhausted {
+                            pause(&mut backoff, deadline, &self.config).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_locally(&self, env: &Envelope, deadline: Instant) -> Result<ReplyStream, Attempt> {
+        let Some(worker) = &self.worker else {
+            return Err(Attempt::Fail(Status::internal(format!(
+                "{} owns key {:?} in its view but runs no worker",
+                self.me, env.key
+            ))));
+        };
+        match worker.submit(env.clone(), deadline) {
+            Ok(stream) => {
+                count(&self.counters.local);
+                Ok(stream)
+            }
+            // Over capacity: the next owner may have room, if a hop is left.
+            Err(s) if s.code() == Code::ResourceExhausted && env.hops < self.config.max_hops => Err(Attempt::Retry(s)),
+            Err(s) => Err(Attempt::Fail(s)),
+        }
+    }
+
+    /// One attempt on a remote owner: until its first reply chunk, any
+    /// failure (or the owner's death in the view) may be retried elsewhere.
+    async fn forward(
+        self: &Arc<Self>,
+        env: &Envelope,
+        target: &str,
+        addr: &str,
+        checksum: u64,
+        deadline: Instant,
+    ) -> Result<ReplyStream, Attempt> {
+        let channel = self.channel(target, addr).map_err(Attempt::Retry)?;
+        let mut out = env.clone();
+        out.hops += 1;
+        out.ring_checksum = checksum;
+        let mut request = Request::new(out);
+        request.set_timeout(deadline.saturating_duration_since(Instant::now()));
+        let mut client = MeshClient::new(channel);
+        let mut view = self.view.clone();
+        let first = async {
+            let mut stream = client.deliver(request).await?.into_inner();
+            let first = stream.message().await?;
+            Ok::<_, Status>((stream, first))
+        };
+        let outcome = tokio::select! {
+            r = first => r,
+            () = declared_dead(&mut view, target) => {
+                self.drop_channel(target);
+                return Err(Attempt::Retry(Status::unavailable(format!("owner {target} was declared dead"))));
+            }
+            () = sleep_until(deadline) => {
+                count(&self.counters.deadline_exceeded);
+                return Err(Attempt::Fail(Status::deadline_exceeded(format!(
+                    "message {}: deadline passed waiting for {target}", env.id
+                ))));
+            }
+        };
+        match outcome {
+            Ok((stream, Some(first))) => {
+                count(&self.counters.forwarded);
+                Ok(self.relay(stream, first, view, target.to_owned(), deadline))
+            }
+            Ok((_, None)) => Err(Attempt::Retry(Status::unavailable(format!(
+                "owner {target} ended the reply without any chunk"
+            )))),
+            Err(status) if retryable(&status) && Instant::now() < deadline => {
+                if status.code() == Code::Unavailable {
+                    self.drop_channel(target);
+                }
+                Err(Attempt::Retry(status))
+            }
+            Err(status) => Err(Attempt::Fail(status)),
+        }
+    }
+
+    /// Streams the rest of a remote reply to the caller. Every way the reply
+    /// can break off ends it with an explicit error chunk.
+    fn relay(
+        self: &Arc<Self>,
+        mut stream: Streaming<ReplyChunk>,
+        first: ReplyChunk,
+        mut view: watch::Receiver<View>,
+        target: String,
+        deadline: Instant,
+    ) -> ReplyStream {
+        let (tx, rx) = mpsc::channel(16);
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let id = first.id.clone();
+            let mut next_seq = first.seq + 1;
+            let mut end = is_end(&first);
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            while !end {
+                let failure = tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(chunk)) => {
+                            next_seq = chunk.seq + 1;
+                            end = is_end(&chunk);
+                            if tx.send(Ok(chunk)).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(None) => (Code::Unavailable, format!("owner {target} ended the reply early; reply incomplete")),
+                        Err(s) => (s.code(), format!("owner {target} failed mid-reply: {}; reply incomplete", s.message())),
+                    },
+                    () = declared_dead(&mut view, &target) => {
+                        (Code::Unavailable, format!("owner {target} was declared dead mid-reply; reply incomplete"))
+                    }
+                    () = sleep_until(deadline) => {
+                        (Code::DeadlineExceeded, format!("deadline passed while {target} was replying; reply incomplete"))
+                    }
+                    // The caller left: dropping `stream` cancels the call.
+                    () = tx.closed() => return,
+                };
+                count(&inner.counters.replies_cut);
+                let _ = tx
+                    .send(Ok(mesh::error_chunk(&id, next_seq, failure.0, failure.1)))
+                    .await;
+                end = true;
+            }
+        });
+        ReceiverStream::new(rx)
+    }
+}
+
+fn is_end(chunk: &ReplyChunk) -> bool {
+    chunk.last || chunk.error.is_some()
+}
+
+/// Statuses that mean "this owner could not take it", not "this message is bad".
+fn retryable(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::Unknown | Code::Cancelled | Code::Aborted
+    )
+}
+
+fn describe(failures: &[String]) -> String {
+    if failures.is_empty() {
+        String::new()
+    } else {
+        format!(" (tried {})", failures.join("; "))
+    }
+}
+
+async fn pause(backoff: &mut Duration, deadline: Instant, config: &MeshConfig) {
+    sleep((*backoff).min(deadline.saturating_duration_since(Instant::now()))).await;
+    *backoff = (*backoff * 2).min(config.max_retry_backoff);
+}
+
+/// Completes once `name` is no longer live in the view. Never completes when
+/// the gossip task has stopped: then nothing new is known about anyone.
+async fn declared_dead(view: &mut watch::Receiver<View>, name: &str) {
+    let dead = view
+        .wait_for(|v| !v.member(name).is_some_and(|m| m.status.is_live()))
+        .await
+        .is_ok();
+    if !dead {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Rebuilds the table on every view change and drops the channels of members
+/// that left it (or moved to another address).
+async fn maintain_table(inner: Weak<Inner>, mut view: watch::Receiver<View>, table: watch::Sender<Arc<Table>>) {
+    while view.changed().await.is_ok() {
+        let Some(inner) = inner.upgrade() else { return };
+        let next = Table::from_view(&view.borrow_and_update(), &inner.config);
+        if next == **table.borrow() {
+            continue;
+        }
+        inner
+            .lock_peers()
+            .retain(|name, (addr, _)| next.addr(name) == Some(addr.as_str()));
+        table.send_replace(Arc::new(next));
+    }
+}

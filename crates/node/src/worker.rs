@@ -1,0 +1,536 @@
+//! The worker side of the mesh contract: per-conversation FIFO processing, a
+//! window of recent message ids for de-duplication, and a bounded in-flight
+//! limit.
+//!
+//! ```text
+//!  submit(envelope) ──lock──> dedup window ─ duplicate? ──> cached reply / ALREADY_EXISTS
+//!                              in flight >= capacity? ────> RESOURCE_EXHAUSTED
+//!                              lanes[key].push_back(job)
+//!                              (no lane task for key? spawn one)
+//!
+//!  lane task for key: loop { pop front job (or remove the lane and stop);
+//!                            run Processor in its own task; send `last` or `error` }
+//! ```
+//!
+//! One lane task exists per conversation with queued work, so one
+//! conversation's messages are processed one at a time in arrival order and
+//! different conversations run concurrently. Arrival order is the order in
+//! which [`Worker::submit`] took the lock.
+//!
+//! # De-duplication
+//!
+//! The window remembers the ids of the last [`WorkerConfig::dedup_window`]
+//! completed messages, with their reply when it is at most
+//! [`WorkerConfig::max_cached_reply_bytes`]. A duplicate id is never processed
+//! twice:
+//! - of a completed message with a cached reply: the reply is replayed, each
+//!   chunk marked `replayed`;
+//! - of a completed message whose reply was too large to keep, or of a message
+//!   still in flight: `ALREADY_EXISTS` naming the id.
+//!
+//! A message that failed (processor error, deadline) is forgotten, so the
+//! sender may retry it under the same id.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::bytes::Bytes;
+use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Status};
+
+/// A stream of reply chunks for one message.
+///
+/// It ends after exactly one chunk with `last` or `error` set, or after an
+/// `Err` item: first, when the message was refused before processing started
+/// (for example its deadline passed in the queue), or after some chunks when
+/// the processor panicked.
+pub type ReplyStream = ReceiverStream<Result<ReplyChunk, Status>>;
+
+/// A future returned by [`Processor::process`].
+pub type ProcessFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
+
+/// Turns one message into a streamed reply: the seam where real AI backends
+/// plug in later. The worker calls it for one message of a conversation at a
+/// time, in arrival order, and adds the final chunk itself.
+pub trait Processor: Send + Sync + 'static {
+    /// Processes `msg`, sending reply data through `out` in order.
+    fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a>;
+}
+
+/// Why a [`Processor`] failed; sent to the caller as the reply's error chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessError {
+    /// A gRPC status code.
+    pub code: Code,
+    /// A message for the caller.
+    pub message: String,
+}
+
+impl ProcessError {
+    /// An `INTERNAL` error with `message`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self {
+            code: Code::Internal,
+            message: message.into(),
+        }
+    }
+}
+
+/// The built-in processor: echoes the payload back in up to `chunks` pieces,
+/// optionally pausing between them to imitate a streaming backend.
+#[derive(Debug, Clone)]
+pub struct Echo {
+    /// Pieces to split the payload into (at least 1; fewer if it is shorter).
+    pub chunks: usize,
+    /// Pause before each piece.
+    pub delay: Duration,
+}
+
+impl Default for Echo {
+    fn default() -> Self {
+        Self {
+            chunks: 3,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+impl Processor for Echo {
+    fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
+        Box::pin(async move {
+            let payload = &msg.payload;
+            let size = payload.len().div_ceil(self.chunks.max(1)).max(1);
+            let mut start = 0;
+            while start < payload.len() {
+                if !self.delay.is_zero() {
+                    tokio::time::sleep(self.delay).await;
+                }
+                let end = (start + size).min(payload.len());
+                out.send(payload.slice(start..end)).await;
+                start = end;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Where a [`Processor`] sends reply data. It numbers the chunks and keeps a
+/// copy for the de-duplication window while the reply is small enough.
+#[derive(Debug)]
+pub struct Replies {
+    id: String,
+    worker: Arc<str>,
+    seq: u64,
+    tx: mpsc::Sender<Result<ReplyChunk, Status>>,
+    /// The reply so far, for replaying to duplicates; `None` once too large.
+    kept: Option<Vec<ReplyChunk>>,
+    kept_bytes: usize,
+    max_kept_bytes: usize,
+}
+
+impl Replies {
+    /// Sends one chunk of reply data.
+    ///
+    /// It never fails: when the caller has gone away, processing goes on so
+    /// that the result is complete and in the de-duplication window for a
+    /// retry.
+    pub async fn send(&mut self, data: Bytes) {
+        let chunk = ReplyChunk {
+            id: self.id.clone(),
+            seq: self.seq,
+            data,
+            worker: self.worker.to_string(),
+            ..Default::default()
+        };
+        self.push(chunk).await;
+    }
+
+    async fn push(&mut self, chunk: ReplyChunk) {
+        self.keep(&chunk);
+        // A closed receiver means the caller left; see `send`.
+        let _ = self.tx.send(Ok(chunk)).await;
+    }
+
+    fn keep(&mut self, chunk: &ReplyChunk) {
+        self.seq += 1;
+        if let Some(kept) = &mut self.kept {
+            self.kept_bytes += chunk.data.len() + 32;
+            if self.kept_bytes > self.max_kept_bytes {
+                self.kept = None;
+            } else {
+                kept.push(chunk.clone());
+            }
+        }
+    }
+
+    fn terminal(&self, error: Option<WireError>) -> ReplyChunk {
+        ReplyChunk {
+            id: self.id.clone(),
+            seq: self.seq,
+            last: error.is_none(),
+            error,
+            worker: self.worker.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Messages queued or being processed at once, over all conversations;
+    /// one more gets `RESOURCE_EXHAUSTED` so the router can try the next
+    /// owner. Advertise it as the gossip metadata's `capacity`. Default 256.
+    pub capacity: usize,
+    /// Completed message ids remembered for de-duplication. Default 10,000.
+    pub dedup_window: usize,
+    /// Largest reply (data bytes plus 32 per chunk) kept for replay to a
+    /// duplicate; larger replies are remembered by id only. Default 64 KiB.
+    pub max_cached_reply_bytes: usize,
+    /// Reply chunks buffered per message before the processor waits for the
+    /// caller to read. Default 16.
+    pub chunk_buffer: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 256,
+            dedup_window: 10_000,
+            max_cached_reply_bytes: 64 * 1024,
+            chunk_buffer: 16,
+        }
+    }
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
+        /// The worker's counters, for metrics. Monotonic since start.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct WorkerStats {
+            $($(#[doc = $doc])* pub $name: u64,)*
+        }
+
+        /// Plain relaxed atomics: each counter stands alone, and lane tasks
+        /// count without taking the state lock.
+        #[derive(Debug, Default)]
+        struct Counters {
+            $($name: AtomicU64,)*
+        }
+
+        impl Counters {
+            fn read(&self) -> WorkerStats {
+                WorkerStats { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Messages accepted into a conversation queue.
+    accepted,
+    /// Messages whose processor finished successfully.
+    completed,
+    /// Messages whose processor failed, panicked or ran past the deadline.
+    failed,
+    /// Messages whose deadline passed while they were queued (not processed).
+    expired,
+    /// Duplicates answered from the window with the cached reply.
+    duplicates_replayed,
+    /// Duplicates answered with `ALREADY_EXISTS`.
+    duplicates_refused,
+    /// Messages refused because the worker was at capacity.
+    over_capacity,
+}
+
+/// A handle to one worker. Cheap to clone; all clones share the queues.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("name", &self.inner.name)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    name: Arc<str>,
+    config: WorkerConfig,
+    processor: Arc<dyn Processor>,
+    /// Guards the queues, the in-flight count and the window together, so
+    /// that the duplicate check, the capacity check and the enqueue are one
+    /// atomic step. Held only for map operations, never across an await.
+    state: Mutex<State>,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct State {
+    /// Queued jobs per conversation key. A key is present exactly while its
+    /// lane task runs.
+    lanes: HashMap<String, VecDeque<Job>>,
+    /// Queued plus processing messages.
+    in_flight: usize,
+    window: Window,
+}
+
+struct Job {
+    envelope: Envelope,
+    deadline: Instant,
+    tx: mpsc::Sender<Result<ReplyChunk, Status>>,
+}
+
+enum Seen {
+    InFlight,
+    /// Completed; the reply, when it was small enough to keep.
+    Done(Option<Arc<[ReplyChunk]>>),
+}
+
+/// Recent message ids. In-flight ids are bounded by the capacity; completed
+/// ids by `dedup_window`, oldest evicted first.
+#[derive(Default)]
+struct Window {
+    ids: HashMap<String, Seen>,
+    completed: VecDeque<String>,
+}
+
+impl Window {
+    fn complete(&mut self, id: &str, reply: Option<Arc<[ReplyChunk]>>, limit: usize) {
+        if let Some(seen) = self.ids.get_mut(id) {
+            *seen = Seen::Done(reply);
+            self.completed.push_back(id.to_owned());
+        }
+        while self.completed.len() > limit {
+            if let Some(old) = self.completed.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// A worker named `name` (its gossip name, stamped on reply chunks)
+    /// running `processor`.
+    pub fn new(name: impl Into<String>, config: WorkerConfig, processor: Arc<dyn Processor>) -> Self {
+        let name: String = name.into();
+        Self {
+            inner: Arc::new(Inner {
+                name: name.into(),
+                config,
+                processor,
+                state: Mutex::new(State::default()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The worker's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.config.capacity
+    }
+
+    /// Messages queued or being processed now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().in_flight
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> WorkerStats {
+        self.inner.counters.read()
+    }
+
+    /// Queues `envelope` behind the earlier messages of its conversation and
+    /// returns its reply stream; processing must start before `deadline`.
+    ///
+    /// Refusals change no state: `RESOURCE_EXHAUSTED` at capacity,
+    /// `ALREADY_EXISTS` for a duplicate that cannot be replayed. A duplicate
+    /// of a completed message with a cached reply gets that reply, replayed.
+    pub fn submit(&self, envelope: Envelope, deadline: Instant) -> Result<ReplyStream, Status> {
+        let inner = &self.inner;
+        let mut st = inner.lock();
+        match st.window.ids.get(&envelope.id) {
+            Some(Seen::Done(Some(reply))) => {
+                inner.counters.duplicates_replayed.fetch_add(1, Ordering::Relaxed);
+                return Ok(replay(reply));
+            }
+            Some(Seen::Done(None)) => {
+                inner.counters.duplicates_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::already_exists(format!(
+                    "message {} was already processed by {}; its reply is too large to replay",
+                    envelope.id, inner.name
+                )));
+            }
+            Some(Seen::InFlight) => {
+                inner.counters.duplicates_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::already_exists(format!(
+                    "message {} is already being processed by {}",
+                    envelope.id, inner.name
+                )));
+            }
+            None => {}
+        }
+        if st.in_flight >= inner.config.capacity {
+            inner.counters.over_capacity.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::resource_exhausted(format!(
+                "worker {} is at capacity ({} messages in flight)",
+                inner.name, st.in_flight
+            )));
+        }
+        let (tx, rx) = mpsc::channel(inner.config.chunk_buffer.max(1));
+        st.in_flight += 1;
+        st.window.ids.insert(envelope.id.clone(), Seen::InFlight);
+        inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let key = envelope.key.clone();
+        let job = Job { envelope, deadline, tx };
+        match st.lanes.get_mut(&key) {
+            Some(queue) => queue.push_back(job),
+            None => {
+                st.lanes.insert(key.clone(), VecDeque::from([job]));
+                tokio::spawn(run_lane(self.inner.clone(), key));
+            }
+        }
+        Ok(ReceiverStream::new(rx))
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than stopping the worker would.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends a job: frees its capacity and records (or forgets) its id.
+    fn finish(&self, id: &str, reply: Option<Option<Arc<[ReplyChunk]>>>) {
+        let mut st = self.lock();
+        st.in_flight -= 1;
+        match reply {
+            Some(reply) => st.window.complete(id, reply, self.config.dedup_window),
+            None => {
+                st.window.ids.remove(id);
+            }
+        }
+    }
+}
+
+fn replay(reply: &[ReplyChunk]) -> ReplyStream {
+    let (tx, rx) = mpsc::channel(reply.len().max(1));
+    for chunk in reply {
+        let mut chunk = chunk.clone();
+        chunk.replayed = true;
+        // Cannot fail: the channel has room for every chunk and `rx` is alive.
+        let _ = tx.try_send(Ok(chunk));
+    }
+    ReceiverStream::new(rx)
+}
+
+/// Processes one conversation's queue in order until it is empty.
+async fn run_lane(inner: Arc<Inner>, key: String) {
+    loop {
+        let job = {
+            let mut st = inner.lock();
+            match st.lanes.get_mut(&key).and_then(VecDeque::pop_front) {
+                Some(job) => job,
+                None => {
+                    st.lanes.remove(&key);
+                    return;
+                }
+            }
+        };
+        run_job(&inner, job).await;
+    }
+}
+
+async fn run_job(inner: &Arc<Inner>, job: Job) {
+    let Job { envelope, deadline, tx } = job;
+    let id = envelope.id.clone();
+    if Instant::now() >= deadline {
+        inner.counters.expired.fetch_add(1, Ordering::Relaxed);
+        inner.finish(&id, None);
+        let _ = tx
+            .send(Err(Status::deadline_exceeded(format!(
+                "message {id}: deadline passed while queued at {}",
+                inner.name
+            ))))
+            .await;
+        return;
+    }
+    let mut out = Replies {
+        id: id.clone(),
+        worker: inner.name.clone(),
+        seq: 0,
+        tx,
+        kept: Some(Vec::new()),
+        kept_bytes: 0,
+        max_kept_bytes: inner.config.max_cached_reply_bytes,
+    };
+    // The processor runs in its own task so that a panic in it fails this one
+    // message instead of killing the lane and stranding the conversation.
+    // `panic_tx` outlives the task to say so to the caller.
+    let panic_tx = out.tx.clone();
+    let processor = inner.processor.clone();
+    let task = tokio::spawn(async move {
+        let result = tokio::time::timeout_at(deadline, processor.process(&envelope, &mut out)).await;
+        (result, out)
+    });
+    let (outcome, mut out) = match task.await {
+        Ok((Ok(result), out)) => (result, out),
+        Ok((Err(_elapsed), out)) => {
+            let e = ProcessError {
+                code: Code::DeadlineExceeded,
+                message: format!("message {id}: deadline passed during processing at {}", inner.name),
+            };
+            (Err(e), out)
+        }
+        Err(_panic) => {
+            inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            let _ = panic_tx
+                .send(Err(Status::internal(format!(
+                    "message {id}: the processor at {} panicked",
+                    inner.name
+                ))))
+                .await;
+            inner.finish(&id, None);
+            return;
+        }
+    };
+    drop(panic_tx);
+    // The window is updated before the final chunk goes out, so a caller
+    // that has seen the end of the reply and retries always finds it there.
+    let terminal = match outcome {
+        Ok(()) => {
+            let last = out.terminal(None);
+            out.keep(&last);
+            inner.counters.completed.fetch_add(1, Ordering::Relaxed);
+            inner.finish(&id, Some(out.kept.take().map(Arc::from)));
+            last
+        }
+        Err(e) => {
+            inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            inner.finish(&id, None);
+            out.terminal(Some(WireError {
+                code: e.code as u32,
+                message: e.message,
+            }))
+        }
+    };
+    let _ = out.tx.send(Ok(terminal)).await;
+}
