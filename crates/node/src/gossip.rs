@@ -208,6 +208,13 @@ macro_rules! counters {
             $($(#[doc = $doc])* pub $name: u64,)*
         }
 
+        impl TransportStats {
+            /// Every counter as `(name, description, value)`, for metrics exporters.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
+            }
+        }
+
         /// Shared by the owner task and the connection tasks. Plain atomics
         /// (relaxed: each counter stands alone) so that connection tasks count
         /// without messaging the owner and a handle reads them without waiting

@@ -9,6 +9,10 @@
 //!   fails; [`mesh`] is the server that receives envelopes from peers;
 //!   [`worker`] processes them in per-conversation order with
 //!   de-duplication and a capacity limit.
+//! - [`node`] assembles all of that into one running node from a
+//!   [`NodeConfig`], with the [`admin`] HTTP endpoint (members, ring,
+//!   metrics, health, send, gossip) and a graceful shutdown; [`client`] talks
+//!   to that endpoint.
 //!
 //! Wiring a worker node (gossip advertises the mesh address and capacity):
 //!
@@ -47,11 +51,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod admin;
+pub mod client;
 pub mod crypto;
 pub mod frame;
 pub mod gossip;
 pub mod mesh;
+pub mod node;
 pub mod router;
 pub mod worker;
 
 pub use gossip::{GossipConfig, GossipHandle, spawn};
+pub use node::{Node, NodeConfig};

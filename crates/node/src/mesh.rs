@@ -142,6 +142,13 @@ macro_rules! counters {
             $($(#[doc = $doc])* pub $name: u64,)*
         }
 
+        impl MeshStats {
+            /// Every counter as `(name, description, value)`, for metrics exporters.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
+            }
+        }
+
         /// Relaxed atomics: each counter stands alone, and every request task
         /// counts without coordination.
         #[derive(Debug, Default)]

@@ -219,6 +219,13 @@ macro_rules! counters {
             $($(#[doc = $doc])* pub $name: u64,)*
         }
 
+        impl WorkerStats {
+            /// Every counter as `(name, description, value)`, for metrics exporters.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
+            }
+        }
+
         /// Plain relaxed atomics: each counter stands alone, and lane tasks
         /// count without taking the state lock.
         #[derive(Debug, Default)]

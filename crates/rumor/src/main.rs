@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod commands;
+mod config;
 mod up;
 
 use anyhow::{Context, bail};
@@ -24,7 +26,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the whole system locally: a gateway, a forward node and workers on 127.0.0.1.
+    /// Run the whole system locally: a gateway, a forward node and workers on 127.0.0.1,
+    /// each a full node (gossip, mesh, admin).
     Up {
         /// Number of worker nodes.
         #[arg(long, default_value_t = 3)]
@@ -35,6 +38,67 @@ enum Command {
         /// Leave and exit after this many seconds instead of waiting for Ctrl-C.
         #[arg(long)]
         exit_after: Option<u64>,
+    },
+    /// Run one mesh node (gossip, mesh gRPC, admin HTTP) until Ctrl-C or SIGTERM.
+    Node {
+        /// TOML config file (see docs/config.md); without it, defaults plus environment and flags.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Node name (overrides `name`, RUMOR_NAME).
+        #[arg(long)]
+        name: Option<String>,
+        /// Comma-separated roles: gateway, forward, worker (overrides `roles`, RUMOR_ROLES).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// Comma-separated seed gossip addresses (overrides `seeds`, RUMOR_SEEDS).
+        #[arg(long, value_delimiter = ',')]
+        seeds: Option<Vec<String>>,
+        /// Gossip bind address (overrides `bind.gossip`, RUMOR_GOSSIP_BIND).
+        #[arg(long)]
+        gossip_bind: Option<String>,
+        /// Mesh bind address (overrides `bind.mesh`, RUMOR_MESH_BIND).
+        #[arg(long)]
+        mesh_bind: Option<String>,
+        /// Admin HTTP bind address (overrides `bind.admin`, RUMOR_ADMIN_BIND).
+        #[arg(long)]
+        admin_bind: Option<String>,
+        /// Advertised gossip address (overrides `advertise`, RUMOR_ADVERTISE).
+        #[arg(long)]
+        advertise: Option<String>,
+        /// Membership preset: lan, wan, test (overrides `membership.preset`, RUMOR_PRESET).
+        #[arg(long)]
+        preset: Option<String>,
+    },
+    /// Show a node's view: members and the ring checksum.
+    Status {
+        /// Admin address of any node.
+        #[arg(long, default_value = "127.0.0.1:7948")]
+        admin: String,
+    },
+    /// Send a message for a conversation key through a node and print the streamed reply.
+    Send {
+        /// Admin address of the node the message enters at.
+        #[arg(long, default_value = "127.0.0.1:7948")]
+        admin: String,
+        /// Conversation key.
+        #[arg(long)]
+        key: String,
+        /// Time the mesh has to answer, in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// The message.
+        message: String,
+    },
+    /// Create a gossip message at a node and print which members have it and when.
+    Gossip {
+        /// Admin address of the node that creates the message.
+        #[arg(long, default_value = "127.0.0.1:7948")]
+        admin: String,
+        /// How long to wait for every live member, in milliseconds.
+        #[arg(long, default_value_t = 5_000)]
+        wait_ms: u64,
+        /// The message (at most 1 KiB).
+        message: String,
     },
     /// Run a membership scenario in the deterministic simulator and print its figures.
     Sim {
@@ -111,7 +175,10 @@ fn init_logging() {
         .ok()
         .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// A seed from the clock when none is given; it is printed, so the run can be replayed.
@@ -123,18 +190,73 @@ fn seed_or_new(seed: Option<u64>) -> u64 {
     })
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging();
     match cli.command {
-        Command::Up { workers, base_port, exit_after } => {
+        Command::Up {
+            workers,
+            base_port,
+            exit_after,
+        } => {
             if workers == 0 {
                 bail!("--workers must be at least 1");
             }
-            let opts = up::UpOptions { workers, base_port, exit_after: exit_after.map(Duration::from_secs) };
-            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
-            rt.block_on(up::run(opts))?;
+            let opts = up::UpOptions {
+                workers,
+                base_port,
+                exit_after: exit_after.map(Duration::from_secs),
+            };
+            runtime()?.block_on(up::run(opts))?;
         }
+        Command::Node {
+            config,
+            name,
+            roles,
+            seeds,
+            gossip_bind,
+            mesh_bind,
+            admin_bind,
+            advertise,
+            preset,
+        } => {
+            let mut file = match &config {
+                Some(path) => config::FileConfig::load(path)?,
+                None => config::FileConfig::default(),
+            };
+            file.apply_env(|k| std::env::var(k).ok())?;
+            file.apply(config::Overrides {
+                name,
+                roles,
+                seeds,
+                gossip_bind,
+                mesh_bind,
+                admin_bind,
+                advertise,
+                preset,
+            });
+            let node_config = file.into_node_config()?;
+            runtime()?.block_on(commands::node(node_config))?;
+        }
+        Command::Status { admin } => runtime()?.block_on(commands::status(&admin))?,
+        Command::Send {
+            admin,
+            key,
+            timeout_ms,
+            message,
+        } => runtime()?.block_on(commands::send(&admin, key, message, Duration::from_millis(timeout_ms)))?,
+        Command::Gossip {
+            admin,
+            wait_ms,
+            message,
+        } => runtime()?.block_on(commands::gossip(&admin, message, Duration::from_millis(wait_ms)))?,
         Command::Sim {
             scenario: name,
             nodes,

@@ -1,18 +1,22 @@
 //! `rumor up`: a whole local cluster in one process, on loopback.
 //!
-//! Today that is the gossip layer: a gateway, a forward node and workers form
-//! an encrypted gossip cluster on 127.0.0.1, print their membership, pass a
-//! gossip message from the forward node to the workers, and then report every
-//! membership change until Ctrl-C, when they leave gracefully.
+//! A gateway, a forward node and workers, each a full node (encrypted gossip,
+//! mesh gRPC, admin HTTP), form one cluster on 127.0.0.1. It prints where
+//! everything listens, sends one message through the gateway's admin API to
+//! show the data plane working, passes a gossip message from the forward node
+//! to the workers, and then reports membership changes until Ctrl-C or
+//! SIGTERM, when every node leaves gracefully.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use membership::{Event, Meta};
+use membership::Event;
+use node::admin::SendRequest;
+use node::client::AdminClient;
 use node::crypto::Key;
-use node::gossip::{self, GossipConfig, GossipHandle};
+use node::{Node, NodeConfig};
 
 /// What `rumor up` starts.
 #[derive(Debug, Clone)]
@@ -22,10 +26,19 @@ pub(crate) struct UpOptions {
     pub(crate) exit_after: Option<Duration>,
 }
 
-fn roles_of(name: &str) -> Meta {
-    let role = name.split('-').next().unwrap_or(name).to_owned();
-    let capacity = if role == "worker" { 64 } else { 0 };
-    Meta { roles: vec![role], capacity, ..Meta::default() }
+fn role_of(name: &str) -> String {
+    name.split('-').next().unwrap_or(name).to_owned()
+}
+
+/// Three consecutive ports per node from `base` (gossip, mesh, admin), or 0.
+fn port(base: u16, node: usize, which: u16) -> anyhow::Result<u16> {
+    if base == 0 {
+        return Ok(0);
+    }
+    u16::try_from(node * 3)
+        .ok()
+        .and_then(|off| base.checked_add(off)?.checked_add(which))
+        .context("--base-port is too high for this many nodes")
 }
 
 pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
@@ -33,39 +46,108 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     names.extend((1..=opts.workers).map(|i| format!("worker-{i}")));
     // One generated key for the whole local cluster: gossip is encrypted even on a laptop.
     let key = Key::generate().to_base64();
-    let mut nodes: Vec<GossipHandle> = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
     let started = Instant::now();
     for (i, name) in names.iter().enumerate() {
-        let port = if opts.base_port == 0 { 0 } else { opts.base_port + i as u16 };
-        let mut cfg = GossipConfig::new(name.clone(), SocketAddr::from(([127, 0, 0, 1], port)));
-        cfg.keys = vec![key.clone()];
-        cfg.meta = roles_of(name);
-        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
-        let handle = gossip::spawn(cfg).await.with_context(|| format!("starting {name}"))?;
-        nodes.push(handle);
+        let at = |which| -> anyhow::Result<SocketAddr> {
+            Ok(SocketAddr::from(([127, 0, 0, 1], port(opts.base_port, i, which)?)))
+        };
+        let mut cfg = NodeConfig::new(name.clone());
+        cfg.gossip.bind = at(0)?;
+        cfg.mesh_bind = at(1)?;
+        cfg.admin_bind = at(2)?;
+        cfg.gossip.keys = vec![key.clone()];
+        cfg.roles = vec![role_of(name)];
+        cfg.worker.capacity = 64;
+        cfg.drain_timeout = Duration::from_secs(2);
+        cfg.gossip.seeds = nodes.first().map(|n| vec![n.addrs().gossip]).unwrap_or_default();
+        nodes.push(Node::start(cfg).await.with_context(|| format!("starting {name}"))?);
     }
     for n in &nodes {
         n.wait_joined().await.context("joining")?;
     }
     let total = nodes.len();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while nodes.iter().any(|n| n.view().borrow().live().count() < total) {
-        anyhow::ensure!(Instant::now() < deadline, "the local cluster did not converge within 10 s");
+    loop {
+        let converged = nodes.iter().all(|n| n.gossip().view().borrow().live().count() == total);
+        let sums: std::collections::BTreeSet<u64> = nodes.iter().map(|n| n.router().table().checksum()).collect();
+        let rings_full = nodes.iter().all(|n| n.router().table().ring().len() == opts.workers);
+        if converged && sums.len() == 1 && rings_full {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the local cluster did not converge within 10 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("rumor: {total} nodes formed one gossip cluster in {} ms (AES-256-GCM, generated key)", started.elapsed().as_millis());
+    println!(
+        "rumor: {total} nodes formed one cluster in {} ms (gossip encrypted with a generated AES-256-GCM key)",
+        started.elapsed().as_millis()
+    );
     println!();
-    println!("  {:<12} {:<22} {:<10} {:<9} capacity", "node", "gossip (udp+tcp)", "role", "status");
-    let view = nodes[0].view().borrow().clone();
-    for m in view.live() {
-        println!("  {:<12} {:<22} {:<10} {:<9} {}", m.name, m.addr, m.meta.roles.join(","), format!("{:?}", m.status), m.meta.capacity);
+    println!(
+        "  {:<11} {:<8} {:<17} {:<17} {:<17} capacity",
+        "node", "role", "gossip", "mesh (grpc)", "admin (http)"
+    );
+    for n in &nodes {
+        let a = n.addrs();
+        let me = n.gossip().view().borrow().local.clone();
+        println!(
+            "  {:<11} {:<8} {:<17} {:<17} {:<17} {}",
+            n.name(),
+            me.meta.roles.join(","),
+            a.gossip.to_string(),
+            a.mesh.to_string(),
+            a.admin.to_string(),
+            me.meta.capacity
+        );
     }
+    println!(
+        "ring checksum {:016x} over {} workers",
+        nodes[0].router().table().checksum(),
+        opts.workers
+    );
+    println!();
+
+    // The data plane: one message through the gateway's admin API, as `rumor send` does it.
+    let gateway = nodes[0].addrs().admin.to_string();
+    let req = SendRequest {
+        key: "conversation-1".into(),
+        payload: "hello through the mesh".into(),
+        id: None,
+        timeout_ms: Some(5000),
+    };
+    let sent = Instant::now();
+    let lines = AdminClient::new(gateway.clone())
+        .send(&req, |_| {})
+        .await
+        .context("sending the demo message")?;
+    let last = lines.last().expect("a reply ends with a terminal line");
+    match &last.error {
+        None => println!(
+            "message {} for key {:?} through gateway-1: reply {:?} from {} in {:.1} ms ({} chunks)",
+            last.id,
+            req.key,
+            lines.iter().map(|l| l.data.as_str()).collect::<String>(),
+            last.worker,
+            sent.elapsed().as_secs_f64() * 1e3,
+            lines.len()
+        ),
+        Some(e) => println!("message {} failed: {}: {}", last.id, e.name, e.message),
+    }
+    println!("  try: rumor send --admin {gateway} --key conversation-2 \"hi\"");
+    println!("       rumor status --admin {gateway}");
     println!();
 
     // The origin notes' first test: a gossip message from the forward node to the workers.
-    let mut receivers: Vec<_> = nodes.iter().map(|n| n.events()).collect();
+    let mut receivers: Vec<_> = nodes.iter().map(|n| n.gossip().events()).collect();
     let sent = Instant::now();
-    let (origin, seq) = nodes[1].broadcast(membership::Bytes::from_static(b"hello from forward-1")).await.context("broadcast")?;
+    let (origin, seq) = nodes[1]
+        .gossip()
+        .broadcast(membership::Bytes::from_static(b"hello from forward-1"))
+        .await
+        .context("broadcast")?;
     let mut arrived: BTreeMap<String, Duration> = BTreeMap::new();
     for (n, rx) in nodes.iter().zip(receivers.iter_mut()).skip(2) {
         let wait = tokio::time::timeout(Duration::from_secs(5), async {
@@ -88,7 +170,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     println!();
     println!("running; membership changes follow. Ctrl-C leaves the cluster gracefully.");
 
-    let mut events = nodes[0].events();
+    let mut events = nodes[0].gossip().events();
     let watch = async {
         loop {
             match events.recv().await {
@@ -103,9 +185,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let stop = async {
         match opts.exit_after {
             Some(d) => tokio::time::sleep(d).await,
-            None => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            None => crate::commands::terminated().await,
         }
     };
     tokio::select! {
@@ -113,10 +193,9 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         () = stop => {}
     }
     println!("leaving...");
-    for n in nodes.iter().rev() {
-        let out = n.leave(Duration::from_secs(2)).await.context("leave")?;
-        let _ = out;
-        n.shutdown().await.ok();
+    // Workers first, then the entry nodes, so nothing routes to a departed worker.
+    while let Some(n) = nodes.pop() {
+        n.shutdown().await;
     }
     println!("stopped");
     Ok(())

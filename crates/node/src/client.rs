@@ -1,0 +1,278 @@
+//! A small client for a node's admin API ([`crate::admin`]), used by the
+//! `rumor status`, `send` and `gossip` commands and by tests. One HTTP/1
+//! connection per request: admin calls are rare, and this keeps no state.
+
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpStream;
+
+use crate::admin::{GossipCreated, GossipReceipt, GossipRequest, Members, ReplyLine, RingInfo, SendRequest};
+
+/// Why an admin call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No connection to the node.
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        /// The admin address.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("talking to {addr}: {source}")]
+    Http {
+        /// The admin address.
+        addr: String,
+        /// hyper's error.
+        source: hyper::Error,
+    },
+    /// The node answered with an unexpected status.
+    #[error("{addr} answered {status}: {body}")]
+    Status {
+        /// The admin address.
+        addr: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// The body, trimmed.
+        body: String,
+    },
+    /// The body was not the expected JSON.
+    #[error("{addr} sent a body that does not parse: {source}")]
+    Decode {
+        /// The admin address.
+        addr: String,
+        /// serde's error.
+        source: serde_json::Error,
+    },
+    /// No complete answer within the client's timeout.
+    #[error("{addr} did not answer within {timeout:?}")]
+    Timeout {
+        /// The admin address.
+        addr: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+/// Talks to one node's admin endpoint.
+#[derive(Debug, Clone)]
+pub struct AdminClient {
+    addr: String,
+    timeout: Duration,
+}
+
+impl AdminClient {
+    /// A client for the admin endpoint at `addr` (`host:port`), with a 10 s
+    /// timeout per call.
+    pub fn new(addr: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Sets the timeout of each whole call (a streamed reply included).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The admin address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// `GET /v1/members`.
+    pub async fn members(&self) -> Result<Members, ClientError> {
+        self.get_json("/v1/members").await
+    }
+
+    /// `GET /v1/ring`.
+    pub async fn ring(&self) -> Result<RingInfo, ClientError> {
+        self.get_json("/v1/ring").await
+    }
+
+    /// `GET /metrics`, the Prometheus text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let (status, body) = self.text(Method::GET, "/metrics", None).await?;
+        self.expect_ok(status, body)
+    }
+
+    /// `GET /readyz`: true when the node is ready.
+    pub async fn ready(&self) -> Result<bool, ClientError> {
+        let (status, _) = self.text(Method::GET, "/readyz", None).await?;
+        Ok(status == StatusCode::OK)
+    }
+
+    /// `POST /v1/gossip`.
+    pub async fn gossip(&self, payload: &str) -> Result<GossipCreated, ClientError> {
+        let req = GossipRequest {
+            payload: payload.to_owned(),
+        };
+        let (status, body) = self.text(Method::POST, "/v1/gossip", Some(to_json(&req))).await?;
+        let body = self.expect_ok(status, body)?;
+        self.decode(&body)
+    }
+
+    /// `GET /v1/gossip/{origin}/{seq}`: `None` when the node has not received it.
+    pub async fn gossip_receipt(&self, origin: &str, seq: u64) -> Result<Option<GossipReceipt>, ClientError> {
+        let (status, body) = self
+            .text(Method::GET, &format!("/v1/gossip/{origin}/{seq}"), None)
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let body = self.expect_ok(status, body)?;
+        self.decode(&body).map(Some)
+    }
+
+    /// `POST /v1/send`: calls `each` with every reply line as it arrives and
+    /// returns them all. A refusal is a single error line (with a non-200
+    /// status), not an `Err`: it is an answer. An `Err` means no complete
+    /// answer arrived (the connection broke, or the body ended before the
+    /// terminal line, reported as [`ClientError::Status`] with status 200).
+    pub async fn send(
+        &self,
+        request: &SendRequest,
+        mut each: impl FnMut(&ReplyLine),
+    ) -> Result<Vec<ReplyLine>, ClientError> {
+        let call = async {
+            let resp = self.request(Method::POST, "/v1/send", Some(to_json(request))).await?;
+            let status = resp.status();
+            let mut body = resp.into_body();
+            let mut buf: Vec<u8> = Vec::new();
+            let mut lines = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|source| self.http_err(source))?;
+                let Some(data) = frame.data_ref() else { continue };
+                buf.extend_from_slice(data);
+                while let Some(pos) = buf.iter().position(|&b| b == b'\n') {
+                    let raw: Vec<u8> = buf.drain(..=pos).collect();
+                    let l: ReplyLine = serde_json::from_slice(&raw).map_err(|source| ClientError::Decode {
+                        addr: self.addr.clone(),
+                        source,
+                    })?;
+                    each(&l);
+                    lines.push(l);
+                }
+            }
+            if !lines.last().is_some_and(ReplyLine::is_terminal) {
+                return Err(ClientError::Status {
+                    addr: self.addr.clone(),
+                    status,
+                    body: "the reply ended without a final line".into(),
+                });
+            }
+            Ok(lines)
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout_err()))
+    }
+
+    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let (status, body) = self.text(Method::GET, path, None).await?;
+        let body = self.expect_ok(status, body)?;
+        self.decode(&body)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, body: &str) -> Result<T, ClientError> {
+        serde_json::from_str(body).map_err(|source| ClientError::Decode {
+            addr: self.addr.clone(),
+            source,
+        })
+    }
+
+    fn expect_ok(&self, status: StatusCode, body: String) -> Result<String, ClientError> {
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(ClientError::Status {
+                addr: self.addr.clone(),
+                status,
+                body: body.trim().to_owned(),
+            })
+        }
+    }
+
+    /// A whole request and its body as text, within the timeout.
+    async fn text(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(StatusCode, String), ClientError> {
+        let call = async {
+            let resp = self.request(method, path, body).await?;
+            let status = resp.status();
+            let bytes = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|source| self.http_err(source))?
+                .to_bytes();
+            Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout_err()))
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream = TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| self.http_err(source))?;
+        // The connection task ends when the response body is read or dropped.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.as_str());
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a request from a valid method, path and headers");
+        sender.send_request(req).await.map_err(|source| self.http_err(source))
+    }
+
+    fn http_err(&self, source: hyper::Error) -> ClientError {
+        ClientError::Http {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    fn timeout_err(&self) -> ClientError {
+        ClientError::Timeout {
+            addr: self.addr.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("admin request types always serialize")
+}

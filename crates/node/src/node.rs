@@ -1,0 +1,312 @@
+//! One mesh node assembled from a plain config: gossip, the router, a worker
+//! when the node holds the worker role, the mesh gRPC server and the admin
+//! HTTP endpoint, with a graceful shutdown that leaves the cluster and drains.
+//!
+//! The binary reads the config file and the environment and fills in a
+//! [`NodeConfig`]; tests build one directly with [`NodeConfig::new`].
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, Shared};
+use crate::gossip::{self, GossipConfig, GossipHandle};
+use crate::mesh::{self, MeshConfig};
+use crate::router::Router;
+use crate::worker::{Echo, Worker, WorkerConfig};
+
+/// The role that owns keys and runs a worker.
+pub const WORKER_ROLE: &str = "worker";
+
+/// Everything one node needs to start. A plain struct: the binary fills it in.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Gossip settings; `gossip.name` is the node's name. The metadata's
+    /// roles, capacity and `mesh`/`admin` services are set by [`Node::start`]
+    /// from the fields below (other services and tags are kept).
+    pub gossip: GossipConfig,
+    /// Roles: any of `gateway`, `forward`, `worker`.
+    pub roles: Vec<String>,
+    /// Address of the mesh gRPC server. Port 0 picks a free port.
+    pub mesh_bind: SocketAddr,
+    /// Address of the admin HTTP endpoint. Port 0 picks a free port.
+    pub admin_bind: SocketAddr,
+    /// Data-plane settings.
+    pub mesh: MeshConfig,
+    /// Worker settings (used with the worker role); `capacity` is advertised.
+    pub worker: WorkerConfig,
+    /// The built-in processor the worker runs.
+    pub echo: Echo,
+    /// Longest time a graceful shutdown waits for the leave to spread and for
+    /// in-flight messages to finish. Default 5 s.
+    pub drain_timeout: Duration,
+}
+
+impl NodeConfig {
+    /// A node named `name` on 127.0.0.1 with free ports, no roles, no seeds,
+    /// no keys and LAN protocol defaults.
+    pub fn new(name: impl Into<String>) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            gossip: GossipConfig::new(name, loopback),
+            roles: Vec::new(),
+            mesh_bind: loopback,
+            admin_bind: loopback,
+            mesh: MeshConfig::default(),
+            worker: WorkerConfig::default(),
+            echo: Echo::default(),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// True when the node holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+/// Why [`Node::start`] did not start. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A socket could not be bound.
+    #[error("binding the {what} address {addr}: {source}")]
+    Bind {
+        /// `mesh` or `admin`.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A service is bound to an unspecified address (`0.0.0.0`) and the
+    /// gossip config advertises no address to take the host from.
+    #[error("the {what} address {addr} is unspecified; set an advertised gossip address")]
+    NothingToAdvertise {
+        /// `mesh` or `admin`.
+        what: &'static str,
+        /// The bound address.
+        addr: SocketAddr,
+    },
+    /// The mesh settings break a constraint.
+    #[error("mesh config: {0}")]
+    Mesh(#[from] mesh::MeshConfigError),
+    /// The gossip layer did not start.
+    #[error("gossip: {0}")]
+    Gossip(#[from] gossip::StartError),
+}
+
+/// Where a running node listens (the advertised addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addrs {
+    /// Gossip (UDP and TCP).
+    pub gossip: SocketAddr,
+    /// Mesh gRPC.
+    pub mesh: SocketAddr,
+    /// Admin HTTP.
+    pub admin: SocketAddr,
+}
+
+/// How a graceful shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// The leave notice reached the cluster (or nobody was left to tell).
+    pub left: bool,
+    /// Every in-flight message finished and both servers stopped in time.
+    pub drained: bool,
+    /// Messages the worker still held when the drain timeout ended.
+    pub abandoned: usize,
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] stops nothing
+/// gracefully: the tasks end when the runtime does, as after a crash.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    addrs: Addrs,
+    drain_timeout: Duration,
+    /// Tells the mesh and admin servers to stop accepting. A watch rather
+    /// than a oneshot: both servers (and in-flight admin streams) observe it.
+    stop: watch::Sender<bool>,
+    mesh_task: JoinHandle<()>,
+    admin_task: JoinHandle<()>,
+}
+
+impl Node {
+    /// Binds the mesh and admin sockets, starts gossip (joining the seeds in
+    /// the background), the worker if the node has the worker role, and both
+    /// servers. Readiness (`/readyz`) follows the join.
+    pub async fn start(mut config: NodeConfig) -> Result<Node, NodeError> {
+        config.mesh.check()?;
+        let mesh_listener = TcpListener::bind(config.mesh_bind)
+            .await
+            .map_err(|source| NodeError::Bind {
+                what: "mesh",
+                addr: config.mesh_bind,
+                source,
+            })?;
+        let admin_listener = TcpListener::bind(config.admin_bind)
+            .await
+            .map_err(|source| NodeError::Bind {
+                what: "admin",
+                addr: config.admin_bind,
+                source,
+            })?;
+        let host = config.gossip.advertise.map(|a| a.ip());
+        let mesh_addr = advertised("mesh", local_addr(&mesh_listener, config.mesh_bind), host)?;
+        let admin_addr = advertised("admin", local_addr(&admin_listener, config.admin_bind), host)?;
+
+        let name = config.gossip.name.clone();
+        let is_worker = config.has_role(WORKER_ROLE);
+        let meta = &mut config.gossip.meta;
+        meta.roles = config.roles.clone();
+        meta.capacity = if is_worker {
+            config.worker.capacity.min(u32::MAX as usize) as u32
+        } else {
+            0
+        };
+        meta.services.insert(config.mesh.service.clone(), mesh_addr.to_string());
+        meta.services.insert("admin".into(), admin_addr.to_string());
+
+        let gossip = gossip::spawn(config.gossip).await?;
+        let worker = is_worker.then(|| Worker::new(&name, config.worker.clone(), Arc::new(config.echo.clone())));
+        let router = Router::new(&name, config.mesh.clone(), gossip.view(), worker);
+        let addrs = Addrs {
+            gossip: gossip.addr(),
+            mesh: mesh_addr,
+            admin: admin_addr,
+        };
+        let shared = Shared::new(gossip, router.clone());
+        let (stop, stopped) = watch::channel(false);
+
+        let mesh_task = tokio::spawn({
+            let stopped = stopped.clone();
+            async move {
+                if let Err(e) = mesh::serve(mesh_listener, router, wait_true(stopped)).await {
+                    tracing::error!("mesh server failed: {e}");
+                }
+            }
+        });
+        let admin_task = tokio::spawn({
+            let shared = shared.clone();
+            async move {
+                if let Err(e) = admin::serve(admin_listener, shared, wait_true(stopped)).await {
+                    tracing::error!("admin server failed: {e}");
+                }
+            }
+        });
+        tracing::info!(%name, gossip = %addrs.gossip, mesh = %addrs.mesh, admin = %addrs.admin, "node started");
+        Ok(Node {
+            shared,
+            addrs,
+            drain_timeout: config.drain_timeout,
+            stop,
+            mesh_task,
+            admin_task,
+        })
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.shared.gossip.name()
+    }
+
+    /// Where the node listens.
+    pub fn addrs(&self) -> Addrs {
+        self.addrs
+    }
+
+    /// The gossip handle.
+    pub fn gossip(&self) -> &GossipHandle {
+        &self.shared.gossip
+    }
+
+    /// The router (the entry point for messages that enter at this node).
+    pub fn router(&self) -> &Router {
+        &self.shared.router
+    }
+
+    /// Waits until a seed answered, i.e. until the node is ready.
+    pub async fn wait_joined(&self) -> Result<(), gossip::Stopped> {
+        self.shared.gossip.wait_joined().await
+    }
+
+    /// Leaves gracefully: readiness turns off, the leave is gossiped (so
+    /// routers elsewhere stop choosing this node), in-flight messages finish,
+    /// then both servers stop accepting and the gossip task stops. Everything
+    /// together is bounded by the drain timeout.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = Instant::now() + self.drain_timeout;
+        self.shared.set_draining();
+        let left = match self.shared.gossip.leave(self.drain_timeout / 2).await {
+            Ok(out) => out.drained,
+            Err(gossip::Stopped) => false,
+        };
+        let mut abandoned = 0;
+        if let Some(worker) = self.shared.router.worker() {
+            while worker.in_flight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            abandoned = worker.in_flight();
+        }
+        let _ = self.stop.send(true);
+        let mut drained = abandoned == 0;
+        for task in [self.mesh_task, self.admin_task] {
+            let left_time = deadline.saturating_duration_since(Instant::now());
+            let abort = task.abort_handle();
+            if tokio::time::timeout(left_time, task).await.is_err() {
+                // Connections still open at the deadline (for example idle
+                // pooled channels from peers) are cut.
+                abort.abort();
+                drained = false;
+            }
+        }
+        let _ = self.shared.gossip.shutdown().await;
+        ShutdownReport {
+            left,
+            drained,
+            abandoned,
+        }
+    }
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+fn local_addr(listener: &TcpListener, fallback: SocketAddr) -> SocketAddr {
+    listener.local_addr().unwrap_or(fallback)
+}
+
+/// The address peers reach a service at: the bound address, with the host of
+/// the advertised gossip address when bound to `0.0.0.0` or `::`.
+fn advertised(what: &'static str, bound: SocketAddr, host: Option<IpAddr>) -> Result<SocketAddr, NodeError> {
+    if !bound.ip().is_unspecified() {
+        return Ok(bound);
+    }
+    match host {
+        Some(ip) if !ip.is_unspecified() => Ok(SocketAddr::new(ip, bound.port())),
+        _ => Err(NodeError::NothingToAdvertise { what, addr: bound }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unspecified_binds_take_the_advertised_gossip_host() {
+        let any: SocketAddr = "0.0.0.0:7001".parse().unwrap();
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        assert_eq!(
+            advertised("mesh", any, Some(ip)).unwrap(),
+            "10.0.0.5:7001".parse().unwrap()
+        );
+        assert!(advertised("mesh", any, None).is_err());
+        let lo: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        assert_eq!(advertised("mesh", lo, None).unwrap(), lo);
+    }
+}

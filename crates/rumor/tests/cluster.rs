@@ -1,0 +1,435 @@
+//! Real processes: every node is a separate `rumor node` process on
+//! 127.0.0.1. Nodes bind port 0 and print where they listen on their first
+//! stdout line, which the harness reads, so no port is ever guessed. Nodes use
+//! the `test` membership preset (100 ms protocol period). Every scenario is
+//! bounded by `LIMIT`, and every child is killed when its handle drops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use node::admin::SendRequest;
+use node::client::AdminClient;
+use node::crypto::Key;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+async fn within<T>(f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(LIMIT, f)
+        .await
+        .expect("scenario did not finish in time")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duration, mut check: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One `rumor node` process, killed (SIGKILL) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    gossip: String,
+    admin: String,
+}
+
+impl Proc {
+    fn start(name: &str, roles: &str, seeds: &[&str], key: &str) -> Proc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rumor"));
+        cmd.args(["node", "--name", name, "--roles", roles, "--preset", "test"])
+            .args(["--gossip-bind", "127.0.0.1:0", "--mesh-bind", "127.0.0.1:0"])
+            .args(["--admin-bind", "127.0.0.1:0"])
+            .env("RUMOR_KEYS", key)
+            .env_remove("RUMOR_SEEDS")
+            .env_remove("RUMOR_NAME")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        let mut child = cmd.spawn().expect("spawning rumor node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        // Reads stdout to the end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{name} did not print its addresses"));
+        let field = |k: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_owned()
+        };
+        Proc {
+            name: name.to_owned(),
+            gossip: field("gossip="),
+            admin: field("admin="),
+            child,
+        }
+    }
+
+    fn client(&self) -> AdminClient {
+        AdminClient::new(self.admin.clone()).with_timeout(Duration::from_secs(5))
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A gateway `gw`, a forward node `fw` and workers `w1..=workers`, joined
+/// through `gw`, with every node seeing all of them and the same ring.
+async fn cluster(workers: usize, key: &str) -> Vec<Proc> {
+    let gw = Proc::start("gw", "gateway", &[], key);
+    let seed = gw.gossip.clone();
+    let mut nodes = vec![gw, Proc::start("fw", "forward", &[&seed], key)];
+    for i in 1..=workers {
+        nodes.push(Proc::start(&format!("w{i}"), "worker", &[&seed], key));
+    }
+    let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+    agree(&nodes, &names, workers).await;
+    nodes
+}
+
+/// Waits until every node lists exactly `names` as alive and all report the
+/// same ring checksum over `workers` workers; returns that checksum.
+async fn agree(nodes: &[Proc], names: &BTreeSet<String>, workers: usize) -> String {
+    let clients: Vec<AdminClient> = nodes.iter().map(Proc::client).collect();
+    eventually(
+        "every node to agree on members and ring",
+        Duration::from_secs(30),
+        || async {
+            let mut sums = BTreeSet::new();
+            for c in &clients {
+                let m = c.members().await.ok()?;
+                let alive: BTreeSet<String> = m
+                    .members
+                    .iter()
+                    .filter(|x| x.status == "alive")
+                    .map(|x| x.name.clone())
+                    .collect();
+                if &alive != names || !m.joined {
+                    return None;
+                }
+                let r = c.ring().await.ok()?;
+                if r.workers.len() != workers {
+                    return None;
+                }
+                sums.insert(r.checksum);
+            }
+            (sums.len() == 1).then(|| sums.pop_first().unwrap())
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_node_cluster_forms_and_every_node_reports_the_same_members_and_ring() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let nodes = cluster(3, &key).await;
+        let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+        let checksum = agree(&nodes, &names, 3).await;
+        for p in &nodes {
+            let c = p.client();
+            assert!(c.ready().await.unwrap(), "{} is ready", p.name);
+            let m = c.members().await.unwrap();
+            let w: Vec<_> = m.members.iter().filter(|x| x.roles == ["worker"]).collect();
+            assert_eq!(w.len(), 3);
+            assert!(w.iter().all(|x| x.capacity > 0 && x.services.contains_key("mesh")));
+            assert!(m.members.iter().all(|x| x.services.contains_key("admin")));
+            let r = c.ring().await.unwrap();
+            assert_eq!(r.checksum, checksum);
+            let share: f64 = r.workers.iter().map(|x| x.share).sum();
+            assert!((share - 1.0).abs() < 1e-9, "shares sum to 1: {share}");
+            let metrics = c.metrics().await.unwrap();
+            assert!(metrics.contains("# TYPE rumor_membership_probes_total counter"));
+            assert!(metrics.contains("rumor_members{status=\"alive\"} 5"));
+            assert!(metrics.contains("rumor_ready 1"));
+        }
+    })
+    .await;
+}
+
+/// What happened to the messages of the steady stream.
+#[derive(Debug, Default)]
+struct Tally {
+    answered: AtomicU64,
+    errors: AtomicU64,
+    /// No complete answer: the guarantee is broken.
+    lost: AtomicU64,
+}
+
+async fn send_stream(gw: AdminClient, sender: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let payload = format!("s{sender}-m{i}");
+        let req = SendRequest {
+            key: format!("conv-{}", (i as usize * 7 + sender) % 32),
+            payload: payload.clone(),
+            id: None,
+            timeout_ms: Some(5000),
+        };
+        match gw.send(&req, |_| {}).await {
+            Ok(lines) => {
+                let terminal = lines.iter().filter(|l| l.is_terminal()).count();
+                assert_eq!(terminal, 1, "exactly one final line: {lines:?}");
+                let last = lines.last().unwrap();
+                if last.error.is_some() {
+                    tally.errors.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let data: String = lines.iter().map(|l| l.data.as_str()).collect();
+                    assert_eq!(data, payload, "the reply is the echo, once");
+                    let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
+                    assert_eq!(seqs, (0..lines.len() as u64).collect::<Vec<_>>());
+                    tally.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => {
+                eprintln!("lost {payload}: {e}");
+                tally.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        i += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_under_its_name() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let mut nodes = cluster(3, &key).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let tally = Arc::new(Tally::default());
+        let senders: Vec<_> = (0..4)
+            .map(|s| tokio::spawn(send_stream(nodes[0].client(), s, stop.clone(), tally.clone())))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let before_kill = tally.answered.load(Ordering::Relaxed);
+        assert!(before_kill > 0, "messages flow before the kill");
+
+        let victim = nodes.iter().position(|p| p.name == "w2").unwrap();
+        let killed_at = Instant::now();
+        nodes[victim].kill();
+        let others: Vec<AdminClient> = nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != victim)
+            .map(|(_, p)| p.client())
+            .collect();
+        eventually("every node to mark w2 dead", Duration::from_secs(20), || async {
+            for c in &others {
+                let m = c.members().await.ok()?;
+                let w2 = m.members.iter().find(|x| x.name == "w2")?;
+                if w2.status != "dead" {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        eprintln!("w2 dead everywhere {:?} after kill -9", killed_at.elapsed());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        for s in senders {
+            s.await.expect("a sender's checks held");
+        }
+        let (answered, errors, lost) = (
+            tally.answered.load(Ordering::Relaxed),
+            tally.errors.load(Ordering::Relaxed),
+            tally.lost.load(Ordering::Relaxed),
+        );
+        eprintln!("answered {answered}, explicit errors {errors}, lost {lost}");
+        assert_eq!(lost, 0, "no message is silently lost");
+        assert!(answered > before_kill, "messages kept flowing after the kill");
+
+        // Restart under the same name, at new ports.
+        let seed = nodes[0].gossip.clone();
+        nodes[victim] = Proc::start("w2", "worker", &[&seed], &key);
+        let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+        agree(&nodes, &names, 3).await;
+        let lines = nodes[0]
+            .client()
+            .send(
+                &SendRequest {
+                    key: "after-rejoin".into(),
+                    payload: "still here".into(),
+                    id: None,
+                    timeout_ms: Some(5000),
+                },
+                |_| {},
+            )
+            .await
+            .unwrap();
+        assert!(lines.last().unwrap().last);
+    })
+    .await;
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_with_the_wrong_gossip_key_cannot_join_and_is_counted() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let w1 = Proc::start("w1", "worker", &[&gw.gossip], &key);
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+
+        let intruder = Proc::start("intruder", "worker", &[&nodes[0].gossip], &Key::generate().to_base64());
+        let gw = nodes[0].client();
+        eventually(
+            "the seed to count decrypt failures",
+            Duration::from_secs(10),
+            || async {
+                let m = gw.metrics().await.ok()?;
+                (metric(&m, "rumor_transport_decrypt_failures_total") > 0).then_some(())
+            },
+        )
+        .await;
+        // Give it a few join retries more: it must stay out.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            !intruder.client().ready().await.unwrap(),
+            "the intruder never becomes ready"
+        );
+        let own = intruder.client().members().await.unwrap();
+        assert!(!own.joined);
+        assert_eq!(own.members.len(), 1, "the intruder knows only itself");
+        for p in &nodes {
+            let m = p.client().members().await.unwrap();
+            assert!(
+                m.members.iter().all(|x| x.name != "intruder"),
+                "{} never lists it",
+                p.name
+            );
+        }
+    })
+    .await;
+}
+
+/// Runs `rumor` with `args` to completion within `limit`, returning
+/// (success, stdout, stderr).
+fn run(args: &[&str], limit: Duration) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("rumor {args:?} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn up_prints_members_and_the_demo_reply_then_exits_cleanly() {
+    let (ok, out, err) = run(&["up", "--exit-after", "1"], Duration::from_secs(60));
+    assert!(ok, "exit status: stdout {out}\nstderr {err}");
+    for name in ["gateway-1", "forward-1", "worker-1", "worker-2", "worker-3"] {
+        assert!(out.contains(name), "{name} listed:\n{out}");
+    }
+    assert!(out.contains("reply \"hello through the mesh\" from worker-"), "{out}");
+    assert!(out.contains("gossip message forward-1#"), "{out}");
+    assert!(out.trim_end().ends_with("stopped"), "{out}");
+}
+
+#[test]
+fn bad_config_is_refused_with_the_setting_named() {
+    let (ok, _, err) = run(&["node", "--name", "x", "--roles", "boss"], Duration::from_secs(20));
+    assert!(!ok);
+    assert!(err.contains("roles"), "{err}");
+    let dir = std::env::temp_dir().join(format!("rumor-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("node.toml");
+    std::fs::write(&file, "name = \"x\"\n[mesh]\nmax_hopz = 3\n").unwrap();
+    let (ok, _, err) = run(&["node", "--config", file.to_str().unwrap()], Duration::from_secs(20));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok);
+    assert!(err.contains("max_hopz"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_status_send_and_gossip_talk_to_a_running_cluster() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let w1 = Proc::start("w1", "worker", &[&gw.gossip], &key);
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+        let admin = nodes[0].admin.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let mut outs = BTreeMap::new();
+            for (k, args) in [
+                ("status", vec!["status", "--admin", &admin]),
+                ("send", vec!["send", "--admin", &admin, "--key", "k1", "hello there"]),
+                ("gossip", vec!["gossip", "--admin", &admin, "news"]),
+            ] {
+                let (ok, out, err) = run(&args, Duration::from_secs(20));
+                assert!(ok, "{k}: {err}");
+                outs.insert(k, out);
+            }
+            outs
+        })
+        .await
+        .unwrap();
+        assert!(out["status"].contains("ring checksum"), "{}", out["status"]);
+        assert!(out["status"].contains("w1"));
+        assert!(out["send"].starts_with("hello there\n"), "{}", out["send"]);
+        assert!(out["send"].contains("answered by w1"), "{}", out["send"]);
+        assert!(out["gossip"].contains("2/2 live members have it"), "{}", out["gossip"]);
+    })
+    .await;
+}
