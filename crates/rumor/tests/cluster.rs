@@ -50,8 +50,21 @@ struct Proc {
 
 impl Proc {
     fn start(name: &str, roles: &str, seeds: &[&str], key: &str) -> Proc {
+        Self::start_with(name, roles, seeds, key, None)
+    }
+
+    /// Like [`Proc::start`], with `config` (TOML text) as the config file.
+    fn start_with(name: &str, roles: &str, seeds: &[&str], key: &str, config: Option<&str>) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rumor"));
-        cmd.args(["node", "--name", name, "--roles", roles, "--preset", "test"])
+        if let Some(text) = config {
+            let file = std::env::temp_dir().join(format!("rumor-test-{}-{name}-{}.toml", std::process::id(), nanos()));
+            std::fs::write(&file, text).unwrap();
+            cmd.arg("node").arg("--config").arg(&file);
+        }
+        if config.is_none() {
+            cmd.arg("node");
+        }
+        cmd.args(["--name", name, "--roles", roles, "--preset", "test"])
             .args(["--gossip-bind", "127.0.0.1:0", "--mesh-bind", "127.0.0.1:0"])
             .args(["--admin-bind", "127.0.0.1:0"])
             .env("RUMOR_KEYS", key)
@@ -90,6 +103,10 @@ impl Proc {
         }
     }
 
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     fn client(&self) -> AdminClient {
         AdminClient::new(self.admin.clone()).with_timeout(Duration::from_secs(5))
     }
@@ -101,6 +118,16 @@ impl Proc {
     }
 }
 
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Workers that take a few milliseconds per reply chunk, so that messages are
+/// in flight (some mid-stream) whenever a worker is killed.
+const SLOW_ECHO: &str = "[worker]\necho_chunks = 3\necho_delay_ms = 3\n";
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
@@ -109,12 +136,18 @@ impl Drop for Proc {
 
 /// A gateway `gw`, a forward node `fw` and workers `w1..=workers`, joined
 /// through `gw`, with every node seeing all of them and the same ring.
-async fn cluster(workers: usize, key: &str) -> Vec<Proc> {
+async fn cluster(workers: usize, key: &str, worker_config: Option<&str>) -> Vec<Proc> {
     let gw = Proc::start("gw", "gateway", &[], key);
     let seed = gw.gossip.clone();
     let mut nodes = vec![gw, Proc::start("fw", "forward", &[&seed], key)];
     for i in 1..=workers {
-        nodes.push(Proc::start(&format!("w{i}"), "worker", &[&seed], key));
+        nodes.push(Proc::start_with(
+            &format!("w{i}"),
+            "worker",
+            &[&seed],
+            key,
+            worker_config,
+        ));
     }
     let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
     agree(&nodes, &names, workers).await;
@@ -157,7 +190,7 @@ async fn agree(nodes: &[Proc], names: &BTreeSet<String>, workers: usize) -> Stri
 async fn five_node_cluster_forms_and_every_node_reports_the_same_members_and_ring() {
     within(async {
         let key = Key::generate().to_base64();
-        let nodes = cluster(3, &key).await;
+        let nodes = cluster(3, &key, None).await;
         let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
         let checksum = agree(&nodes, &names, 3).await;
         for p in &nodes {
@@ -188,6 +221,8 @@ struct Tally {
     errors: AtomicU64,
     /// No complete answer: the guarantee is broken.
     lost: AtomicU64,
+    /// Workers that answered, with how many messages each.
+    by_worker: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 async fn send_stream(gw: AdminClient, sender: usize, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
@@ -213,6 +248,7 @@ async fn send_stream(gw: AdminClient, sender: usize, stop: Arc<AtomicBool>, tall
                     let seqs: Vec<u64> = lines.iter().map(|l| l.seq).collect();
                     assert_eq!(seqs, (0..lines.len() as u64).collect::<Vec<_>>());
                     tally.answered.fetch_add(1, Ordering::Relaxed);
+                    *tally.by_worker.lock().unwrap().entry(last.worker.clone()).or_default() += 1;
                 }
             }
             Err(e) => {
@@ -228,7 +264,7 @@ async fn send_stream(gw: AdminClient, sender: usize, stop: Arc<AtomicBool>, tall
 async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_under_its_name() {
     within(async {
         let key = Key::generate().to_base64();
-        let mut nodes = cluster(3, &key).await;
+        let mut nodes = cluster(3, &key, Some(SLOW_ECHO)).await;
         let stop = Arc::new(AtomicBool::new(false));
         let tally = Arc::new(Tally::default());
         let senders: Vec<_> = (0..4)
@@ -237,6 +273,10 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
         tokio::time::sleep(Duration::from_millis(700)).await;
         let before_kill = tally.answered.load(Ordering::Relaxed);
         assert!(before_kill > 0, "messages flow before the kill");
+        assert!(
+            tally.by_worker.lock().unwrap().get("w2").is_some_and(|&n| n > 0),
+            "w2 owns some of the keys in the stream"
+        );
 
         let victim = nodes.iter().position(|p| p.name == "w2").unwrap();
         let killed_at = Instant::now();
@@ -269,13 +309,16 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
             tally.errors.load(Ordering::Relaxed),
             tally.lost.load(Ordering::Relaxed),
         );
-        eprintln!("answered {answered}, explicit errors {errors}, lost {lost}");
+        eprintln!(
+            "answered {answered} ({:?}), explicit errors {errors}, lost {lost}",
+            tally.by_worker.lock().unwrap()
+        );
         assert_eq!(lost, 0, "no message is silently lost");
         assert!(answered > before_kill, "messages kept flowing after the kill");
 
         // Restart under the same name, at new ports.
         let seed = nodes[0].gossip.clone();
-        nodes[victim] = Proc::start("w2", "worker", &[&seed], &key);
+        nodes[victim] = Proc::start_with("w2", "worker", &[&seed], &key, Some(SLOW_ECHO));
         let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
         agree(&nodes, &names, 3).await;
         let lines = nodes[0]
@@ -430,6 +473,45 @@ async fn cli_status_send_and_gossip_talk_to_a_running_cluster() {
         assert!(out["send"].starts_with("hello there\n"), "{}", out["send"]);
         assert!(out["send"].contains("answered by w1"), "{}", out["send"]);
         assert!(out["gossip"].contains("2/2 live members have it"), "{}", out["gossip"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_makes_a_worker_leave_gracefully_and_exit_cleanly() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let mut nodes = cluster(2, &key, None).await;
+        let w1 = nodes.iter().position(|p| p.name == "w1").unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &nodes[w1].pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut exited = None;
+        for _ in 0..200 {
+            exited = nodes[w1].child.try_wait().unwrap();
+            if exited.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            exited.is_some_and(|s| s.success()),
+            "w1 exits 0 after SIGTERM: {exited:?}"
+        );
+        let gw = nodes[0].client();
+        eventually(
+            "the gateway to see w1 as left, not failed",
+            Duration::from_secs(10),
+            || async {
+                let m = gw.members().await.ok()?;
+                (m.members.iter().find(|x| x.name == "w1")?.status == "left").then_some(())
+            },
+        )
+        .await;
+        assert_eq!(gw.ring().await.unwrap().workers.len(), 1);
+        nodes.remove(w1);
     })
     .await;
 }
