@@ -10,7 +10,11 @@
 //! | `POST /v1/send` | `{key, payload, id?, timeout_ms?}`: routes a message, streams the reply as NDJSON [`ReplyLine`]s |
 //! | `POST /v1/gossip` | `{payload}`: creates a gossip message, returns its id |
 //! | `GET /v1/gossip/{origin}/{seq}` | when this node received that gossip message, or 404 |
+//! | `GET /v1/keys` | ids of the gossip keys, the primary first (never the keys) |
+//! | `POST /v1/keys/{install,use,remove}` | `{key}`: one step of a key rotation on this node |
 //!
+//! The admin endpoint changes cluster state (gossip, keys): bind it to a
+//! private interface (the default is 127.0.0.1).
 //! The JSON bodies are the types of this module, shared with [`crate::client`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,7 +37,8 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::StreamExt;
 
-use crate::gossip::GossipHandle;
+use crate::crypto::KeyringError;
+use crate::gossip::{CommandError, GossipHandle};
 use crate::mesh;
 use crate::router::Router;
 
@@ -185,6 +190,20 @@ pub struct GossipReceipt {
     pub received_unix_ms: u64,
 }
 
+/// The body of `POST /v1/keys/{op}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    /// A 32-byte key in standard base64.
+    pub key: String,
+}
+
+/// The answer of the key endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyIds {
+    /// Key ids (hex), the primary first.
+    pub keys: Vec<String>,
+}
+
 /// State shared by the admin handlers and [`crate::node::Node`].
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -283,6 +302,8 @@ pub(crate) async fn serve(
         .route("/v1/send", post(send))
         .route("/v1/gossip", post(create_gossip))
         .route("/v1/gossip/{origin}/{seq}", get(gossip_receipt))
+        .route("/v1/keys", get(list_keys))
+        .route("/v1/keys/{op}", post(change_keys))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -635,6 +656,34 @@ async fn gossip_receipt(State(s): Shr, Path((origin, seq)): Path<(String, u64)>)
         .into_response(),
         None => (StatusCode::NOT_FOUND, "not received\n").into_response(),
     }
+}
+
+fn key_answer(r: Result<Vec<crate::crypto::KeyId>, CommandError<KeyringError>>) -> Response {
+    match r {
+        Ok(ids) => Json(KeyIds {
+            keys: ids.iter().map(ToString::to_string).collect(),
+        })
+        .into_response(),
+        Err(CommandError::Rejected(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(CommandError::Stopped) => (StatusCode::SERVICE_UNAVAILABLE, "gossip stopped\n").into_response(),
+    }
+}
+
+async fn list_keys(State(s): Shr) -> Response {
+    key_answer(s.gossip.keys().await)
+}
+
+async fn change_keys(State(s): Shr, Path(op): Path<String>, Json(req): Json<KeyRequest>) -> Response {
+    let r = match op.as_str() {
+        "install" => s.gossip.install_key(&req.key).await,
+        "use" => s.gossip.use_key(&req.key).await,
+        "remove" => s.gossip.remove_key(&req.key).await,
+        _ => return (StatusCode::NOT_FOUND, "key operations: install, use, remove\n").into_response(),
+    };
+    if r.is_ok() {
+        tracing::info!(op, "gossip keyring changed");
+    }
+    key_answer(r)
 }
 
 #[cfg(test)]

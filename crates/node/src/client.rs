@@ -12,7 +12,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-use crate::admin::{GossipCreated, GossipReceipt, GossipRequest, Members, ReplyLine, RingInfo, SendRequest};
+use crate::admin::{
+    GossipCreated, GossipReceipt, GossipRequest, KeyIds, KeyRequest, Members, ReplyLine, RingInfo, SendRequest,
+};
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +119,21 @@ impl AdminClient {
             payload: payload.to_owned(),
         };
         let (status, body) = self.text(Method::POST, "/v1/gossip", Some(to_json(&req))).await?;
+        let body = self.expect_ok(status, body)?;
+        self.decode(&body)
+    }
+
+    /// `GET /v1/keys`: key ids, the primary first.
+    pub async fn keys(&self) -> Result<KeyIds, ClientError> {
+        self.get_json("/v1/keys").await
+    }
+
+    /// `POST /v1/keys/{op}` with `op` one of `install`, `use`, `remove`.
+    pub async fn change_key(&self, op: &str, key: &str) -> Result<KeyIds, ClientError> {
+        let req = KeyRequest { key: key.to_owned() };
+        let (status, body) = self
+            .text(Method::POST, &format!("/v1/keys/{op}"), Some(to_json(&req)))
+            .await?;
         let body = self.expect_ok(status, body)?;
         self.decode(&body)
     }

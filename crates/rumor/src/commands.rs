@@ -193,3 +193,41 @@ pub(crate) async fn gossip(admin: &str, message: String, wait: Duration) -> anyh
     println!("{}/{} live members have it", seen.len(), peers.len());
     Ok(())
 }
+
+/// `rumor keys`: one step of a gossip key rotation, on one node or on every
+/// live member (through their advertised admin addresses).
+pub(crate) async fn keys(admin: &str, op: Option<(&str, String)>, all: bool) -> anyhow::Result<()> {
+    let c = AdminClient::new(admin);
+    let targets: Vec<(String, AdminClient)> = if all {
+        c.members()
+            .await?
+            .members
+            .into_iter()
+            .filter(|m| m.status == "alive" || m.status == "suspect")
+            .filter_map(|m| {
+                let a = m.services.get("admin")?.clone();
+                Some((m.name, AdminClient::new(a)))
+            })
+            .collect()
+    } else {
+        vec![(admin.to_owned(), c)]
+    };
+    let mut failed = 0;
+    for (name, t) in &targets {
+        let r = match &op {
+            Some((op, key)) => t.change_key(op, key).await,
+            None => t.keys().await,
+        };
+        match r {
+            Ok(ids) => println!("  {name:<14} keys {} (primary first)", ids.keys.join(" ")),
+            Err(e) => {
+                failed += 1;
+                println!("  {name:<14} failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} nodes failed", targets.len());
+    }
+    Ok(())
+}

@@ -100,6 +100,17 @@ enum Command {
         /// The message (at most 1 KiB).
         message: String,
     },
+    /// List or rotate gossip keys: install the new key everywhere, then use it, then remove the old one.
+    Keys {
+        /// Admin address of a node.
+        #[arg(long, default_value = "127.0.0.1:7948")]
+        admin: String,
+        /// Apply to every live member (through their admin addresses), not just this node.
+        #[arg(long)]
+        all: bool,
+        #[command(subcommand)]
+        op: Option<KeyOp>,
+    },
     /// Run a membership scenario in the deterministic simulator and print its figures.
     Sim {
         /// Scenario name: steady, crash, join, gossip, loss, slow, partition, restart, churn.
@@ -149,6 +160,27 @@ enum BenchCommand {
         /// Where to write the report.
         #[arg(long, default_value = "docs/benchmarks/membership.md")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyOp {
+    /// List key ids (the default).
+    List,
+    /// Install a key for decryption (rotation step 1, on every node).
+    Install {
+        /// 32 bytes in standard base64.
+        key: String,
+    },
+    /// Make an installed key the primary (step 2, once every node has it).
+    Use {
+        /// 32 bytes in standard base64.
+        key: String,
+    },
+    /// Remove a key that is not the primary (step 3).
+    Remove {
+        /// 32 bytes in standard base64.
+        key: String,
     },
 }
 
@@ -252,6 +284,15 @@ fn main() -> anyhow::Result<()> {
             timeout_ms,
             message,
         } => runtime()?.block_on(commands::send(&admin, key, message, Duration::from_millis(timeout_ms)))?,
+        Command::Keys { admin, all, op } => {
+            let op = match op {
+                None | Some(KeyOp::List) => None,
+                Some(KeyOp::Install { key }) => Some(("install", key)),
+                Some(KeyOp::Use { key }) => Some(("use", key)),
+                Some(KeyOp::Remove { key }) => Some(("remove", key)),
+            };
+            runtime()?.block_on(commands::keys(&admin, op, all))?
+        }
         Command::Gossip {
             admin,
             wait_ms,

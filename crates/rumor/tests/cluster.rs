@@ -515,3 +515,50 @@ async fn sigterm_makes_a_worker_leave_gracefully_and_exit_cleanly() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_the_gossip_key_across_the_running_cluster_keeps_it_whole() {
+    within(async {
+        let old = Key::generate().to_base64();
+        let new = Key::generate().to_base64();
+        let mut nodes = cluster(2, &old, None).await;
+        let mut names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+        let admin = nodes[0].admin.clone();
+        let steps = [("install", new.clone()), ("use", new.clone()), ("remove", old.clone())];
+        tokio::task::spawn_blocking(move || {
+            for (op, key) in &steps {
+                let (ok, out, err) = run(&["keys", "--admin", &admin, "--all", op, key], Duration::from_secs(20));
+                assert!(ok, "keys {op}: {out}{err}");
+                assert_eq!(out.lines().count(), 4, "every node answered: {out}");
+            }
+        })
+        .await
+        .unwrap();
+        let expected = nodes[0].client().keys().await.unwrap();
+        assert_eq!(expected.keys.len(), 1);
+        for p in &nodes {
+            assert_eq!(
+                p.client().keys().await.unwrap(),
+                expected,
+                "{} has only the new key",
+                p.name
+            );
+        }
+        // Still one cluster after a few protocol periods, and a node with only the new key joins.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        agree(&nodes, &names, 2).await;
+        let before = metric(
+            &nodes[0].client().metrics().await.unwrap(),
+            "rumor_transport_decrypt_failures_total",
+        );
+        nodes.push(Proc::start("w9", "worker", &[&nodes[0].gossip], &new));
+        names.insert("w9".into());
+        agree(&nodes, &names, 3).await;
+        let after = metric(
+            &nodes[0].client().metrics().await.unwrap(),
+            "rumor_transport_decrypt_failures_total",
+        );
+        assert_eq!(before, after, "no packet failed to decrypt after the rotation");
+    })
+    .await;
+}
