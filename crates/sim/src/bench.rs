@@ -416,7 +416,16 @@ pub fn measure_partition(imp: Impl, n: usize, seed: u64) -> (Option<f64>, bool) 
 pub fn measure_speed(n: usize, minutes: u64, seed: u64, cap: Duration) -> (Option<f64>, Option<f64>, u64, bool) {
     let wall = Instant::now();
     with_cluster(Impl::Lifeguard, seed, n, NetConfig::default(), &mut |c| {
-        c.cluster_add(n);
+        // Start in batches so the wall-time cap is honoured during start-up too.
+        let mut added = 0;
+        while added < n {
+            if wall.elapsed() >= cap {
+                return (None, None, c.events(), false);
+            }
+            let batch = (n - added).min(100);
+            c.cluster_add(batch);
+            added += batch;
+        }
         let mut converged = false;
         let mut waited = Duration::ZERO;
         while !converged && waited < Duration::from_secs(1200) && wall.elapsed() < cap {
