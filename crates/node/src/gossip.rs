@@ -200,39 +200,11 @@ pub struct Snapshot {
     pub keys: Option<Vec<KeyId>>,
 }
 
-macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// The transport's counters, for metrics. Monotonic since start.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct TransportStats {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl TransportStats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
-            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
-            }
-        }
-
-        /// Shared by the owner task and the connection tasks. Plain atomics
-        /// (relaxed: each counter stands alone) so that connection tasks count
-        /// without messaging the owner and a handle reads them without waiting
-        /// for the owner.
-        #[derive(Debug, Default)]
-        struct Counters {
-            $($name: AtomicU64,)*
-        }
-
-        impl Counters {
-            fn read(&self) -> TransportStats {
-                TransportStats { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-    };
-}
-
+// Shared by the owner task and the connection tasks as relaxed atomics (each counter stands alone), so
+// connection tasks count without messaging the owner and a handle reads them without waiting for it.
 counters! {
+    /// The transport's counters, for metrics. Monotonic since start.
+    TransportStats;
     /// Datagrams received (before any check).
     datagrams_in,
     /// Datagrams sent.

@@ -133,38 +133,10 @@ impl MeshConfig {
     }
 }
 
-macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// The data plane's counters (server and router), for metrics.
-        /// Monotonic since start.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct MeshStats {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl MeshStats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
-            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
-            }
-        }
-
-        /// Relaxed atomics: each counter stands alone, and every request task
-        /// counts without coordination.
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        impl Counters {
-            pub(crate) fn read(&self) -> MeshStats {
-                MeshStats { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-    };
-}
-
+// Relaxed atomics: each counter stands alone, and every request task counts without coordination.
 counters! {
+    /// The data plane's counters (server and router), for metrics. Monotonic since start.
+    MeshStats;
     /// Envelopes received from peers that passed every check.
     accepted,
     /// Envelopes refused for their protocol version.

@@ -35,7 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -211,37 +211,10 @@ impl Default for WorkerConfig {
     }
 }
 
-macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident,)*) => {
-        /// The worker's counters, for metrics. Monotonic since start.
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct WorkerStats {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl WorkerStats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
-            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
-            }
-        }
-
-        /// Plain relaxed atomics: each counter stands alone, and lane tasks
-        /// count without taking the state lock.
-        #[derive(Debug, Default)]
-        struct Counters {
-            $($name: AtomicU64,)*
-        }
-
-        impl Counters {
-            fn read(&self) -> WorkerStats {
-                WorkerStats { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-    };
-}
-
+// Relaxed atomics: each counter stands alone, and lane tasks count without taking the state lock.
 counters! {
+    /// The worker's counters, for metrics. Monotonic since start.
+    WorkerStats;
     /// Messages accepted into a conversation queue.
     accepted,
     /// Messages whose processor finished successfully.
