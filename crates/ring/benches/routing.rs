@@ -1,7 +1,7 @@
 //! Side-by-side routing benchmark: this crate's algorithms and existing
 //! crates, in one process, on the same keys, with interleaved timing.
 //!
-//! Run with `cargo bench -p ring --bench routing`; it writes
+//! Run with `cargo bench -p rumor-ring --bench routing`; it writes
 //! `docs/benchmarks/routing.md`. Set `ROUTING_QUICK=1` for a fast smoke run
 //! that writes nothing.
 
@@ -18,7 +18,7 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 /// The command that reproduces this report; written into it.
-const COMMAND: &str = "cargo bench -p ring --bench routing";
+const COMMAND: &str = "cargo bench -p rumor-ring --bench routing";
 /// Every random choice in the run derives from this seed.
 const SEED: u64 = 0x5eed_2026;
 const SIZES: [usize; 3] = [10, 100, 1000];
