@@ -120,6 +120,10 @@ pub struct Stats {
     pub user_delivered: u64,
     /// Duplicate user messages dropped.
     pub user_duplicates: u64,
+    /// Times this node marked another member suspect.
+    pub suspicions: u64,
+    /// Times this node marked another member dead (failed, not left).
+    pub failures_declared: u64,
 }
 
 /// Why [`Membership::broadcast`] refused a message. No state changed.
@@ -892,6 +896,7 @@ impl Membership {
             let s = new_suspicion(&self.cfg, now, from, live + 1);
             self.suspicion_deadlines.insert((s.deadline, name.to_owned()));
             e.suspicion = Some(s);
+            self.stats.suspicions += 1;
             self.events.push_back(Event::MemberSuspect {
                 name: name.to_owned(),
                 incarnation: inc,
@@ -933,6 +938,9 @@ impl Membership {
             self.suspicion_deadlines.remove(&(s.deadline, name.to_owned()));
         }
         self.live -= 1;
+        if !left {
+            self.stats.failures_declared += 1;
+        }
         self.down.insert((now, name.to_owned()));
         self.events.push_back(Event::MemberDown {
             name: name.to_owned(),

@@ -12,6 +12,7 @@
 //! | `GET /v1/gossip/{origin}/{seq}` | when this node received that gossip message, or 404 |
 //! | `GET /v1/keys` | ids of the gossip keys, the primary first (never the keys) |
 //! | `POST /v1/keys/{install,use,remove}` | `{key}`: one step of a key rotation on this node |
+//! | `POST /v1/fault/isolate` | `{isolated}`: cuts or restores this node's gossip traffic; 403 unless started with fault injection |
 //!
 //! The admin endpoint changes cluster state (gossip, keys): bind it to a
 //! private interface (the default is 127.0.0.1).
@@ -215,6 +216,8 @@ pub(crate) struct Shared {
     /// Gossip messages seen, for `rumor gossip`. A plain mutex: held only to
     /// insert or look up.
     receipts: Mutex<Receipts>,
+    /// Whether `POST /v1/fault/isolate` is allowed (`NodeConfig::fault_injection`).
+    fault_injection: bool,
 }
 
 #[derive(Debug, Default)]
@@ -242,7 +245,7 @@ impl Receipts {
 impl Shared {
     /// Shared state, and a task recording gossip message receipts that ends
     /// with the gossip task.
-    pub(crate) fn new(gossip: GossipHandle, router: Router) -> Arc<Self> {
+    pub(crate) fn new(gossip: GossipHandle, router: Router, fault_injection: bool) -> Arc<Self> {
         let mut events = gossip.events();
         let shared = Arc::new(Self {
             gossip,
@@ -250,6 +253,7 @@ impl Shared {
             started: Instant::now(),
             draining: AtomicBool::new(false),
             receipts: Mutex::default(),
+            fault_injection,
         });
         let weak = Arc::downgrade(&shared);
         tokio::spawn(async move {
@@ -304,6 +308,7 @@ pub(crate) async fn serve(
         .route("/v1/gossip/{origin}/{seq}", get(gossip_receipt))
         .route("/v1/keys", get(list_keys))
         .route("/v1/keys/{op}", post(change_keys))
+        .route("/v1/fault/isolate", post(isolate))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
@@ -445,6 +450,16 @@ fn membership_fields(st: &membership::Stats) -> Vec<(&'static str, &'static str,
         ("nacks_received", "Nacks received.", st.nacks_received),
         ("refutations", "Suspicions about this node refuted.", st.refutations),
         ("push_pulls", "Push-pull exchanges initiated.", st.push_pulls),
+        (
+            "suspicions",
+            "Times this node marked another member suspect.",
+            st.suspicions,
+        ),
+        (
+            "failures_declared",
+            "Times this node marked another member dead (failed, not left).",
+            st.failures_declared,
+        ),
         (
             "user_delivered",
             "User gossip messages delivered to this node.",
@@ -684,6 +699,25 @@ async fn change_keys(State(s): Shr, Path(op): Path<String>, Json(req): Json<KeyR
         tracing::info!(op, "gossip keyring changed");
     }
     key_answer(r)
+}
+
+/// The body of `POST /v1/fault/isolate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Isolate {
+    /// True cuts the node's gossip traffic, false restores it.
+    pub isolated: bool,
+}
+
+/// Fault injection for tests: cuts or restores the node's gossip traffic
+/// (see [`GossipHandle::set_isolated`]). Refused unless the node was started
+/// with fault injection enabled.
+async fn isolate(State(s): Shr, Json(req): Json<Isolate>) -> Response {
+    if !s.fault_injection {
+        let why = "fault injection is disabled on this node; start it with debug.fault_injection = true\n";
+        return (StatusCode::FORBIDDEN, why).into_response();
+    }
+    s.gossip.set_isolated(req.isolated);
+    Json(req).into_response()
 }
 
 #[cfg(test)]

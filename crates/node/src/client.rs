@@ -138,6 +138,16 @@ impl AdminClient {
         self.decode(&body)
     }
 
+    /// `POST /v1/fault/isolate`: cuts (`true`) or restores the node's gossip
+    /// traffic; refused unless the node allows fault injection.
+    pub async fn isolate(&self, isolated: bool) -> Result<(), ClientError> {
+        let req = crate::admin::Isolate { isolated };
+        let (status, body) = self
+            .text(Method::POST, "/v1/fault/isolate", Some(to_json(&req)))
+            .await?;
+        self.expect_ok(status, body).map(|_| ())
+    }
+
     /// `GET /v1/gossip/{origin}/{seq}`: `None` when the node has not received it.
     pub async fn gossip_receipt(&self, origin: &str, seq: u64) -> Result<Option<GossipReceipt>, ClientError> {
         let (status, body) = self

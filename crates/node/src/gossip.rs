@@ -29,7 +29,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use membership::{Bytes, Event, Member, Membership, Meta, MetaTooLarge, NewError, Status, Transmit};
@@ -236,6 +236,9 @@ counters! {
     stream_send_failures,
     /// Errors accepting TCP connections.
     accept_errors,
+    /// Datagrams and frames, in or out, dropped because the node is cut off
+    /// by fault injection ([`GossipHandle::set_isolated`]).
+    isolated_drops,
 }
 
 impl Counters {
@@ -296,6 +299,7 @@ pub struct GossipHandle {
     /// The latest membership view; the owner task holds the sender.
     view: watch::Receiver<View>,
     counters: Arc<Counters>,
+    isolated: Arc<AtomicBool>,
 }
 
 impl fmt::Debug for GossipHandle {
@@ -321,6 +325,20 @@ impl GossipHandle {
     /// When the node started: `Member::since` and [`Snapshot::now`] count from here.
     pub fn epoch(&self) -> Instant {
         self.epoch
+    }
+
+    /// Fault injection for tests of network cuts: while `isolated`, the
+    /// node drops every gossip datagram and push-pull frame it would send or
+    /// receive (counted in `isolated_drops`), as if its network were cut. The
+    /// mesh data plane is not affected. Takes effect at once.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated.store(isolated, Ordering::Relaxed);
+        warn!(node = %self.name, isolated, "fault injection: gossip traffic {}", if isolated { "cut" } else { "restored" });
+    }
+
+    /// Whether [`GossipHandle::set_isolated`] cut the node off.
+    pub fn is_isolated(&self) -> bool {
+        self.isolated.load(Ordering::Relaxed)
     }
 
     /// The live membership. `changed()` fires on every membership change and
@@ -490,6 +508,7 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
     let (frames_tx, frames) = mpsc::channel(16);
     let (events, _) = broadcast::channel(1024);
     let counters = Arc::new(Counters::default());
+    let isolated = Arc::new(AtomicBool::new(false));
     let mut driver = Driver {
         membership,
         keyring,
@@ -504,6 +523,7 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         frames_tx,
         stream_slots: Arc::new(Semaphore::new(config.max_inbound_streams)),
         counters: counters.clone(),
+        isolated: isolated.clone(),
         events: events.clone(),
         view: watch::Sender::new(empty_view(addr)),
         view_dirty: true,
@@ -530,6 +550,7 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         events,
         view,
         counters,
+        isolated,
     })
 }
 
@@ -602,6 +623,9 @@ struct Driver {
     /// connections costs a bounded number of tasks and buffers.
     stream_slots: Arc<Semaphore>,
     counters: Arc<Counters>,
+    /// Fault injection: while set, every datagram and frame in or out is
+    /// dropped, as if the node's network were cut.
+    isolated: Arc<AtomicBool>,
     /// Fan-out of state machine events to any number of subscribers; a
     /// broadcast channel because a slow subscriber must never block gossip.
     events: broadcast::Sender<Event>,
@@ -684,7 +708,18 @@ impl Driver {
         }
     }
 
+    fn is_isolated(&self) -> bool {
+        let cut = self.isolated.load(Ordering::Relaxed);
+        if cut {
+            Counters::inc(&self.counters.isolated_drops);
+        }
+        cut
+    }
+
     async fn transmit(&mut self, t: Transmit) {
+        if self.is_isolated() {
+            return;
+        }
         let payload = match &self.keyring {
             None => t.payload,
             Some(ring) => match ring.seal(&t.payload) {
@@ -804,6 +839,9 @@ impl Driver {
             }
         };
         Counters::inc(&self.counters.datagrams_in);
+        if self.is_isolated() {
+            return;
+        }
         if n > self.max_datagram {
             Counters::inc(&self.counters.oversized_datagrams);
             debug!(%from, len = n, limit = self.max_datagram, "dropped oversized datagram");
@@ -820,6 +858,9 @@ impl Driver {
     }
 
     fn on_frame(&mut self, body: &[u8]) {
+        if self.is_isolated() {
+            return;
+        }
         let now = self.now();
         match &self.keyring {
             None => self.membership.handle_stream(now, body),

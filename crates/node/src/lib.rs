@@ -90,6 +90,7 @@ pub mod gossip;
 pub mod mesh;
 pub mod node;
 pub mod router;
+pub mod tls;
 pub mod worker;
 
 pub use gossip::{GossipConfig, GossipHandle, spawn};

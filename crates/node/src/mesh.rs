@@ -30,8 +30,10 @@
 //! the earlier of the two, so a clock that runs ahead on the receiver cannot
 //! extend a message's life beyond what the sender allowed.
 //!
-//! Transport security: none yet. The mesh listens in plaintext; TLS and
-//! mutual TLS (rustls) are a later step of issue 4.
+//! Transport security: plaintext unless [`MeshConfig::tls`] is set; then TLS
+//! or mutual TLS with rustls, see [`crate::tls`]. Every member of a cluster
+//! must use the same mode: a plaintext router cannot reach a TLS server and
+//! the attempt fails over to the next owner, counted in `failed_attempts`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +49,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::router::Router;
+use crate::tls::MeshTls;
 use crate::worker::ReplyStream;
 
 /// The mesh protocol version this build speaks (`Envelope.version`).
@@ -77,6 +80,9 @@ pub struct MeshConfig {
     /// The key in the gossip metadata's `services` holding a member's mesh
     /// address (`host:port`). Default `mesh`.
     pub service: String,
+    /// TLS for the server and for connections to peers; plaintext when
+    /// `None`. Default `None`.
+    pub tls: Option<MeshTls>,
 }
 
 impl Default for MeshConfig {
@@ -90,6 +96,7 @@ impl Default for MeshConfig {
             max_retry_backoff: Duration::from_millis(200),
             worker_role: "worker".to_owned(),
             service: "mesh".to_owned(),
+            tls: None,
         }
     }
 }
@@ -106,6 +113,9 @@ pub enum MeshConfigError {
     /// `default_timeout` is zero.
     #[error("mesh.default_timeout must be positive")]
     NoTimeout,
+    /// The TLS certificate, key or CA cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl MeshConfig {
@@ -119,6 +129,9 @@ impl MeshConfig {
         }
         if self.default_timeout.is_zero() {
             return Err(MeshConfigError::NoTimeout);
+        }
+        if let Some(tls) = &self.tls {
+            tls.check().map_err(|e| MeshConfigError::Tls(e.to_string()))?;
         }
         Ok(())
     }
@@ -323,9 +336,13 @@ pub async fn serve(
     // Small reply chunks must not wait for Nagle's algorithm; the builder's
     // `tcp_nodelay` only covers listeners tonic binds itself.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &router.config().tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
     // The mesh is the only service on its port, so it is served without
     // tonic's (axum-based) router.
-    tonic::transport::Server::builder()
+    builder
         .serve_with_incoming_shutdown(MeshService::new(router).into_server(), incoming, shutdown)
         .await
 }

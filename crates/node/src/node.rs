@@ -44,6 +44,10 @@ pub struct NodeConfig {
     /// Longest time a graceful shutdown waits for the leave to spread and for
     /// in-flight messages to finish. Default 5 s.
     pub drain_timeout: Duration,
+    /// Allow the admin endpoint's fault injection (`POST /v1/fault/isolate`
+    /// cuts the node's gossip traffic), for tests of network cuts with real
+    /// processes. Default false.
+    pub fault_injection: bool,
 }
 
 impl NodeConfig {
@@ -60,6 +64,7 @@ impl NodeConfig {
             worker: WorkerConfig::default(),
             echo: Echo::default(),
             drain_timeout: Duration::from_secs(5),
+            fault_injection: false,
         }
     }
 
@@ -179,7 +184,7 @@ impl Node {
             mesh: mesh_addr,
             admin: admin_addr,
         };
-        let shared = Shared::new(gossip, router.clone());
+        let shared = Shared::new(gossip, router.clone(), config.fault_injection);
         let (stop, stopped) = watch::channel(false);
 
         let mesh_task = tokio::spawn({

@@ -272,10 +272,18 @@ impl Inner {
         {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::unavailable(format!("member {name} advertises a bad mesh address {addr:?}: {e}")))?
+        let bad_addr = |e: &dyn std::fmt::Display| {
+            Status::unavailable(format!("member {name} advertises a bad mesh address {addr:?}: {e}"))
+        };
+        let scheme = if self.config.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| bad_addr(&e))?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.config.tls {
+            let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
+            endpoint = endpoint.tls_config(tls.client_config(host)).map_err(|e| bad_addr(&e))?;
+        }
         let channel = endpoint.connect_lazy();
         peers.insert(name.to_owned(), (addr.to_owned(), channel.clone()));
         Ok(channel)

@@ -32,6 +32,7 @@ pub(crate) struct FileConfig {
     pub(crate) membership: MembershipSection,
     pub(crate) mesh: MeshSection,
     pub(crate) worker: WorkerSection,
+    pub(crate) debug: DebugSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +66,31 @@ pub(crate) struct MeshSection {
     pub(crate) max_hops: u32,
     pub(crate) default_timeout_ms: u64,
     pub(crate) connect_timeout_ms: u64,
+    pub(crate) tls: Option<TlsSection>,
+}
+
+/// `[mesh.tls]`: present means TLS on the mesh; paths are read at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    pub(crate) cert: std::path::PathBuf,
+    pub(crate) key: std::path::PathBuf,
+    pub(crate) ca: std::path::PathBuf,
+    #[serde(default = "yes")]
+    pub(crate) require_client_cert: bool,
+    #[serde(default)]
+    pub(crate) server_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[debug]`: switches for tests, off by default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DebugSection {
+    pub(crate) fault_injection: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +115,7 @@ impl Default for FileConfig {
             membership: MembershipSection::default(),
             mesh: MeshSection::default(),
             worker: WorkerSection::default(),
+            debug: DebugSection::default(),
         }
     }
 }
@@ -128,6 +155,7 @@ impl Default for MeshSection {
             max_hops: d.max_hops,
             default_timeout_ms: d.default_timeout.as_millis() as u64,
             connect_timeout_ms: d.connect_timeout.as_millis() as u64,
+            tls: None,
         }
     }
 }
@@ -274,6 +302,13 @@ impl FileConfig {
         c.mesh.max_hops = m.max_hops;
         c.mesh.default_timeout = Duration::from_millis(m.default_timeout_ms);
         c.mesh.connect_timeout = Duration::from_millis(m.connect_timeout_ms);
+        if let Some(t) = &m.tls {
+            let mut tls = node::tls::MeshTls::from_files(&t.cert, &t.key, &t.ca)?;
+            tls.require_client_cert = t.require_client_cert;
+            tls.server_name = t.server_name.clone();
+            c.mesh.tls = Some(tls);
+        }
+        c.fault_injection = self.debug.fault_injection;
         c.mesh.check().map_err(|e| anyhow::anyhow!("mesh: {e}"))?;
         let w = &self.worker;
         if w.echo_chunks == 0 {
