@@ -562,3 +562,58 @@ async fn rotating_the_gossip_key_across_the_running_cluster_keeps_it_whole() {
     })
     .await;
 }
+
+/// Workers that allow `POST /v1/fault/isolate`, which drops all of a node's
+/// gossip traffic at its transport until it is lifted.
+const FAULTS: &str = "[debug]\nfault_injection = true\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_is_suspected_declared_dead_and_rejoins_one_view_after_repair() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let nodes = cluster(3, &key, Some(FAULTS)).await;
+        let all: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+        let (cut, rest) = nodes.split_last().unwrap();
+        assert_eq!(cut.name, "w3");
+
+        // Fault injection is refused where it was not enabled.
+        assert!(
+            rest[0].client().isolate(true).await.is_err(),
+            "gw allows no fault injection"
+        );
+
+        cut.client().isolate(true).await.unwrap();
+        let others: BTreeSet<String> = rest.iter().map(|p| p.name.clone()).collect();
+        // Everyone else suspects it, declares it dead and drops it from the ring...
+        agree(rest, &others, 2).await;
+        for p in rest {
+            let m = p.client().members().await.unwrap();
+            let w3 = m.members.iter().find(|x| x.name == "w3").expect("w3 is still listed");
+            assert_eq!(w3.status, "dead", "{} has w3 dead", p.name);
+            let metrics = p.client().metrics().await.unwrap();
+            assert!(
+                metric(&metrics, "rumor_membership_suspicions_total") >= 1,
+                "{} suspected",
+                p.name
+            );
+        }
+        // ...while the cut node in turn declares every other member dead.
+        let c = cut.client();
+        eventually("w3 to see only itself alive", Duration::from_secs(30), || async {
+            let own = c.members().await.ok()?;
+            (own.members.iter().filter(|x| x.status == "alive").count() == 1).then_some(())
+        })
+        .await;
+        assert!(
+            metric(
+                &cut.client().metrics().await.unwrap(),
+                "rumor_transport_isolated_drops_total"
+            ) > 0
+        );
+
+        // Repair: one view of all five again, everywhere, with the same ring.
+        cut.client().isolate(false).await.unwrap();
+        agree(&nodes, &all, 3).await;
+    })
+    .await;
+}
