@@ -17,7 +17,7 @@ use crate::admin::{self, Shared};
 use crate::gossip::{self, GossipConfig, GossipHandle};
 use crate::mesh::{self, MeshConfig};
 use crate::router::Router;
-use crate::worker::{Echo, Worker, WorkerConfig};
+use crate::worker::{Echo, RecordSink, Worker, WorkerConfig};
 
 /// The role that owns keys and runs a worker.
 pub const WORKER_ROLE: &str = "worker";
@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub worker: WorkerConfig,
     /// The built-in processor the worker runs.
     pub echo: Echo,
+    /// Where the worker reports each message it processes and its final
+    /// reply (the event log). Default none.
+    pub record_sink: Option<Arc<dyn RecordSink>>,
     /// Longest time a graceful shutdown waits for the leave to spread and for
     /// in-flight messages to finish. Default 5 s.
     pub drain_timeout: Duration,
@@ -63,6 +66,7 @@ impl NodeConfig {
             mesh: MeshConfig::default(),
             worker: WorkerConfig::default(),
             echo: Echo::default(),
+            record_sink: None,
             drain_timeout: Duration::from_secs(5),
             fault_injection: false,
         }
@@ -177,7 +181,13 @@ impl Node {
         meta.services.insert("admin".into(), admin_addr.to_string());
 
         let gossip = gossip::spawn(config.gossip).await?;
-        let worker = is_worker.then(|| Worker::new(&name, config.worker.clone(), Arc::new(config.echo.clone())));
+        let worker = is_worker.then(|| {
+            let worker = Worker::new(&name, config.worker.clone(), Arc::new(config.echo.clone()));
+            match config.record_sink.clone() {
+                Some(sink) => worker.with_sink(sink),
+                None => worker,
+            }
+        });
         let router = Router::new(&name, config.mesh.clone(), gossip.view(), worker);
         let addrs = Addrs {
             gossip: gossip.addr(),

@@ -84,6 +84,34 @@ impl ProcessError {
     }
 }
 
+/// Where a worker reports what it processed: the seam to the event log
+/// (Kafka, or the embedded log of `rumor up`), which the binary plugs in.
+///
+/// Both calls happen on the lane task, in conversation order, and must not
+/// block: an implementation queues the record (bounded) and counts what it
+/// cannot queue, it never waits for a broker.
+pub trait RecordSink: Send + Sync + fmt::Debug + 'static {
+    /// Processing of `msg` is starting (it was not expired in the queue).
+    fn inbound(&self, worker: &str, msg: &Envelope);
+    /// Processing of `msg` ended with `reply`.
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply);
+}
+
+/// The whole reply to one message, as the worker reports it to a
+/// [`RecordSink`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinalReply {
+    /// Every data byte of the reply, in order, up to
+    /// [`WorkerConfig::max_recorded_reply_bytes`].
+    pub data: Vec<u8>,
+    /// The reply was longer than the limit and `data` holds its beginning.
+    pub truncated: bool,
+    /// Chunks of data sent.
+    pub chunks: u64,
+    /// Set when processing failed (after `chunks` chunks): a gRPC code and message.
+    pub error: Option<(u32, String)>,
+}
+
 /// The built-in processor: echoes the payload back in up to `chunks` pieces,
 /// optionally pausing between them to imitate a streaming backend.
 #[derive(Debug, Clone)]
@@ -134,6 +162,9 @@ pub struct Replies {
     kept: Option<Vec<ReplyChunk>>,
     kept_bytes: usize,
     max_kept_bytes: usize,
+    /// The whole reply for the [`RecordSink`]; `None` without one.
+    recorded: Option<FinalReply>,
+    max_recorded_bytes: usize,
 }
 
 impl Replies {
@@ -161,6 +192,14 @@ impl Replies {
 
     fn keep(&mut self, chunk: &ReplyChunk) {
         self.seq += 1;
+        if let Some(r) = &mut self.recorded
+            && !chunk.data.is_empty()
+        {
+            r.chunks += 1;
+            let room = self.max_recorded_bytes.saturating_sub(r.data.len());
+            r.truncated |= chunk.data.len() > room;
+            r.data.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+        }
         if let Some(kept) = &mut self.kept {
             self.kept_bytes += chunk.data.len() + 32;
             if self.kept_bytes > self.max_kept_bytes {
@@ -198,6 +237,9 @@ pub struct WorkerConfig {
     /// Reply chunks buffered per message before the processor waits for the
     /// caller to read. Default 16.
     pub chunk_buffer: usize,
+    /// Largest reply handed whole to the [`RecordSink`]; a longer one is
+    /// reported truncated. Default 1 MiB.
+    pub max_recorded_reply_bytes: usize,
 }
 
 impl Default for WorkerConfig {
@@ -207,6 +249,7 @@ impl Default for WorkerConfig {
             dedup_window: 10_000,
             max_cached_reply_bytes: 64 * 1024,
             chunk_buffer: 16,
+            max_recorded_reply_bytes: 1024 * 1024,
         }
     }
 }
@@ -250,6 +293,7 @@ struct Inner {
     name: Arc<str>,
     config: WorkerConfig,
     processor: Arc<dyn Processor>,
+    sink: Option<Arc<dyn RecordSink>>,
     /// Guards the queues, the in-flight count and the window together, so
     /// that the duplicate check, the capacity check and the enqueue are one
     /// atomic step. Held only for map operations, never across an await.
@@ -311,8 +355,22 @@ impl Worker {
                 name: name.into(),
                 config,
                 processor,
+                sink: None,
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The same worker reporting every message it processes, and its final
+    /// reply, to `sink`. Call before the first [`Worker::submit`].
+    pub fn with_sink(self, sink: Arc<dyn RecordSink>) -> Self {
+        let inner =
+            Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("Worker::with_sink after the worker was cloned"));
+        Self {
+            inner: Arc::new(Inner {
+                sink: Some(sink),
+                ..inner
             }),
         }
     }
@@ -461,7 +519,20 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         kept: Some(Vec::new()),
         kept_bytes: 0,
         max_kept_bytes: inner.config.max_cached_reply_bytes,
+        recorded: inner.sink.as_ref().map(|_| FinalReply {
+            data: Vec::new(),
+            truncated: false,
+            chunks: 0,
+            error: None,
+        }),
+        max_recorded_bytes: inner.config.max_recorded_reply_bytes,
     };
+    if let Some(sink) = &inner.sink {
+        sink.inbound(&inner.name, &envelope);
+    }
+    // Kept for the sink's reply record; the processor task gets its own copy
+    // (an `Envelope` clone shares the payload's bytes).
+    let recorded_env = inner.sink.as_ref().map(|_| envelope.clone());
     // The processor runs in its own task so that a panic in it fails this one
     // message instead of killing the lane and stranding the conversation.
     // `panic_tx` outlives the task to say so to the caller.
@@ -489,6 +560,15 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
                 ))))
                 .await;
             inner.finish(&id, None);
+            if let (Some(sink), Some(env)) = (&inner.sink, &recorded_env) {
+                let reply = FinalReply {
+                    data: Vec::new(),
+                    truncated: false,
+                    chunks: 0,
+                    error: Some((Code::Internal as u32, "the processor panicked".into())),
+                };
+                sink.reply(&inner.name, env, &reply);
+            }
             return;
         }
     };
@@ -512,5 +592,9 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             }))
         }
     };
+    if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
+        reply.error = terminal.error.as_ref().map(|e| (e.code, e.message.clone()));
+        sink.reply(&inner.name, env, &reply);
+    }
     let _ = out.tx.send(Ok(terminal)).await;
 }

@@ -618,3 +618,58 @@ async fn an_owner_declared_dead_mid_call_is_given_up_and_the_message_rerouted_or
     })
     .await;
 }
+
+/// Remembers what a worker reported, in order.
+#[derive(Debug, Default)]
+struct Sink {
+    seen: Mutex<Vec<String>>,
+    replies: Mutex<Vec<node::worker::FinalReply>>,
+}
+
+impl node::worker::RecordSink for Sink {
+    fn inbound(&self, worker: &str, msg: &Envelope) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push(format!("in {} {} at {worker}", msg.id, msg.key));
+    }
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &node::worker::FinalReply) {
+        self.seen.lock().unwrap().push(format!("reply {} at {worker}", msg.id));
+        self.replies.lock().unwrap().push(reply.clone());
+    }
+}
+
+#[tokio::test]
+async fn a_worker_reports_each_processed_message_and_its_whole_reply_once_in_order() {
+    within(async {
+        let sink = Arc::new(Sink::default());
+        let config = WorkerConfig {
+            max_recorded_reply_bytes: 8,
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new("w", config, Arc::new(Echo::default())).with_sink(sink.clone());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        collect(worker.submit(envelope("m1", "k", "hello"), deadline).unwrap())
+            .await
+            .unwrap();
+        collect(worker.submit(envelope("m2", "k", "a longer reply"), deadline).unwrap())
+            .await
+            .unwrap();
+        // A duplicate is replayed from the window, not processed or reported again.
+        let again = collect(worker.submit(envelope("m1", "k", "hello"), deadline).unwrap())
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            ["in m1 k at w", "reply m1 at w", "in m2 k at w", "reply m2 at w"]
+        );
+        let replies = sink.replies.lock().unwrap();
+        assert_eq!(replies[0].data, b"hello");
+        assert!(!replies[0].truncated && replies[0].error.is_none());
+        assert_eq!(replies[0].chunks, 3);
+        assert_eq!(replies[1].data, b"a longer", "cut at max_recorded_reply_bytes");
+        assert!(replies[1].truncated);
+    })
+    .await;
+}
