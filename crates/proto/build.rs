@@ -2,7 +2,11 @@
 //! `tonic-prost-build` adds the gRPC client and server for services (the mesh data plane).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/rumor/gossip/v1/gossip.proto", "proto/rumor/mesh/v1/mesh.proto"];
+    let files = [
+        "proto/rumor/gossip/v1/gossip.proto",
+        "proto/rumor/mesh/v1/mesh.proto",
+        "proto/rumor/events/v1/events.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

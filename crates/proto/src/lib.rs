@@ -24,3 +24,12 @@ pub mod mesh {
     }
     pub use v1::*;
 }
+
+/// Records on the event log (Kafka): the messages and replies workers publish
+/// for the bridge, and the forward requests the bridge injects into the mesh.
+pub mod events {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rumor.events.v1.rs"));
+    }
+    pub use v1::*;
+}

@@ -1,0 +1,421 @@
+//! The event log on Kafka, through librdkafka (`rdkafka`).
+//!
+//! ```text
+//!  KafkaProducer: FutureProducer, enable.idempotence=true, acks=all
+//!      enqueue(rec) ──> librdkafka queue ──(its own retries within message.timeout.ms)──> broker
+//!                            └── KafkaPending resolves with (partition, offset) or the error
+//!
+//!  KafkaConsumer: StreamConsumer, enable.auto.commit=false, auto.offset.reset=earliest
+//!      recv() ──poll──> librdkafka ──rebalance callback (in the poll)──> RebalanceContext
+//!                                                                         │ Revoked / Assigned
+//!      recv() returns those events first, then records  <──── channel ───┘
+//! ```
+//!
+//! The rebalance callbacks run inside the consumer's poll, so an assignment
+//! reaches the caller before any record of the newly assigned partitions;
+//! `Assigned` is sent after librdkafka applied the assignment, so the caller
+//! can seek at once. Seeks, watermark queries and topic creation block in
+//! librdkafka and run on tokio's blocking pool.
+//!
+//! librdkafka logs go to `tracing` (target `librdkafka`).
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::{ConsumerEvent, Delivered, LogError, OutRecord, Record, SeekTo, TopicPartition, TopicSpec};
+
+/// How to reach Kafka, and the client settings rumor does not fix itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: comma-separated `host:port` list.
+    pub brokers: String,
+    /// `client.id` of every client. Default `rumor`.
+    pub client_id: String,
+    /// How long the producer keeps trying to deliver a record before it
+    /// reports a failure (`message.timeout.ms`); the [`crate::Publisher`]
+    /// then retries it. Default 30 s.
+    pub message_timeout: Duration,
+    /// `session.timeout.ms` of consumers: how long a silent group member
+    /// keeps its partitions. Default 10 s.
+    pub session_timeout: Duration,
+    /// Time limit of blocking requests (topic creation, seek, watermarks). Default 10 s.
+    pub request_timeout: Duration,
+    /// Extra librdkafka properties for every client (security settings, for example).
+    pub properties: BTreeMap<String, String>,
+    /// Extra librdkafka properties for producers (`linger.ms`, `compression.type`, ...).
+    /// `enable.idempotence` and `acks` are fixed and cannot be overridden.
+    pub producer: BTreeMap<String, String>,
+    /// Extra librdkafka properties for consumers. `enable.auto.commit` is
+    /// fixed and cannot be overridden.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Defaults for a cluster reachable at `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            client_id: "rumor".into(),
+            message_timeout: Duration::from_secs(30),
+            session_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            properties: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            .set("client.id", &self.client_id);
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c
+    }
+
+    fn check_fixed(extra: &BTreeMap<String, String>, fixed: &[&str], what: &str) -> Result<(), LogError> {
+        match fixed.iter().find(|k| extra.contains_key(**k)) {
+            Some(k) => Err(LogError::Config(format!(
+                "kafka {what} property {k:?} is fixed by rumor and cannot be set"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Sends librdkafka's log lines and global errors to `tracing`, and (for
+/// consumers) forwards rebalances to [`KafkaConsumer::recv`].
+#[derive(Debug)]
+pub struct RebalanceContext {
+    /// Unbounded: the callback runs inside librdkafka's poll and must not
+    /// block; there are at most a few events per rebalance.
+    events: Option<mpsc::UnboundedSender<ConsumerEvent>>,
+}
+
+impl ClientContext for RebalanceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "{fac}: {message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", "{fac}: {message}"),
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", "{fac}: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, "{reason}");
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+    tpl.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Rebalance::Revoke(tpl), Some(tx)) = (rebalance, &self.events) {
+            let _ = tx.send(ConsumerEvent::Revoked(partitions(tpl)));
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match (rebalance, &self.events) {
+            (Rebalance::Assign(tpl), Some(tx)) => {
+                let _ = tx.send(ConsumerEvent::Assigned(partitions(tpl)));
+            }
+            (Rebalance::Error(e), _) => tracing::warn!(error = %e, "kafka rebalance failed"),
+            _ => {}
+        }
+    }
+}
+
+/// An idempotent Kafka producer (`enable.idempotence=true`, `acks=all`).
+#[derive(Clone)]
+pub struct KafkaProducer {
+    inner: FutureProducer<RebalanceContext>,
+}
+
+impl std::fmt::Debug for KafkaProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaProducer").finish_non_exhaustive()
+    }
+}
+
+impl KafkaProducer {
+    /// A producer for `cfg` (connects lazily).
+    pub fn new(cfg: &KafkaConfig) -> Result<Self, LogError> {
+        KafkaConfig::check_fixed(&cfg.producer, &["enable.idempotence", "acks"], "producer")?;
+        let mut c = cfg.base();
+        c.set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
+            .set("linger.ms", "5");
+        for (k, v) in &cfg.producer {
+            c.set(k, v);
+        }
+        c.set("enable.idempotence", "true").set("acks", "all");
+        let inner = c
+            .create_with_context(RebalanceContext { events: None })
+            .map_err(LogError::kafka("creating the producer"))?;
+        Ok(Self { inner })
+    }
+
+    /// Hands `rec` to librdkafka; see [`crate::Producer::enqueue`].
+    pub fn enqueue(&self, rec: &OutRecord) -> Result<KafkaPending, LogError> {
+        let mut headers = OwnedHeaders::new_with_capacity(rec.headers.len());
+        for (k, v) in &rec.headers {
+            headers = headers.insert(Header {
+                key: k.as_str(),
+                value: Some(&v[..]),
+            });
+        }
+        let record = FutureRecord::to(&rec.topic)
+            .key(rec.key.as_bytes())
+            .payload(&rec.value[..])
+            .headers(headers);
+        match self.inner.send_result(record) {
+            Ok(f) => Ok(KafkaPending(f)),
+            Err((e, _)) => Err(LogError::Kafka {
+                op: "enqueueing a record",
+                source: e,
+            }),
+        }
+    }
+}
+
+/// A record librdkafka is delivering.
+pub struct KafkaPending(DeliveryFuture);
+
+impl std::fmt::Debug for KafkaPending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaPending").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for KafkaPending {
+    type Output = Result<Delivered, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(Ok(d)) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((source, _))) => Err(LogError::Kafka {
+                op: "delivering a record",
+                source,
+            }),
+            Err(_) => Err(LogError::Kafka {
+                op: "delivering a record",
+                source: KafkaError::Canceled,
+            }),
+        })
+    }
+}
+
+type Inner = StreamConsumer<RebalanceContext>;
+
+/// A Kafka consumer-group member; see the [module docs](self).
+pub struct KafkaConsumer {
+    inner: Arc<Inner>,
+    events: mpsc::UnboundedReceiver<ConsumerEvent>,
+    /// A record received together with a rebalance event, returned after it.
+    stashed: Option<Record>,
+    request_timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConsumer").finish_non_exhaustive()
+    }
+}
+
+impl KafkaConsumer {
+    /// Joins `group` and subscribes to `topics`.
+    pub fn new(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, LogError> {
+        KafkaConfig::check_fixed(&cfg.consumer, &["enable.auto.commit", "group.id"], "consumer")?;
+        let mut c = cfg.base();
+        c.set("group.id", group)
+            .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        for (k, v) in &cfg.consumer {
+            c.set(k, v);
+        }
+        c.set("enable.auto.commit", "false");
+        let (tx, events) = mpsc::unbounded_channel();
+        let inner: Inner = c
+            .create_with_context(RebalanceContext { events: Some(tx) })
+            .map_err(LogError::kafka("creating the consumer"))?;
+        inner.subscribe(topics).map_err(LogError::kafka("subscribing"))?;
+        Ok(Self {
+            inner: Arc::new(inner),
+            events,
+            stashed: None,
+            request_timeout: cfg.request_timeout,
+        })
+    }
+
+    /// See [`crate::Consumer::recv`].
+    pub async fn recv(&mut self) -> Result<ConsumerEvent, LogError> {
+        if let Ok(ev) = self.events.try_recv() {
+            return Ok(ev);
+        }
+        if let Some(rec) = self.stashed.take() {
+            return Ok(ConsumerEvent::Record(rec));
+        }
+        tokio::select! {
+            biased;
+            Some(ev) = self.events.recv() => Ok(ev),
+            msg = self.inner.recv() => {
+                let msg = msg.map_err(LogError::kafka("receiving a record"))?;
+                let rec = Record {
+                    topic: msg.topic().to_owned(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key().map(|k| k.to_vec().into()),
+                    value: msg.payload().map(|v| v.to_vec().into()).unwrap_or_default(),
+                    headers: msg
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| (h.key.to_owned(), h.value.map(|v| v.to_vec().into()).unwrap_or_default()))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp_ms: msg.timestamp().to_millis(),
+                };
+                // A rebalance served during this poll goes first.
+                match self.events.try_recv() {
+                    Ok(ev) => {
+                        self.stashed = Some(rec);
+                        Ok(ev)
+                    }
+                    Err(_) => Ok(ConsumerEvent::Record(rec)),
+                }
+            }
+        }
+    }
+
+    /// See [`crate::Consumer::seek`]. A record stashed behind a rebalance
+    /// event is dropped when it belongs to the partition.
+    pub async fn seek(&mut self, tp: &TopicPartition, to: SeekTo) -> Result<(), LogError> {
+        if self.stashed.as_ref().is_some_and(|r| r.tp() == *tp) {
+            self.stashed = None;
+        }
+        let offset = match to {
+            SeekTo::Beginning => Offset::Beginning,
+            SeekTo::Offset(o) => Offset::Offset(o),
+        };
+        let inner = self.inner.clone();
+        let tp2 = tp.clone();
+        let timeout = self.request_timeout;
+        tokio::task::spawn_blocking(move || inner.seek(&tp2.topic, tp2.partition, offset, timeout))
+            .await
+            .map_err(|e| LogError::Config(format!("seek task failed: {e}")))?
+            .map_err(LogError::kafka("seeking"))
+    }
+
+    /// See [`crate::Consumer::commit`].
+    pub fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<(), LogError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for (tp, next) in offsets {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(*next))
+                .map_err(LogError::kafka("committing offsets"))?;
+        }
+        self.inner
+            .commit(&tpl, CommitMode::Async)
+            .map_err(LogError::kafka("committing offsets"))
+    }
+
+    /// See [`crate::Consumer::watermarks`].
+    pub async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
+        self.watermark_reader().watermarks(tp).await
+    }
+
+    pub(crate) fn watermark_reader(&self) -> KafkaWatermarks {
+        KafkaWatermarks {
+            inner: self.inner.clone(),
+            timeout: self.request_timeout,
+        }
+    }
+}
+
+/// Asks the broker for watermarks through a consumer's connection.
+#[derive(Clone)]
+pub struct KafkaWatermarks {
+    inner: Arc<Inner>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for KafkaWatermarks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaWatermarks").finish_non_exhaustive()
+    }
+}
+
+impl KafkaWatermarks {
+    pub(crate) async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
+        let inner = self.inner.clone();
+        let tp = tp.clone();
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || inner.fetch_watermarks(&tp.topic, tp.partition, timeout))
+            .await
+            .map_err(|e| LogError::Config(format!("watermark task failed: {e}")))?
+            .map_err(LogError::kafka("fetching watermarks"))
+    }
+}
+
+/// Creates the topics that do not exist; see [`crate::EventLog::create_topics`].
+pub(crate) async fn create_topics(cfg: &KafkaConfig, topics: &[TopicSpec]) -> Result<(), LogError> {
+    let admin: AdminClient<RebalanceContext> = cfg
+        .base()
+        .create_with_context(RebalanceContext { events: None })
+        .map_err(LogError::kafka("creating the admin client"))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(t.replication)))
+        .collect();
+    let opts = AdminOptions::new()
+        .request_timeout(Some(cfg.request_timeout))
+        .operation_timeout(Some(Timeout::After(cfg.request_timeout)));
+    let results = admin
+        .create_topics(new.iter(), &opts)
+        .await
+        .map_err(LogError::kafka("creating topics"))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(LogError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}

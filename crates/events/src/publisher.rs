@@ -1,0 +1,337 @@
+//! Publishing without waiting for the log: a bounded buffer and one
+//! background delivery task that retries until every record is in.
+//!
+//! ```text
+//!  publish(rec) ── fits in max_buffered records / bytes? ── no ──> Err(Full): counted, logged
+//!        │ yes
+//!        v
+//!  channel ──> delivery task: enqueue into the producer (up to max_in_flight at once),
+//!                             await the oldest; on failure: back off, enqueue it again
+//! ```
+//!
+//! A record leaves the buffer only when the log acknowledged it, so while
+//! Kafka is unreachable records accumulate up to the bound and are then
+//! refused; callers never block on Kafka. [`Publisher::healthy`] is false
+//! while deliveries fail or the oldest record has waited longer than
+//! [`PublisherConfig::stall_after`]: readiness reports it.
+//!
+//! Order: records are handed to the producer in publish order, and the
+//! idempotent producer keeps that order within a partition through its own
+//! retries. A record that the producer gave up on (after its
+//! `message.timeout.ms`) is enqueued again behind records published after
+//! it: delivery is at-least-once, and rare reordering is possible then.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::{LogError, OutRecord, Pending, Producer};
+
+/// Publisher settings; every field has a default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherConfig {
+    /// Records accepted and not yet delivered, at most. Default 100,000.
+    pub max_buffered: usize,
+    /// Bytes (keys, values, headers) accepted and not yet delivered, at
+    /// most. Default 64 MiB.
+    pub max_buffered_bytes: usize,
+    /// Records handed to the producer at once. Default 1,000.
+    pub max_in_flight: usize,
+    /// First pause after a failed delivery; doubled up to `max_backoff`. Default 100 ms.
+    pub retry_backoff: Duration,
+    /// Longest pause between delivery attempts. Default 5 s.
+    pub max_backoff: Duration,
+    /// The publisher counts as unhealthy when its oldest record has waited
+    /// this long. Default 5 s.
+    pub stall_after: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            max_buffered: 100_000,
+            max_buffered_bytes: 64 << 20,
+            max_in_flight: 1_000,
+            retry_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            stall_after: Duration::from_secs(5),
+        }
+    }
+}
+
+counters! {
+    /// What a [`Publisher`] did since it started.
+    PublisherStats;
+    /// Records the log acknowledged.
+    published,
+    /// Delivery attempts that failed and were retried.
+    retried,
+    /// Records refused because the buffer was full or the publisher stopped.
+    refused,
+}
+
+/// Why [`Publisher::publish`] refused a record. The record was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The buffer is full: the log has been unreachable or slow for a while.
+    #[error(
+        "event log buffer full ({records} records / {bytes} bytes waiting, limits {max_records} / {max_bytes}): \
+         record for topic {topic:?} refused"
+    )]
+    Full {
+        topic: String,
+        records: usize,
+        bytes: usize,
+        max_records: usize,
+        max_bytes: usize,
+    },
+    /// The delivery task has stopped (its runtime shut down).
+    #[error("event log publisher stopped: record for topic {topic:?} refused")]
+    Stopped { topic: String },
+}
+
+enum Msg {
+    Record(OutRecord),
+    /// Answered once every record published before it is delivered.
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Debug)]
+struct Shared {
+    cfg: PublisherConfig,
+    counters: Counters,
+    buffered: AtomicUsize,
+    buffered_bytes: AtomicUsize,
+    /// The last delivery error, until a delivery succeeds.
+    failing: Mutex<Option<String>>,
+    /// Since when the oldest record in flight has been waiting.
+    oldest: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn release(&self, size: usize) {
+        self.buffered.fetch_sub(1, Ordering::Relaxed);
+        self.buffered_bytes.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+/// The non-blocking front of a [`Producer`]; see the [module docs](self).
+/// Clones share the buffer; the delivery task ends when the last clone is
+/// dropped and the buffer is empty.
+#[derive(Clone)]
+pub struct Publisher {
+    tx: mpsc::UnboundedSender<Msg>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("buffered", &self.buffered())
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Starts the delivery task on the current tokio runtime.
+    pub fn spawn(producer: Producer, cfg: PublisherConfig) -> Self {
+        // Unbounded, because the bound is enforced by `publish` in records
+        // and bytes before sending, which a bounded channel cannot do.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            cfg,
+            counters: Counters::default(),
+            buffered: AtomicUsize::new(0),
+            buffered_bytes: AtomicUsize::new(0),
+            failing: Mutex::new(None),
+            oldest: Mutex::new(None),
+        });
+        tokio::spawn(deliver(producer, rx, shared.clone()));
+        Self { tx, shared }
+    }
+
+    /// Takes `rec` for delivery, or refuses it at once when the buffer is
+    /// full; a refusal is counted and logged.
+    pub fn publish(&self, rec: OutRecord) -> Result<(), PublishError> {
+        let s = &self.shared;
+        let size = rec.size();
+        let records = s.buffered.fetch_add(1, Ordering::Relaxed);
+        let bytes = s.buffered_bytes.fetch_add(size, Ordering::Relaxed);
+        if records >= s.cfg.max_buffered || bytes + size > s.cfg.max_buffered_bytes {
+            s.release(size);
+            return Err(self.refuse(PublishError::Full {
+                topic: rec.topic,
+                records,
+                bytes,
+                max_records: s.cfg.max_buffered,
+                max_bytes: s.cfg.max_buffered_bytes,
+            }));
+        }
+        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Record(rec)) {
+            s.release(size);
+            let topic = match msg {
+                Msg::Record(rec) => rec.topic,
+                Msg::Flush(_) => String::new(),
+            };
+            return Err(self.refuse(PublishError::Stopped { topic }));
+        }
+        Ok(())
+    }
+
+    fn refuse(&self, e: PublishError) -> PublishError {
+        let n = self.shared.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every refusal is counted; the log names the first of a run and
+        // then every 1,000th, so a long outage does not flood it.
+        if n == 1 || n % 1000 == 0 {
+            tracing::error!(refused_total = n, "{e}");
+        }
+        e
+    }
+
+    /// Waits until every record published before this call is delivered,
+    /// at most `timeout`; false when time ran out.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return self.buffered() == 0;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> PublisherStats {
+        self.shared.counters.read()
+    }
+
+    /// Records accepted and not yet delivered.
+    pub fn buffered(&self) -> usize {
+        self.shared.buffered.load(Ordering::Relaxed)
+    }
+
+    /// Bytes accepted and not yet delivered.
+    pub fn buffered_bytes(&self) -> usize {
+        self.shared.buffered_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether records are getting through; see [`Publisher::health`].
+    pub fn healthy(&self) -> bool {
+        self.health().is_ok()
+    }
+
+    /// `Ok` while deliveries succeed and no record waited longer than
+    /// `stall_after`; otherwise why not, for a readiness answer.
+    pub fn health(&self) -> Result<(), String> {
+        let s = &self.shared;
+        if let Some(e) = s.failing.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            return Err(format!(
+                "event log deliveries failing ({} records buffered): {e}",
+                self.buffered()
+            ));
+        }
+        if let Some(since) = *s.oldest.lock().unwrap_or_else(|e| e.into_inner())
+            && since.elapsed() >= s.cfg.stall_after
+        {
+            return Err(format!(
+                "event log stalled: oldest record waiting {:.1} s ({} records buffered)",
+                since.elapsed().as_secs_f64(),
+                self.buffered()
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct InFlight {
+    rec: OutRecord,
+    /// Position in publish order, for flushes.
+    seq: u64,
+    since: Instant,
+    pending: Pending,
+}
+
+enum Step {
+    Done(Result<crate::Delivered, LogError>),
+    Msg(Option<Msg>),
+}
+
+/// The delivery task: see the [module docs](self).
+async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) {
+    let cfg = shared.cfg.clone();
+    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut accepted: u64 = 0;
+    let mut closed = false;
+    let mut backoff = cfg.retry_backoff;
+    loop {
+        *shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) = in_flight.iter().map(|f| f.since).min();
+        if !flushes.is_empty() {
+            let oldest = in_flight.iter().map(|f| f.seq).min().unwrap_or(u64::MAX);
+            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
+                .into_iter()
+                .partition(|(seq, _)| *seq < oldest);
+            flushes = waiting;
+            for (_, tx) in done {
+                let _ = tx.send(());
+            }
+        }
+        if closed && in_flight.is_empty() {
+            return;
+        }
+        let can_take = !closed && in_flight.len() < cfg.max_in_flight.max(1);
+        let step = {
+            let front = in_flight.front_mut();
+            let has_front = front.is_some();
+            tokio::select! {
+                biased;
+                r = async { match front { Some(f) => (&mut f.pending).await, None => std::future::pending().await } }, if has_front => Step::Done(r),
+                m = rx.recv(), if can_take => Step::Msg(m),
+            }
+        };
+        match step {
+            Step::Done(Ok(_)) => {
+                if let Some(f) = in_flight.pop_front() {
+                    shared.release(f.rec.size());
+                    shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                }
+                if backoff != cfg.retry_backoff {
+                    tracing::info!("event log deliveries succeed again");
+                }
+                *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                backoff = cfg.retry_backoff;
+            }
+            Step::Done(Err(e)) => {
+                let Some(mut f) = in_flight.pop_front() else { continue };
+                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(topic = %f.rec.topic, buffered = shared.buffered.load(Ordering::Relaxed),
+                    "event log delivery failed, retrying in {backoff:?}: {e}");
+                *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.max_backoff);
+                f.pending = enqueue(&producer, &f.rec);
+                in_flight.push_back(f);
+            }
+            Step::Msg(None) => closed = true,
+            Step::Msg(Some(Msg::Flush(tx))) => flushes.push((accepted, tx)),
+            Step::Msg(Some(Msg::Record(rec))) => {
+                accepted += 1;
+                in_flight.push_back(InFlight {
+                    pending: enqueue(&producer, &rec),
+                    rec,
+                    seq: accepted,
+                    since: Instant::now(),
+                });
+            }
+        }
+    }
+}
+
+/// An enqueue that fails at once (librdkafka's queue full, for example)
+/// becomes a failed delivery, retried like any other.
+fn enqueue(producer: &Producer, rec: &OutRecord) -> Pending {
+    producer.enqueue(rec).unwrap_or_else(|e| Pending::Ready(Some(Err(e))))
+}
