@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod bench_dataplane;
 mod commands;
 mod config;
 mod up;
@@ -160,6 +161,28 @@ enum BenchCommand {
         /// Where to write the report.
         #[arg(long, default_value = "docs/benchmarks/membership.md")]
         out: PathBuf,
+    },
+    /// Gateway -> worker -> back on loopback against a bare tonic echo, and the idle footprint of 5 nodes (~5 min).
+    Dataplane {
+        /// Measured seconds of each step (after a 1 s warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Rounds; each runs every step once.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
+        out: PathBuf,
+    },
+    /// The far end of `bench dataplane`, started by it: a worker node and a bare echo service.
+    #[command(hide = true)]
+    DataplanePeer {
+        /// Reply data chunks.
+        #[arg(long, default_value_t = 3)]
+        chunks: usize,
     },
 }
 
@@ -350,6 +373,20 @@ fn main() -> anyhow::Result<()> {
             std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {}", out.display());
         }
+        Command::Bench {
+            what:
+                BenchCommand::Dataplane {
+                    duration,
+                    rounds,
+                    quick,
+                    out,
+                },
+        } => runtime()?.block_on(bench_dataplane::run(bench_dataplane::Options::new(
+            duration, rounds, quick, out,
+        )?))?,
+        Command::Bench {
+            what: BenchCommand::DataplanePeer { chunks },
+        } => runtime()?.block_on(bench_dataplane::peer(chunks))?,
     }
     Ok(())
 }
