@@ -485,8 +485,14 @@ impl Inner {
                 let _ = tx
                     .send(Ok(mesh::error_chunk(&id, next_seq, failure.0, failure.1)))
                     .await;
-                end = true;
+                // The call is broken: dropping it cancels it.
+                return;
             }
+            // Read the call to its end (the trailers) before dropping it. A
+            // call dropped after its last chunk but before its trailers is
+            // reset, and h2 answers many such resets on one connection with
+            // GOAWAY (ENHANCE_YOUR_CALM), failing every call on it.
+            let _ = tokio::time::timeout_at(deadline, async { while let Ok(Some(_)) = stream.message().await {} }).await;
         });
         ReceiverStream::new(rx)
     }

@@ -673,3 +673,35 @@ async fn a_worker_reports_each_processed_message_and_its_whole_reply_once_in_ord
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_forwarded_replies_on_one_pooled_connection_all_arrive_without_a_retry() {
+    // Regression: relayed calls were dropped before their trailers arrived,
+    // h2 counted each as a reset stream, and after ~1000 of them it closed the
+    // pooled connection (GOAWAY ENHANCE_YOUR_CALM), failing calls in flight.
+    within(async {
+        let gw = TestNode::start("gw", &[], None).await;
+        let w = TestNode::start("w", &[gw.gossip.addr()], Some(Arc::new(Echo::default()))).await;
+        wait_rings(&[&gw, &w], 1).await;
+        let mut tasks = Vec::new();
+        for c in 0..32 {
+            let router = gw.router.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..80 {
+                    let env = envelope(&mesh::new_message_id(), &format!("conv-{c}"), &format!("m{n}"));
+                    let answer = collect(router.send(env).await.unwrap()).await.unwrap();
+                    assert_eq!(answer.error, None);
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let stats = gw.router.stats();
+        assert_eq!(stats.forwarded, 32 * 80);
+        assert_eq!(stats.failed_attempts, 0, "no call failed on the pooled connection");
+        assert_eq!(stats.rerouted, 0);
+        assert_eq!(stats.replies_cut, 0);
+    })
+    .await;
+}
