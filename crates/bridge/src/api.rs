@@ -65,6 +65,9 @@ pub struct HistoryMessage {
     pub created_unix_ms: i64,
     /// Chunks the reply was streamed in (0 for inbound).
     pub chunks: i64,
+    /// The reply was longer than the worker records; `payload` is its beginning.
+    #[serde(default)]
+    pub truncated: bool,
     /// Set on a failed reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
@@ -194,6 +197,7 @@ async fn history(
             source: r.source,
             created_unix_ms: r.created_unix_ms,
             chunks: r.chunks,
+            truncated: r.truncated,
             error: r.error_code.map(|code| ErrorBody {
                 code,
                 message: r.error_message.unwrap_or_default(),

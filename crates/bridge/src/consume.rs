@@ -176,10 +176,19 @@ impl Loop {
 
     async fn seek(&mut self, tp: &TopicPartition, offset: i64) {
         count(&self.shared.counters.seeks, 1);
-        if let Err(e) = self.consumer.seek(tp, SeekTo::Offset(offset)).await {
-            // Not fatal: records that do not continue from the position are
-            // skipped or trigger another seek.
-            tracing::warn!("bridge: seeking {tp} to {offset}: {e}");
+        // librdkafka can refuse a seek on a partition whose fetching has not
+        // started yet (just after an assignment): try a few times.
+        for attempt in 1..=3 {
+            match self.consumer.seek(tp, SeekTo::Offset(offset)).await {
+                Ok(()) => return,
+                Err(e) if attempt == 3 => {
+                    // Not fatal: records that do not continue from the
+                    // position are skipped or trigger another seek.
+                    count(&self.shared.counters.seek_errors, 1);
+                    tracing::warn!("bridge: seeking {tp} to {offset}: {e}");
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     }
 
@@ -284,6 +293,7 @@ impl Loop {
                 error_code: m.error.as_ref().map(|e| e.code as i32),
                 error_message: m.error.map(|e| e.message),
                 chunks: m.chunks as i64,
+                truncated: m.truncated,
                 created_unix_ms: m.created_unix_ms as i64,
                 deadline_unix_ms: m.deadline_unix_ms as i64,
                 topic: rec.topic,

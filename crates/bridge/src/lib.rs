@@ -206,6 +206,17 @@ impl Bridge {
         self.shared.counters.read()
     }
 
+    /// The partitions of the messages topic assigned to it now.
+    pub fn assigned_partitions(&self) -> Vec<TopicPartition> {
+        self.shared
+            .positions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Its database.
     pub fn store(&self) -> &Store {
         &self.shared.store

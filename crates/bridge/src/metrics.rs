@@ -63,6 +63,8 @@ counters! {
     offset_gaps,
     /// Seeks to stored offsets (on assignment, fence conflicts and unexpected offsets).
     seeks,
+    /// Seeks the log refused even after retries (the offset checks keep the data right; reading is slower).
+    seek_errors,
     /// Failed offset commits to the log's consumer group (used only for lag reporting).
     log_commit_errors,
     /// Forward requests produced by POST /v1/forward.

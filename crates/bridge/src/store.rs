@@ -85,6 +85,7 @@ macro_rules! push_messages {
                 .push_bind(r.error_code)
                 .push_bind(&r.error_message)
                 .push_bind(r.chunks)
+                .push_bind(r.truncated)
                 .push_bind(r.created_unix_ms)
                 .push_bind(r.deadline_unix_ms)
                 .push_bind(&r.topic)
@@ -108,6 +109,7 @@ pub struct MessageRow {
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
     pub chunks: i64,
+    pub truncated: bool,
     pub created_unix_ms: i64,
     pub deadline_unix_ms: i64,
     pub topic: String,
@@ -184,6 +186,7 @@ pub struct StoredMessage {
     pub error_code: Option<i32>,
     pub error_message: Option<String>,
     pub chunks: i64,
+    pub truncated: bool,
     pub created_unix_ms: i64,
     pub topic: String,
     pub partition: i32,
@@ -197,7 +200,7 @@ pub struct Store {
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, kind, conversation_key, payload, worker, origin, source, \
-     error_code, error_message, chunks, created_unix_ms, topic, kafka_partition, kafka_offset";
+     error_code, error_message, chunks, truncated, created_unix_ms, topic, kafka_partition, kafka_offset";
 
 /// PostgreSQL refuses NUL characters in text; the bridge stores errors as
 /// text, so NULs in them (from a poison record's content) are replaced.
@@ -381,7 +384,7 @@ impl Store {
                     }
                 }
             } else {
-                // 15 binds a row: 500 rows stay far below both databases'
+                // 16 binds a row: 500 rows stay far below both databases'
                 // limit on bind parameters.
                 for chunk in rows.chunks(500) {
                     let mut q = QueryBuilder::new(INSERT_MESSAGES);
@@ -440,10 +443,11 @@ impl Store {
                         error_code: r.try_get(8)?,
                         error_message: r.try_get(9)?,
                         chunks: r.try_get(10)?,
-                        created_unix_ms: r.try_get(11)?,
-                        topic: r.try_get(12)?,
-                        partition: r.try_get(13)?,
-                        offset: r.try_get(14)?,
+                        truncated: r.try_get(11)?,
+                        created_unix_ms: r.try_get(12)?,
+                        topic: r.try_get(13)?,
+                        partition: r.try_get(14)?,
+                        offset: r.try_get(15)?,
                     })
                 })
                 .collect()
@@ -491,7 +495,8 @@ impl Store {
 }
 
 const INSERT_MESSAGES: &str = "INSERT INTO messages (message_id, kind, conversation_key, payload, worker, origin, \
-     source, error_code, error_message, chunks, created_unix_ms, deadline_unix_ms, topic, kafka_partition, kafka_offset) ";
+     source, error_code, error_message, chunks, truncated, created_unix_ms, deadline_unix_ms, topic, kafka_partition, \
+     kafka_offset) ";
 
 /// A row the database refused, as a dead letter carrying the row's fields.
 fn dead_row(row: &MessageRow, e: &sqlx::Error) -> DeadLetter {

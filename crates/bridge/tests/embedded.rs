@@ -56,6 +56,11 @@ async fn published_records_are_stored_once_and_served_in_conversation_order() {
         recs.push(reply(&m, &format!("answer {i}")));
         recs.insert(recs.len() - 1, m);
     }
+    recs[9].error = Some(proto::events::Error {
+        code: 13,
+        message: "backend failed".into(),
+    });
+    recs[9].truncated = true;
     recs.push(inbound("conv-b", "other"));
     // At-least-once delivery: the same record twice is stored once.
     recs.push(recs[0].clone());
@@ -81,6 +86,12 @@ async fn published_records_are_stored_once_and_served_in_conversation_order() {
     assert_eq!(got, want);
     assert_eq!(h.next, None);
     assert_eq!(h.messages[0].worker, "worker-1");
+    let failed = &h.messages[9];
+    assert_eq!(
+        (failed.error.as_ref().map(|e| e.code), failed.truncated),
+        (Some(13), true)
+    );
+    assert!(h.messages[..9].iter().all(|m| m.error.is_none() && !m.truncated));
     b.shutdown().await.unwrap();
 }
 

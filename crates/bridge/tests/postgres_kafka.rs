@@ -163,11 +163,28 @@ async fn two_bridges_in_one_consumer_group_store_every_record_once() {
     let a = bridge::start(cfg.clone()).await.unwrap();
     let mut delivered = send_all(&producer, &cfg.topics.messages, &conversation(100, 11)).await;
     let b = bridge::start(cfg.clone()).await.unwrap();
+    // Wait for the rebalance that gives B its share (about a second on tansu).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while b.assigned_partitions().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second bridge never got a partition"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     delivered.extend(send_all(&producer, &cfg.topics.messages, &conversation(100, 11)).await);
     let rows = wait_for_rows(a.store(), 200).await;
     assert_exactly(&rows, &positions(&delivered));
     let (sa, sb) = (a.stats(), b.stats());
     assert_eq!(sa.duplicates + sb.duplicates, 0, "{sa:?} {sb:?}");
+    assert!(sb.records > 0, "the second bridge stored nothing: {sb:?}");
+    eprintln!(
+        "one group: a read {} with {:?}, b read {} with {:?}",
+        sa.records,
+        a.assigned_partitions(),
+        sb.records,
+        b.assigned_partitions()
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -13,7 +13,8 @@
 
 use proto::Message;
 use proto::bytes::Bytes;
-use proto::events::{ForwardRequest, MessageRecord, message_record::Kind};
+use proto::events::{Error as RecordError, ForwardRequest, MessageRecord, message_record::Kind};
+use proto::mesh::Envelope;
 
 use crate::{OutRecord, Record};
 
@@ -59,6 +60,42 @@ fn headers(schema: &'static str) -> Vec<(String, Bytes)> {
             Bytes::from_static(SCHEMA_VERSION.as_bytes()),
         ),
     ]
+}
+
+/// The INBOUND record worker `worker` publishes as it starts processing `msg`.
+pub fn inbound(worker: &str, msg: &Envelope) -> MessageRecord {
+    MessageRecord {
+        id: msg.id.clone(),
+        key: msg.key.clone(),
+        kind: Kind::Inbound as i32,
+        payload: msg.payload.clone(),
+        worker: worker.into(),
+        origin: msg.origin.clone(),
+        created_unix_ms: crate::unix_ms(),
+        deadline_unix_ms: msg.deadline_unix_ms,
+        ..Default::default()
+    }
+}
+
+/// The REPLY record worker `worker` publishes when its reply to `msg` ended:
+/// the reply data (its beginning when `truncated`), the number of chunks,
+/// and the error (a gRPC code and a message) when it failed.
+pub fn reply(
+    worker: &str,
+    msg: &Envelope,
+    data: impl Into<Bytes>,
+    chunks: u64,
+    error: Option<(u32, String)>,
+    truncated: bool,
+) -> MessageRecord {
+    MessageRecord {
+        kind: Kind::Reply as i32,
+        payload: data.into(),
+        chunks,
+        error: error.map(|(code, message)| RecordError { code, message }),
+        truncated,
+        ..inbound(worker, msg)
+    }
 }
 
 /// A worker's record for `topic` (the messages topic), keyed by conversation.
@@ -177,6 +214,30 @@ mod tests {
         let out = message_record("t", &m);
         assert_eq!(out.key, "c");
         assert_eq!(decode_message(&as_read(out)), Ok(m));
+    }
+
+    #[test]
+    fn worker_records_carry_the_envelope_and_the_reply() {
+        let env = Envelope {
+            id: crate::new_message_id(),
+            key: "c".into(),
+            payload: "q".into(),
+            origin: "gw".into(),
+            deadline_unix_ms: 7,
+            ..Default::default()
+        };
+        let i = inbound("w", &env);
+        assert_eq!(
+            (i.kind, &i.payload[..], i.worker.as_str()),
+            (Kind::Inbound as i32, &b"q"[..], "w")
+        );
+        let r = reply("w", &env, b"a".to_vec(), 2, Some((13, "boom".into())), true);
+        assert_eq!(
+            (r.kind, r.id.as_str(), r.origin.as_str()),
+            (Kind::Reply as i32, env.id.as_str(), "gw")
+        );
+        assert_eq!((r.chunks, r.truncated, r.error.unwrap().code), (2, true, 13));
+        assert_eq!(decode_message(&as_read(message_record("t", &i))), Ok(i));
     }
 
     #[test]

@@ -18,6 +18,7 @@ CREATE TABLE messages (
     error_code INTEGER,
     error_message TEXT,
     chunks BIGINT NOT NULL,
+    truncated BOOLEAN NOT NULL,
     created_unix_ms BIGINT NOT NULL,
     deadline_unix_ms BIGINT NOT NULL,
     -- Where the record was read from.

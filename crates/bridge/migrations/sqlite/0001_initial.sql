@@ -13,6 +13,7 @@ CREATE TABLE messages (
     error_code INTEGER,
     error_message TEXT,
     chunks INTEGER NOT NULL,
+    truncated BOOLEAN NOT NULL,
     created_unix_ms INTEGER NOT NULL,
     deadline_unix_ms INTEGER NOT NULL,
     topic TEXT NOT NULL,
