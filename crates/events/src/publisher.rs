@@ -187,7 +187,7 @@ impl Publisher {
         let n = self.shared.counters.refused.fetch_add(1, Ordering::Relaxed) + 1;
         // Every refusal is counted; the log names the first of a run and
         // then every 1,000th, so a long outage does not flood it.
-        if n == 1 || n % 1000 == 0 {
+        if n == 1 || n.is_multiple_of(1000) {
             tracing::error!(refused_total = n, "{e}");
         }
         e

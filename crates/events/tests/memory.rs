@@ -22,15 +22,13 @@ fn rec(topic: &str, key: &str, value: &str) -> OutRecord {
 }
 
 async fn next_record(c: &mut events::Consumer) -> events::Record {
-    loop {
-        match timeout(LIMIT, c.recv())
-            .await
-            .expect("no record in time")
-            .expect("recv failed")
-        {
-            ConsumerEvent::Record(r) => return r,
-            other => panic!("expected a record, got {other:?}"),
-        }
+    match timeout(LIMIT, c.recv())
+        .await
+        .expect("no record in time")
+        .expect("recv failed")
+    {
+        ConsumerEvent::Record(r) => r,
+        other => panic!("expected a record, got {other:?}"),
     }
 }
 
