@@ -275,11 +275,13 @@ impl Shared {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    fn ready(&self) -> Result<(), &'static str> {
+    fn ready(&self) -> Result<(), String> {
         if self.draining.load(Ordering::Relaxed) {
-            Err("draining")
+            Err("draining".into())
         } else if !self.gossip.view().borrow().joined {
-            Err("not joined")
+            Err("not joined".into())
+        } else if let Some(Err(why)) = self.router.worker().and_then(|w| w.sink()).map(|s| s.health()) {
+            Err(format!("event log: {why}"))
         } else {
             Ok(())
         }
@@ -493,6 +495,13 @@ async fn metrics(State(s): Shr) -> Response {
             "Messages the worker accepts at once.",
             w.capacity(),
         );
+        for (name, help, value, is_counter) in w.sink().map(|s| s.metrics()).unwrap_or_default() {
+            if is_counter {
+                p.counter(&format!("rumor_events_{name}_total"), help, value);
+            } else {
+                p.gauge(&format!("rumor_events_{name}"), help, value);
+            }
+        }
     }
     p.header(
         "rumor_members",

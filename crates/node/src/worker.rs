@@ -95,6 +95,17 @@ pub trait RecordSink: Send + Sync + fmt::Debug + 'static {
     fn inbound(&self, worker: &str, msg: &Envelope);
     /// Processing of `msg` ended with `reply`.
     fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply);
+    /// `Err(why)` while records cannot be delivered (the log is unreachable
+    /// or its buffer is stalled): the node reports not ready, though it keeps
+    /// serving. Default: always healthy.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+    /// Counters and gauges for the node's metrics: `(name, help, value,
+    /// is_counter)`, names without the `rumor_events_` prefix. Default none.
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        Vec::new()
+    }
 }
 
 /// The whole reply to one message, as the worker reports it to a
@@ -373,6 +384,11 @@ impl Worker {
                 ..inner
             }),
         }
+    }
+
+    /// The record sink, if the worker has one.
+    pub fn sink(&self) -> Option<&Arc<dyn RecordSink>> {
+        self.inner.sink.as_ref()
     }
 
     /// The worker's name.

@@ -3,12 +3,18 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use events::publisher::Publisher;
 use node::admin::SendRequest;
 use node::client::AdminClient;
 use node::{Node, NodeConfig};
+use tokio::sync::watch;
+
+use crate::config::EventsSetup;
+use crate::records::{self, LogSink};
 
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn terminated() {
@@ -35,8 +41,24 @@ pub(crate) async fn terminated() {
 
 /// `rumor node`: runs one node until Ctrl-C or SIGTERM, then leaves and drains.
 /// The first stdout line says where it listens (tests read it).
-pub(crate) async fn node(config: NodeConfig) -> anyhow::Result<()> {
+pub(crate) async fn node(mut config: NodeConfig, events: Option<EventsSetup>) -> anyhow::Result<()> {
     let roles = config.roles.join(",");
+    // The event log: workers publish what they process, forward nodes read
+    // injected messages. Nothing here waits for Kafka to be up.
+    let publisher = match &events {
+        Some(ev) if config.has_role(node::node::WORKER_ROLE) => {
+            let publisher = Publisher::spawn(ev.log.producer()?, ev.publisher.clone());
+            config.record_sink = Some(Arc::new(LogSink::new(publisher.clone(), &ev.topics)));
+            Some(publisher)
+        }
+        _ => None,
+    };
+    if let Some(ev) = events.as_ref().filter(|ev| ev.create_topics) {
+        // Best effort: the broker may be down now and the topics made later.
+        if let Err(e) = ev.log.create_topics(&ev.topics.specs()).await {
+            tracing::warn!("creating topics on {}: {e}", ev.log.describe());
+        }
+    }
     let node = Node::start(config).await.context("starting the node")?;
     let a = node.addrs();
     println!(
@@ -47,6 +69,25 @@ pub(crate) async fn node(config: NodeConfig) -> anyhow::Result<()> {
         a.admin
     );
     let _ = std::io::stdout().flush();
+    let (stop_forwarder, stopped) = watch::channel(false);
+    let forwarder = match &events {
+        Some(ev) if roles.split(',').any(|r| r == "forward") => {
+            let task = records::run_forwarder(
+                node.router().clone(),
+                ev.log.clone(),
+                ev.topics.clone(),
+                ev.forward_group.clone(),
+                Arc::default(),
+                stopped,
+            );
+            Some(tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    tracing::error!("forwarding from the event log stopped: {e:#}");
+                }
+            }))
+        }
+        _ => None,
+    };
     tokio::select! {
         joined = node.wait_joined() => {
             if joined.is_ok() {
@@ -58,7 +99,16 @@ pub(crate) async fn node(config: NodeConfig) -> anyhow::Result<()> {
         () = terminated() => {}
     }
     println!("node {} leaving", node.name());
+    let _ = stop_forwarder.send(true);
+    if let Some(f) = forwarder {
+        let _ = f.await;
+    }
     let report = node.shutdown().await;
+    if let Some(p) = publisher
+        && !p.flush(Duration::from_secs(5)).await
+    {
+        tracing::error!(buffered = p.buffered(), "records still unpublished at exit");
+    }
     println!(
         "node stopped (leave {}, drained {}, abandoned {})",
         if report.left { "spread" } else { "not confirmed" },

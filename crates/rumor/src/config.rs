@@ -32,6 +32,7 @@ pub(crate) struct FileConfig {
     pub(crate) membership: MembershipSection,
     pub(crate) mesh: MeshSection,
     pub(crate) worker: WorkerSection,
+    pub(crate) events: EventsSection,
     pub(crate) debug: DebugSection,
 }
 
@@ -86,6 +87,88 @@ fn yes() -> bool {
     true
 }
 
+/// `[events]`: where workers publish what they process and forward nodes
+/// read injected messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EventsSection {
+    /// Kafka bootstrap servers; empty: no event log (nothing is published).
+    pub(crate) brokers: String,
+    pub(crate) messages_topic: String,
+    pub(crate) forward_topic: String,
+    pub(crate) partitions: i32,
+    pub(crate) replication: i32,
+    pub(crate) create_topics: bool,
+    pub(crate) forward_group: String,
+    pub(crate) max_buffered: usize,
+    pub(crate) max_buffered_bytes: usize,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        let t = events::Topics::default();
+        let p = events::publisher::PublisherConfig::default();
+        Self {
+            brokers: String::new(),
+            messages_topic: t.messages,
+            forward_topic: t.forward,
+            partitions: t.partitions,
+            replication: t.replication,
+            create_topics: true,
+            forward_group: "rumor-forward".into(),
+            max_buffered: p.max_buffered,
+            max_buffered_bytes: p.max_buffered_bytes,
+        }
+    }
+}
+
+/// The event log settings of a node, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct EventsSetup {
+    pub(crate) log: events::EventLog,
+    pub(crate) topics: events::Topics,
+    pub(crate) create_topics: bool,
+    pub(crate) forward_group: String,
+    pub(crate) publisher: events::publisher::PublisherConfig,
+}
+
+impl EventsSection {
+    /// `None` when no brokers are configured.
+    pub(crate) fn setup(&self) -> anyhow::Result<Option<EventsSetup>> {
+        if self.brokers.trim().is_empty() {
+            return Ok(None);
+        }
+        if self.messages_topic.is_empty() || self.forward_topic.is_empty() {
+            bail!("events.messages_topic and events.forward_topic: must not be empty");
+        }
+        if self.partitions < 1 || self.replication < 1 {
+            bail!("events.partitions and events.replication: must be at least 1");
+        }
+        if self.max_buffered == 0 || self.max_buffered_bytes == 0 {
+            bail!("events.max_buffered and events.max_buffered_bytes: must be at least 1");
+        }
+        if self.forward_group.is_empty() {
+            bail!("events.forward_group: must not be empty");
+        }
+        Ok(Some(EventsSetup {
+            log: events::EventLog::Kafka(events::KafkaConfig::new(self.brokers.trim())),
+            topics: events::Topics {
+                messages: self.messages_topic.clone(),
+                forward: self.forward_topic.clone(),
+                partitions: self.partitions,
+                replication: self.replication,
+            },
+            create_topics: self.create_topics,
+            forward_group: self.forward_group.clone(),
+            publisher: events::publisher::PublisherConfig {
+                max_buffered: self.max_buffered,
+                max_buffered_bytes: self.max_buffered_bytes,
+                ..Default::default()
+            },
+        }))
+    }
+}
+
 /// `[debug]`: switches for tests, off by default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -115,6 +198,7 @@ impl Default for FileConfig {
             membership: MembershipSection::default(),
             mesh: MeshSection::default(),
             worker: WorkerSection::default(),
+            events: EventsSection::default(),
             debug: DebugSection::default(),
         }
     }
@@ -229,6 +313,9 @@ impl FileConfig {
         }
         if let Some(v) = var("RUMOR_ADVERTISE") {
             self.advertise = Some(v);
+        }
+        if let Some(v) = var("RUMOR_KAFKA_BROKERS") {
+            self.events.brokers = v;
         }
         if let Some(v) = var("RUMOR_PRESET") {
             self.membership.preset = v;

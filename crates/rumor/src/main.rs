@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod bench_dataplane;
+mod bridge_cmd;
 mod commands;
 mod config;
+mod records;
 mod up;
 
 use anyhow::{Context, bail};
@@ -39,6 +41,9 @@ enum Command {
         /// Leave and exit after this many seconds instead of waiting for Ctrl-C.
         #[arg(long)]
         exit_after: Option<u64>,
+        /// Port of the embedded bridge's HTTP API (history, inject); 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        bridge_port: u16,
     },
     /// Run one mesh node (gossip, mesh gRPC, admin HTTP) until Ctrl-C or SIGTERM.
     Node {
@@ -69,6 +74,27 @@ enum Command {
         /// Membership preset: lan, wan, test (overrides `membership.preset`, RUMOR_PRESET).
         #[arg(long)]
         preset: Option<String>,
+    },
+    /// Run the bridge: the messages topic into PostgreSQL (or SQLite), history and inject APIs over HTTP.
+    Bridge {
+        /// TOML config file (see docs/config.md); without it, defaults plus environment and flags.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// postgres://... or sqlite:... (overrides `database_url`, RUMOR_DATABASE_URL).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Kafka bootstrap servers (overrides `brokers`, RUMOR_KAFKA_BROKERS).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// HTTP API bind address (overrides `http_bind`, RUMOR_BRIDGE_HTTP_BIND).
+        #[arg(long)]
+        http_bind: Option<String>,
+        /// Consumer group and key of the stored offsets (overrides `group_id`).
+        #[arg(long)]
+        group_id: Option<String>,
+        /// Test hook: abort the process right after the Nth database commit.
+        #[arg(long, hide = true)]
+        crash_after_batch: Option<u64>,
     },
     /// Show a node's view: members and the ring checksum.
     Status {
@@ -260,6 +286,7 @@ fn main() -> anyhow::Result<()> {
             workers,
             base_port,
             exit_after,
+            bridge_port,
         } => {
             if workers == 0 {
                 bail!("--workers must be at least 1");
@@ -268,6 +295,7 @@ fn main() -> anyhow::Result<()> {
                 workers,
                 base_port,
                 exit_after: exit_after.map(Duration::from_secs),
+                bridge_port,
             };
             runtime()?.block_on(up::run(opts))?;
         }
@@ -297,8 +325,27 @@ fn main() -> anyhow::Result<()> {
                 advertise,
                 preset,
             });
+            let events = file.events.setup()?;
             let node_config = file.into_node_config()?;
-            runtime()?.block_on(commands::node(node_config))?;
+            runtime()?.block_on(commands::node(node_config, events))?;
+        }
+        Command::Bridge {
+            config,
+            database_url,
+            brokers,
+            http_bind,
+            group_id,
+            crash_after_batch,
+        } => {
+            let flags = bridge_cmd::BridgeFlags {
+                database_url,
+                brokers,
+                http_bind,
+                group_id,
+                crash_after_batch,
+            };
+            let cfg = bridge_cmd::BridgeFile::load(config.as_deref())?.into_config(|k| std::env::var(k).ok(), flags)?;
+            runtime()?.block_on(bridge_cmd::run(cfg))?;
         }
         Command::Status { admin } => runtime()?.block_on(commands::status(&admin))?,
         Command::Send {

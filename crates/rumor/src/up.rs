@@ -6,6 +6,12 @@
 //! show the data plane working, passes a gossip message from the forward node
 //! to the workers, and then reports membership changes until Ctrl-C or
 //! SIGTERM, when every node leaves gracefully.
+//!
+//! The bridge runs in the same process on its embedded defaults: the
+//! in-process event log instead of Kafka and SQLite instead of PostgreSQL,
+//! through the same code as `rumor bridge`. Workers publish every message and
+//! reply to the log, the bridge stores them, and the forward node routes what
+//! the bridge's `POST /v1/forward` injects.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,7 +22,15 @@ use membership::Event;
 use node::admin::SendRequest;
 use node::client::AdminClient;
 use node::crypto::Key;
+use node::worker::RecordSink;
 use node::{Node, NodeConfig};
+use std::sync::Arc;
+
+use bridge::BridgeConfig;
+use events::{EventLog, MemoryLog, Publisher, PublisherConfig, Topics};
+use tokio::sync::watch;
+
+use crate::records::{self, LogSink};
 
 /// What `rumor up` starts.
 #[derive(Debug, Clone)]
@@ -24,6 +38,8 @@ pub(crate) struct UpOptions {
     pub(crate) workers: usize,
     pub(crate) base_port: u16,
     pub(crate) exit_after: Option<Duration>,
+    /// Port of the embedded bridge's HTTP API; 0 picks a free one.
+    pub(crate) bridge_port: u16,
 }
 
 fn role_of(name: &str) -> String {
@@ -42,6 +58,20 @@ fn port(base: u16, node: usize, which: u16) -> anyhow::Result<u16> {
 }
 
 pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
+    // The event log and the bridge, embedded.
+    let memlog = MemoryLog::new();
+    let log = EventLog::Memory(memlog.clone());
+    let topics = Topics::default();
+    log.create_topics(&topics.specs()).await?;
+    let publisher = Publisher::spawn(log.producer()?, PublisherConfig::default());
+    let sink: Arc<dyn RecordSink> = Arc::new(LogSink::new(publisher.clone(), &topics));
+    let db = std::env::temp_dir().join(format!("rumor-up-{}.db", std::process::id()));
+    let mut bridge_cfg = BridgeConfig::embedded(&db, memlog);
+    bridge_cfg.http_bind = SocketAddr::from(([127, 0, 0, 1], opts.bridge_port));
+    let bridge = bridge::start(bridge_cfg)
+        .await
+        .context("starting the embedded bridge")?;
+
     let mut names = vec!["gateway-1".to_owned(), "forward-1".to_owned()];
     names.extend((1..=opts.workers).map(|i| format!("worker-{i}")));
     // One generated key for the whole local cluster: gossip is encrypted even on a laptop.
@@ -58,6 +88,9 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         cfg.admin_bind = at(2)?;
         cfg.gossip.keys = vec![key.clone()];
         cfg.roles = vec![role_of(name)];
+        if cfg.has_role(node::node::WORKER_ROLE) {
+            cfg.record_sink = Some(sink.clone());
+        }
         cfg.worker.capacity = 64;
         cfg.drain_timeout = Duration::from_secs(2);
         cfg.gossip.seeds = nodes.first().map(|n| vec![n.addrs().gossip]).unwrap_or_default();
@@ -108,7 +141,21 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         nodes[0].router().table().checksum(),
         opts.workers
     );
+    println!(
+        "bridge (embedded: in-process event log, SQLite at {}) http={}",
+        db.display(),
+        bridge.addr()
+    );
     println!();
+    let (stop_forwarder, stopped) = watch::channel(false);
+    let forwarder = tokio::spawn(records::run_forwarder(
+        nodes[1].router().clone(),
+        log.clone(),
+        topics.clone(),
+        "rumor-forward".into(),
+        Arc::default(),
+        stopped,
+    ));
 
     // The data plane: one message through the gateway's admin API, as `rumor send` does it.
     let gateway = nodes[0].addrs().admin.to_string();
@@ -136,8 +183,32 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         ),
         Some(e) => println!("message {} failed: {}: {}", last.id, e.name, e.message),
     }
+    // Every message and reply reaches the database through the event log.
+    let stored = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match bridge.store().history(&req.key, 0, 10).await {
+                Ok(rows) if rows.len() >= 2 => return Ok(rows.len()),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await;
+    match stored {
+        Ok(Ok(n)) => println!(
+            "the bridge stored {n} records of {:?} (message and reply) in SQLite",
+            req.key
+        ),
+        Ok(Err(e)) => println!("the bridge could not read its history: {e}"),
+        Err(_) => println!("the bridge has not stored the demo message yet"),
+    }
+    let b = bridge.addr();
     println!("  try: rumor send --admin {gateway} --key conversation-2 \"hi\"");
     println!("       rumor status --admin {gateway}");
+    println!("       curl http://{b}/v1/conversations/{}/messages", req.key);
+    println!(
+        "       curl -X POST http://{b}/v1/forward -H 'content-type: application/json' -d '{{\"key\":\"conversation-3\",\"payload\":\"from outside\"}}'"
+    );
     println!();
 
     // The origin notes' first test: a gossip message from the forward node to the workers.
@@ -193,10 +264,18 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         () = stop => {}
     }
     println!("leaving...");
+    let _ = stop_forwarder.send(true);
+    let _ = forwarder.await;
     // Workers first, then the entry nodes, so nothing routes to a departed worker.
     while let Some(n) = nodes.pop() {
         n.shutdown().await;
     }
+    if !publisher.flush(Duration::from_secs(5)).await {
+        println!("warning: {} records were not published", publisher.buffered());
+    }
+    // Give the bridge a moment to store the last records before it stops.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    bridge.shutdown().await.context("stopping the bridge")?;
     println!("stopped");
     Ok(())
 }

@@ -617,3 +617,209 @@ async fn a_node_cut_off_is_suspected_declared_dead_and_rejoins_one_view_after_re
     })
     .await;
 }
+
+// ---- The event log and the bridge, with real Kafka (tansu) and PostgreSQL ----
+//
+// scripts/test starts both; RUMOR_TEST_KAFKA and RUMOR_TEST_DATABASE_URL say
+// where they are. Each test uses its own topics and its own database.
+
+fn kafka() -> String {
+    std::env::var("RUMOR_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// A fresh PostgreSQL database for one test, dropped when the test ends.
+struct TestDb {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = std::env::var("RUMOR_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("rumor_cli_{}_{}", std::process::id(), nanos());
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} (run scripts/test, which starts it): {e}"));
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        TestDb { admin_url, name }
+    }
+
+    fn url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map_or(self.admin_url.as_str(), |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+                    let _ = sqlx::Executor::execute(
+                        &mut c,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// One `rumor bridge` process, killed when dropped.
+struct BridgeProc {
+    child: Child,
+    http: String,
+}
+
+impl BridgeProc {
+    fn start(db: &TestDb, topics: &str) -> BridgeProc {
+        let file = std::env::temp_dir().join(format!("rumor-test-bridge-{}-{}.toml", std::process::id(), nanos()));
+        let text = format!(
+            "database_url = \"{}\"\nbrokers = \"{}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
+             messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n",
+            db.url(),
+            kafka()
+        );
+        std::fs::write(&file, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
+            .args(["bridge", "--config"])
+            .arg(&file)
+            .env_remove("RUMOR_DATABASE_URL")
+            .env_remove("RUMOR_KAFKA_BROKERS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning rumor bridge");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = lines.next().expect("the bridge printed nothing").unwrap();
+        std::thread::spawn(move || for _ in lines {});
+        let http = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http="))
+            .unwrap_or_else(|| panic!("no http= in {line:?}"))
+            .to_owned();
+        BridgeProc { child, http }
+    }
+}
+
+impl Drop for BridgeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 request; returns (status, body).
+async fn http(addr: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}
+
+async fn history(bridge: &str, key: &str) -> Option<bridge::api::History> {
+    let (status, body) = http(bridge, "GET", &format!("/v1/conversations/{key}/messages"), None).await;
+    (status == 200).then(|| serde_json::from_str(&body).unwrap())
+}
+
+/// gw (gateway), fw (forward) and w1 (worker) publishing to `topics`.
+fn event_config(topics: &str) -> String {
+    format!(
+        "[events]\nbrokers = \"{}\"\nmessages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\n\
+         partitions = 2\nforward_group = \"{topics}-forward\"\n",
+        kafka()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgresql_with_their_replies() {
+    within(async {
+        let db = TestDb::create().await;
+        let topics = format!("t{}", nanos());
+        let events = event_config(&topics);
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let fw = Proc::start_with("fw", "forward", &[&gw.gossip], &key, Some(&events));
+        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
+        let names: BTreeSet<String> = ["gw", "fw", "w1"].map(String::from).into();
+        let nodes = [gw, fw, w1];
+        agree(&nodes, &names, 1).await;
+        let bridge = BridgeProc::start(&db, &topics);
+
+        // A client message through the gateway.
+        let req = SendRequest {
+            key: "conv-a".into(),
+            payload: "hello kafka".into(),
+            id: None,
+            timeout_ms: Some(10_000),
+        };
+        let lines = nodes[0].client().send(&req, |_| {}).await.unwrap();
+        let id = lines.last().unwrap().id.clone();
+        let h = eventually(
+            "the message and its reply in PostgreSQL",
+            Duration::from_secs(30),
+            || async { history(&bridge.http, "conv-a").await.filter(|h| h.messages.len() >= 2) },
+        )
+        .await;
+        assert_eq!(h.messages.len(), 2, "{h:?}");
+        assert_eq!(
+            (h.messages[0].kind.as_str(), h.messages[1].kind.as_str()),
+            ("inbound", "reply")
+        );
+        assert!(
+            h.messages
+                .iter()
+                .all(|m| m.id == id && m.worker == "w1" && m.source == "client")
+        );
+        assert_eq!(h.messages[0].payload, "hello kafka");
+        assert_eq!(h.messages[1].payload, "hello kafka", "the echo reply, chunks joined");
+
+        // A message injected through the bridge, routed by the forward node.
+        let (status, body) = http(
+            &bridge.http,
+            "POST",
+            "/v1/forward",
+            Some(r#"{"key":"conv-b","payload":"from outside","source":"crm"}"#),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+        let forwarded: bridge::api::Forwarded = serde_json::from_str(&body).unwrap();
+        let h = eventually(
+            "the injected message and its reply in PostgreSQL",
+            Duration::from_secs(30),
+            || async { history(&bridge.http, "conv-b").await.filter(|h| h.messages.len() >= 2) },
+        )
+        .await;
+        assert!(
+            h.messages.iter().all(|m| m.id == forwarded.id && m.source == "crm"),
+            "{h:?}"
+        );
+        assert_eq!(h.messages[1].kind, "reply");
+        assert_eq!(h.messages[1].payload, "from outside");
+    })
+    .await;
+}
