@@ -492,7 +492,8 @@ impl Inner {
             // call dropped after its last chunk but before its trailers is
             // reset, and h2 answers many such resets on one connection with
             // GOAWAY (ENHANCE_YOUR_CALM), failing every call on it.
-            let _ = tokio::time::timeout_at(deadline, async { while let Ok(Some(_)) = stream.message().await {} }).await;
+            let _ =
+                tokio::time::timeout_at(deadline, async { while let Ok(Some(_)) = stream.message().await {} }).await;
         });
         ReceiverStream::new(rx)
     }
