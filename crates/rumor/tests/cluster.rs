@@ -686,7 +686,7 @@ struct BridgeProc {
 }
 
 impl BridgeProc {
-    fn start(db: &TestDb, topics: &str) -> BridgeProc {
+    fn start(db: &TestDb, topics: &str, extra: &[&str]) -> BridgeProc {
         let file = std::env::temp_dir().join(format!("rumor-test-bridge-{}-{}.toml", std::process::id(), nanos()));
         let text = format!(
             "database_url = \"{}\"\nbrokers = \"{}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
@@ -698,6 +698,7 @@ impl BridgeProc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
             .args(["bridge", "--config"])
             .arg(&file)
+            .args(extra)
             .env_remove("RUMOR_DATABASE_URL")
             .env_remove("RUMOR_KAFKA_BROKERS")
             .stdin(Stdio::null())
@@ -768,7 +769,7 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
         let names: BTreeSet<String> = ["gw", "fw", "w1"].map(String::from).into();
         let nodes = [gw, fw, w1];
         agree(&nodes, &names, 1).await;
-        let bridge = BridgeProc::start(&db, &topics);
+        let bridge = BridgeProc::start(&db, &topics, &[]);
 
         // A client message through the gateway.
         let req = SendRequest {
@@ -820,6 +821,84 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
         );
         assert_eq!(h.messages[1].kind, "reply");
         assert_eq!(h.messages[1].payload, "from outside");
+    })
+    .await;
+}
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url())
+        .await
+        .unwrap();
+    let row: (i64,) = sqlx::query_as(sql).fetch_one(&mut c).await.unwrap();
+    row.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_killed_right_after_its_database_commit_restarts_with_no_duplicate_and_no_gap() {
+    within(async {
+        let db = TestDb::create().await;
+        let topics = format!("t{}", nanos());
+        let events = event_config(&topics);
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+        // 20 messages on 10 conversations: 40 records (message and reply each).
+        for i in 0..20 {
+            let req = SendRequest {
+                key: format!("conv-{}", i % 10),
+                payload: format!("m{i}"),
+                id: None,
+                timeout_ms: Some(10_000),
+            };
+            nodes[0].client().send(&req, |_| {}).await.unwrap();
+        }
+
+        // The bridge aborts right after its first database commit, before it
+        // commits anything to Kafka.
+        let mut crashing = BridgeProc::start(&db, &topics, &["--crash-after-batch", "1"]);
+        let status = eventually(
+            "the bridge to crash after its first commit",
+            Duration::from_secs(30),
+            || {
+                let s = crashing.child.try_wait().unwrap();
+                async move { s }
+            },
+        )
+        .await;
+        assert!(!status.success(), "it aborted: {status:?}");
+        let first = count(&db, "SELECT count(*) FROM messages").await;
+        assert!(first >= 1, "the first batch was committed before the crash");
+
+        // Restarted, it resumes from the offsets stored with the rows.
+        let _bridge = BridgeProc::start(&db, &topics, &[]);
+        eventually("all 40 records stored", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 40).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(count(&db, "SELECT count(*) FROM messages").await, 40, "no duplicate");
+        assert_eq!(
+            count(
+                &db,
+                "SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM messages"
+            )
+            .await,
+            40,
+            "every record of the topic, each once"
+        );
+        assert_eq!(
+            count(
+                &db,
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets"
+            )
+            .await,
+            40,
+            "the stored offsets are past every record and no further: no gap"
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
     })
     .await;
 }

@@ -410,39 +410,93 @@ pub fn measure_partition(imp: Impl, n: usize, seed: u64) -> (Option<f64>, bool) 
     })
 }
 
-/// Wall time to start N nodes, converge and run `minutes` of steady state.
+/// Resident memory of the simulator may not grow past this: every simulated
+/// node keeps the full membership, so memory grows with N² (about 230 bytes
+/// per member entry, 23 GB at N = 10,000 once every view is complete), and
+/// the machine has 24 GiB.
+pub const MEMORY_BUDGET: u64 = 8 << 30;
+
+/// Resident memory of this process in bytes (Linux; 0 where unknown).
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// What [`measure_speed`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Speed {
+    /// Wall seconds to start every node and converge, if reached.
+    pub start: Option<f64>,
+    /// Wall seconds for start-up and the steady state, if reached.
+    pub total: Option<f64>,
+    /// Simulator events processed.
+    pub events: u64,
+    /// Every node saw every other alive.
+    pub converged: bool,
+    /// Why the run stopped early (wall-time cap or memory budget).
+    pub gave_up: Option<String>,
+}
+
 /// Wall time to start N nodes, converge and run `minutes` of steady state;
-/// gives up (returning `None` for the parts not reached) after `cap` of wall time.
-pub fn measure_speed(n: usize, minutes: u64, seed: u64, cap: Duration) -> (Option<f64>, Option<f64>, u64, bool) {
+/// gives up (leaving `None` for the parts not reached) after `cap` of wall
+/// time or when resident memory passes [`MEMORY_BUDGET`].
+pub fn measure_speed(n: usize, minutes: u64, seed: u64, cap: Duration) -> Speed {
     let wall = Instant::now();
+    let over = || -> Option<String> {
+        if wall.elapsed() >= cap {
+            return Some(format!("wall-time cap of {} s", cap.as_secs()));
+        }
+        let rss = rss_bytes();
+        (rss > MEMORY_BUDGET).then(|| format!("memory budget ({:.1} GiB resident)", rss as f64 / (1u64 << 30) as f64))
+    };
     with_cluster(Impl::Lifeguard, seed, n, NetConfig::default(), &mut |c| {
-        // Start in batches so the wall-time cap is honoured during start-up too.
+        let mut speed = Speed {
+            start: None,
+            total: None,
+            events: 0,
+            converged: false,
+            gave_up: None,
+        };
+        // Start in batches so the limits are honoured during start-up too.
         let mut added = 0;
         while added < n {
-            if wall.elapsed() >= cap {
-                return (None, None, c.events(), false);
+            if let Some(why) = over() {
+                speed.gave_up = Some(format!("{why} while starting {added} of {n} nodes"));
+                speed.events = c.events();
+                return speed;
             }
             let batch = (n - added).min(100);
             c.cluster_add(batch);
             added += batch;
         }
-        let mut converged = false;
         let mut waited = Duration::ZERO;
-        while !converged && waited < Duration::from_secs(1200) && wall.elapsed() < cap {
-            converged = c.converge(Duration::from_secs(10), Duration::from_secs(1)).is_some();
+        while !speed.converged && waited < Duration::from_secs(1200) {
+            if let Some(why) = over() {
+                speed.gave_up = Some(format!("{why} after {} simulated s of convergence", waited.as_secs()));
+                speed.events = c.events();
+                return speed;
+            }
+            speed.converged = c.converge(Duration::from_secs(10), Duration::from_secs(1)).is_some();
             waited += Duration::from_secs(10);
         }
-        if !converged {
-            return (None, None, c.events(), false);
+        speed.events = c.events();
+        if !speed.converged {
+            return speed;
         }
-        let start = wall.elapsed().as_secs_f64();
-        for _ in 0..(6 * minutes) {
-            if wall.elapsed() >= cap {
-                return (Some(start), None, c.events(), true);
+        speed.start = Some(wall.elapsed().as_secs_f64());
+        for i in 0..(6 * minutes) {
+            if let Some(why) = over() {
+                speed.gave_up = Some(format!("{why} after {} simulated s of steady state", i * 10));
+                speed.events = c.events();
+                return speed;
             }
             c.run_for(Duration::from_secs(10));
         }
-        (Some(start), Some(wall.elapsed().as_secs_f64()), c.events(), true)
+        speed.total = Some(wall.elapsed().as_secs_f64());
+        speed.events = c.events();
+        speed
     })
 }
 
@@ -745,14 +799,17 @@ pub fn report(opts: &Options, command: &str, mut progress: impl FnMut(&str)) -> 
     }
     for (n, minutes) in speeds {
         let cap = Duration::from_secs(600);
-        let (start, total, events, ok) = measure_speed(n, minutes, opts.seed, cap);
-        let cell = |v: Option<f64>| v.map_or(format!("gave up after {} s", cap.as_secs()), |v| format!("{v:.1}"));
-        progress(&format!("speed N={n}: {}", cell(total)));
+        let sp = measure_speed(n, minutes, opts.seed, cap);
+        let why = sp.gave_up.clone().unwrap_or_else(|| "did not converge".into());
+        let cell = |v: Option<f64>| v.map_or(format!("stopped: {why}"), |v| format!("{v:.1}"));
+        progress(&format!("speed N={n}: {}", cell(sp.total)));
         let _ = writeln!(
             w,
-            "| {n} | start + {minutes} min | {} | {} | {events} | {ok} |",
-            cell(start),
-            cell(total)
+            "| {n} | start + {minutes} min | {} | {} | {} | {} |",
+            cell(sp.start),
+            cell(sp.total),
+            sp.events,
+            sp.converged
         );
     }
 
