@@ -7,38 +7,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Declares a `pub` stats struct of `u64` counters with a `fields()` listing
-/// for the exporter, and a crate-private `Counters` of relaxed atomics (the
-/// same shape as the node's counters).
-macro_rules! counters {
-    ($(#[doc = $sdoc:literal])* $stats:ident; $($(#[doc = $doc:literal])* $name:ident,)*) => {
-        $(#[doc = $sdoc])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct $stats {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl $stats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
-            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
-            }
-        }
-
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters {
-            $(pub(crate) $name: AtomicU64,)*
-        }
-
-        impl Counters {
-            pub(crate) fn read(&self) -> $stats {
-                $stats { $($name: self.$name.load(Ordering::Relaxed),)* }
-            }
-        }
-    };
-}
-
-counters! {
+stats::counters! {
     /// What the bridge did since it started.
     BridgeStats;
     /// Records read from the messages topic and accepted into a batch.

@@ -63,7 +63,7 @@ impl Default for PublisherConfig {
     }
 }
 
-counters! {
+stats::counters! {
     /// What a [`Publisher`] did since it started.
     PublisherStats;
     /// Records the log acknowledged.

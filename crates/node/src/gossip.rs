@@ -202,7 +202,7 @@ pub struct Snapshot {
 
 // Shared by the owner task and the connection tasks as relaxed atomics (each counter stands alone), so
 // connection tasks count without messaging the owner and a handle reads them without waiting for it.
-counters! {
+stats::counters! {
     /// The transport's counters, for metrics. Monotonic since start.
     TransportStats;
     /// Datagrams received (before any check).

@@ -51,37 +51,6 @@
 //! # Ok(()) }
 //! ```
 
-/// Declares a `pub` stats struct of `u64` counters with a `fields()` listing for
-/// metrics exporters, and a crate-private `Counters` of relaxed atomics that
-/// `read()`s into it. Used by the gossip, mesh and worker modules.
-macro_rules! counters {
-    ($(#[doc = $sdoc:literal])* $stats:ident; $($(#[doc = $doc:literal])* $name:ident,)*) => {
-        $(#[doc = $sdoc])*
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct $stats {
-            $($(#[doc = $doc])* pub $name: u64,)*
-        }
-
-        impl $stats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
-            pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
-            }
-        }
-
-        #[derive(Debug, Default)]
-        pub(crate) struct Counters {
-            $(pub(crate) $name: ::std::sync::atomic::AtomicU64,)*
-        }
-
-        impl Counters {
-            pub(crate) fn read(&self) -> $stats {
-                $stats { $($name: self.$name.load(::std::sync::atomic::Ordering::Relaxed),)* }
-            }
-        }
-    };
-}
-
 pub mod admin;
 pub mod client;
 pub mod crypto;

@@ -147,7 +147,7 @@ impl MeshConfig {
 }
 
 // Relaxed atomics: each counter stands alone, and every request task counts without coordination.
-counters! {
+stats::counters! {
     /// The data plane's counters (server and router), for metrics. Monotonic since start.
     MeshStats;
     /// Envelopes received from peers that passed every check.

@@ -266,7 +266,7 @@ impl Default for WorkerConfig {
 }
 
 // Relaxed atomics: each counter stands alone, and lane tasks count without taking the state lock.
-counters! {
+stats::counters! {
     /// The worker's counters, for metrics. Monotonic since start.
     WorkerStats;
     /// Messages accepted into a conversation queue.
