@@ -321,17 +321,7 @@ impl std::future::Future for Pending {
     }
 }
 
-/// A sortable unique message id from a time and 80 random bits: 26
-/// characters of Crockford base32, 48 bits of unix milliseconds then the
-/// randomness (the ULID layout, as in the mesh envelope). Pure.
-pub fn message_id(unix_ms: u64, random: u128) -> String {
-    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-    let value = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
-    (0..26)
-        .rev()
-        .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 31) as usize]))
-        .collect()
-}
+pub use proto::message_id;
 
 /// A fresh [`message_id`] from the system clock and the OS-seeded RNG.
 pub fn new_message_id() -> String {

@@ -33,3 +33,20 @@ pub mod events {
     }
     pub use v1::*;
 }
+
+/// A sortable unique message id from a time and 80 random bits: 26
+/// characters of Crockford base32, 48 bits of unix milliseconds then the
+/// randomness (the ULID layout). Ids sort by time as strings. The format of
+/// `rumor.mesh.v1.Envelope.id` and of the event records' ids.
+///
+/// Pure: the caller passes the clock and the randomness (only the low 80
+/// bits of `random` are used), so tests and simulations are reproducible.
+pub fn message_id(unix_ms: u64, random: u128) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let value = (u128::from(unix_ms & 0xFFFF_FFFF_FFFF) << 80) | (random & ((1u128 << 80) - 1));
+    // 26 digits of 5 bits hold 130 bits; the top digit carries only 3.
+    (0..26)
+        .rev()
+        .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 31) as usize]))
+        .collect()
+}
