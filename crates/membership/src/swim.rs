@@ -27,6 +27,9 @@ use crate::member::{Member, Meta, Status};
 /// Largest message accepted on a reliable stream (push-pull), in bytes.
 pub const MAX_STREAM_MESSAGE: usize = 32 << 20;
 
+/// Capacity kept by the output queues once drained.
+const KEPT_CAPACITY: usize = 16;
+
 /// A packet to send. `reliable` packets (push-pull state exchanges) go over a
 /// stream transport such as TCP and may exceed the datagram size limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -408,12 +411,22 @@ impl Membership {
 
     /// The next packet to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+        let t = self.transmits.pop_front();
+        if t.is_none() {
+            self.transmits.shrink_to(KEPT_CAPACITY);
+        }
+        t
     }
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() {
+            // A join brings one event per member at once: do not keep that
+            // capacity for the life of the node (N nodes would keep N² events).
+            self.events.shrink_to(KEPT_CAPACITY);
+        }
+        e
     }
 
     /// When [`Membership::handle_timeout`] must next be called.
