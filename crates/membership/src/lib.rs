@@ -39,6 +39,7 @@ mod codec;
 mod config;
 mod member;
 mod swim;
+mod table;
 
 pub use codec::{DecodeError, PROTOCOL_VERSION, decode_packet};
 pub use config::{Config, ConfigError};

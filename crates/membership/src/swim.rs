@@ -7,8 +7,7 @@
 //! [`Membership::poll_transmit`], [`Membership::poll_event`],
 //! [`Membership::poll_timeout`]. Randomness comes from a seed given at construction.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -23,6 +22,7 @@ use crate::broadcast::{self, Key, Queue};
 use crate::codec::{self, DecodeError, PROTOCOL_VERSION};
 use crate::config::{Config, ConfigError};
 use crate::member::{Member, Meta, Status};
+use crate::table::{Entry, Slot, Table};
 
 /// Largest message accepted on a reliable stream (push-pull), in bytes.
 pub const MAX_STREAM_MESSAGE: usize = 32 << 20;
@@ -175,12 +175,6 @@ enum Lifecycle {
     Leaving,
 }
 
-#[derive(Debug)]
-struct Entry {
-    member: Member,
-    suspicion: Option<Suspicion>,
-}
-
 /// Lifeguard's dynamic suspicion: the timeout starts at `max` and shrinks
 /// towards `min` as independent members confirm the suspicion.
 #[derive(Debug)]
@@ -241,21 +235,20 @@ pub struct Membership {
     incarnation: u64,
     meta: Meta,
     lifecycle: Lifecycle,
-    /// Members by name. The hasher has fixed keys so that iteration order, and
-    /// with it every run, depends only on the inputs (the simulator replays
-    /// runs from a seed). Names come only from cluster members, which hold the
-    /// gossip key, so hash flooding is not a concern here.
-    members: HashMap<String, Entry, BuildHasherDefault<DefaultHasher>>,
+    /// Every other member this node knows of, live or not yet reaped.
+    members: Table,
     /// Live members other than this node.
     live: usize,
-    probe_order: Vec<String>,
+    probe_order: Vec<Slot>,
     probe_pos: usize,
     seq: u64,
     probe: Option<Probe>,
     relays: BTreeMap<u64, Relay>,
-    suspicion_deadlines: BTreeSet<(Duration, String)>,
+    /// Suspected members, kept apart from the table since few ever are.
+    suspicions: BTreeMap<Slot, Suspicion>,
+    suspicion_deadlines: BTreeSet<(Duration, Slot)>,
     /// Failed and departed members by the time they went down, for reaping.
-    down: BTreeSet<(Duration, String)>,
+    down: BTreeSet<(Duration, Slot)>,
     broadcasts: Queue,
     user_seen: BTreeSet<(String, u64)>,
     user_seen_order: VecDeque<(Duration, String, u64)>,
@@ -304,13 +297,14 @@ impl Membership {
             incarnation: 0,
             meta,
             lifecycle: Lifecycle::Running,
-            members: HashMap::default(),
+            members: Table::default(),
             live: 0,
             probe_order: Vec::new(),
             probe_pos: 0,
             seq: 0,
             probe: None,
             relays: BTreeMap::new(),
+            suspicions: BTreeMap::new(),
             suspicion_deadlines: BTreeSet::new(),
             down: BTreeSet::new(),
             broadcasts: Queue::default(),
@@ -364,14 +358,14 @@ impl Membership {
     }
 
     /// Other members this node knows, including failed and departed ones not
-    /// yet reaped, in no particular order.
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().map(|e| &e.member)
+    /// yet reaped, in no particular order. `Member::since` is to the second.
+    pub fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.members.iter().filter_map(|(s, _)| self.members.member(s))
     }
 
     /// One member by name (not this node).
-    pub fn member(&self, name: &str) -> Option<&Member> {
-        self.members.get(name).map(|e| &e.member)
+    pub fn member(&self, name: &str) -> Option<Member> {
+        self.members.slot(name).and_then(|s| self.members.member(s))
     }
 
     /// Live (alive or suspect) members, this node included.
@@ -782,7 +776,7 @@ impl Membership {
         match status {
             Status::Alive => self.on_alive(now, name, addr, s.incarnation, codec::meta_from_pb(s.meta)),
             Status::Suspect | Status::Dead => {
-                if name != self.name && !self.members.contains_key(&name) {
+                if name != self.name && self.members.slot(&name).is_none() {
                     if status == Status::Dead {
                         return Ok(());
                     }
@@ -801,11 +795,7 @@ impl Membership {
     /// gossip is such a repeat, so it is dropped before any parsing.
     fn is_stale_alive(&self, node: Option<&pb::NodeRef>, inc: u64) -> bool {
         let Some(node) = node else { return false };
-        node.name != self.name
-            && self
-                .members
-                .get(&node.name)
-                .is_some_and(|e| inc <= e.member.incarnation)
+        node.name != self.name && self.members.get(&node.name).is_some_and(|e| inc <= e.incarnation)
     }
 
     fn on_alive(&mut self, now: Duration, name: String, addr: SocketAddr, inc: u64, meta: Meta) {
@@ -821,51 +811,43 @@ impl Membership {
             self.refute(inc);
             return;
         }
-        let alive = |now| Member {
-            name: name.clone(),
-            addr,
-            incarnation: inc,
-            status: Status::Alive,
-            meta,
-            since: now,
-        };
-        match self.members.get_mut(&name) {
+        let (s, up) = match self.members.slot(&name) {
             None => {
-                let member = alive(now);
-                self.members.insert(
-                    name.clone(),
-                    Entry {
-                        member: member.clone(),
-                        suspicion: None,
-                    },
-                );
-                self.became_live(&name);
-                self.events.push_back(Event::MemberUp(member));
+                let s = self.members.insert(Entry::new(&name, addr, inc, now), meta);
+                self.became_live(s);
+                (s, true)
             }
-            Some(e) => {
-                if inc <= e.member.incarnation {
+            Some(s) => {
+                let Some(e) = self.members.at_mut(s) else { return };
+                if inc <= e.incarnation {
                     return;
                 }
-                let was = e.member.status;
-                let since = if was == Status::Alive { e.member.since } else { now };
-                let mut member = alive(since);
-                member.since = since;
-                e.member = member.clone();
-                if let Some(s) = e.suspicion.take() {
-                    self.suspicion_deadlines.remove(&(s.deadline, name.clone()));
+                let was = e.status;
+                e.incarnation = inc;
+                e.status = Status::Alive;
+                e.set_addr(addr);
+                if was != Status::Alive {
+                    e.set_since(now);
                 }
-                if was.is_live() {
-                    self.events.push_back(Event::MemberUpdated(member));
-                } else {
-                    self.down.retain(|(_, n)| *n != name);
-                    self.became_live(&name);
-                    self.events.push_back(Event::MemberUp(member));
+                self.members.set_meta(s, meta);
+                if let Some(sus) = self.suspicions.remove(&s) {
+                    self.suspicion_deadlines.remove(&(sus.deadline, s));
                 }
+                if !was.is_live() {
+                    self.down.retain(|&(_, d)| d != s);
+                    self.became_live(s);
+                }
+                (s, !was.is_live())
             }
-        }
-        let e = &self.members[&name].member;
-        let g = alive_gossip(&e.name, e.addr, e.incarnation, &e.meta);
-        self.broadcasts.push(Key::Member(name), g, self.cfg.max_broadcasts);
+        };
+        let Some(member) = self.members.member(s) else { return };
+        let g = alive_gossip(&member.name, member.addr, member.incarnation, &member.meta);
+        self.events.push_back(if up {
+            Event::MemberUp(member)
+        } else {
+            Event::MemberUpdated(member)
+        });
+        self.gossip(Key::Member(name), g);
     }
 
     fn on_suspect(&mut self, now: Duration, name: &str, inc: u64, from: &str) {
@@ -883,41 +865,40 @@ impl Membership {
             return;
         }
         let live = self.live;
-        let Some(e) = self.members.get_mut(name) else { return };
-        if inc < e.member.incarnation || !e.member.status.is_live() {
+        let Some(s) = self.members.slot(name) else { return };
+        let Some(e) = self.members.at_mut(s) else { return };
+        if inc < e.incarnation || !e.status.is_live() {
             return;
         }
-        if e.member.status == Status::Suspect && inc == e.member.incarnation {
+        if e.status == Status::Suspect && inc == e.incarnation {
             // A confirmation: Lifeguard shortens the timeout for each new,
             // independent suspecter.
-            let Some(s) = e.suspicion.as_mut() else { return };
-            if s.k == 0 || !s.confirmers.insert(from.to_owned()) {
+            let Some(sus) = self.suspicions.get_mut(&s) else { return };
+            if sus.k == 0 || !sus.confirmers.insert(from.to_owned()) {
                 return;
             }
-            let old = s.deadline;
-            s.deadline = s.started + s.timeout();
-            let new = s.deadline;
-            self.suspicion_deadlines.remove(&(old, name.to_owned()));
-            self.suspicion_deadlines.insert((new, name.to_owned()));
+            let old = sus.deadline;
+            sus.deadline = sus.started + sus.timeout();
+            let new = sus.deadline;
+            self.suspicion_deadlines.remove(&(old, s));
+            self.suspicion_deadlines.insert((new, s));
         } else {
-            e.member.status = Status::Suspect;
-            e.member.incarnation = inc;
-            e.member.since = now;
-            if let Some(s) = e.suspicion.take() {
-                self.suspicion_deadlines.remove(&(s.deadline, name.to_owned()));
+            e.status = Status::Suspect;
+            e.incarnation = inc;
+            e.set_since(now);
+            if let Some(old) = self.suspicions.remove(&s) {
+                self.suspicion_deadlines.remove(&(old.deadline, s));
             }
-            let s = new_suspicion(&self.cfg, now, from, live + 1);
-            self.suspicion_deadlines.insert((s.deadline, name.to_owned()));
-            e.suspicion = Some(s);
+            let sus = new_suspicion(&self.cfg, now, from, live + 1);
+            self.suspicion_deadlines.insert((sus.deadline, s));
+            self.suspicions.insert(s, sus);
             self.stats.suspicions += 1;
             self.events.push_back(Event::MemberSuspect {
                 name: name.to_owned(),
                 incarnation: inc,
             });
         }
-        let g = suspect_gossip(name, inc, from);
-        self.broadcasts
-            .push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+        self.gossip(Key::Member(name.to_owned()), suspect_gossip(name, inc, from));
     }
 
     fn on_dead(&mut self, now: Duration, name: &str, inc: u64, from: &str, left: bool) {
@@ -932,37 +913,41 @@ impl Membership {
             self.refute(inc);
             return;
         }
-        let Some(e) = self.members.get_mut(name) else { return };
-        if inc < e.member.incarnation {
+        let Some(s) = self.members.slot(name) else { return };
+        let Some(e) = self.members.at_mut(s) else { return };
+        if inc < e.incarnation {
             return;
         }
         let status = if left { Status::Left } else { Status::Dead };
-        if !e.member.status.is_live() {
+        if !e.status.is_live() {
             // Already down; only a graceful-leave notice changes how it is recorded.
-            if e.member.status == Status::Dead && left {
-                e.member.status = Status::Left;
+            if e.status == Status::Dead && left {
+                e.status = Status::Left;
             }
             return;
         }
-        e.member.status = status;
-        e.member.incarnation = inc;
-        e.member.since = now;
-        if let Some(s) = e.suspicion.take() {
-            self.suspicion_deadlines.remove(&(s.deadline, name.to_owned()));
+        e.status = status;
+        e.incarnation = inc;
+        e.set_since(now);
+        if let Some(sus) = self.suspicions.remove(&s) {
+            self.suspicion_deadlines.remove(&(sus.deadline, s));
         }
         self.live -= 1;
         if !left {
             self.stats.failures_declared += 1;
         }
-        self.down.insert((now, name.to_owned()));
+        self.down.insert((now, s));
         self.events.push_back(Event::MemberDown {
             name: name.to_owned(),
             left,
         });
-        let g = dead_gossip(name, inc, from, left);
-        self.broadcasts
-            .push(Key::Member(name.to_owned()), g, self.cfg.max_broadcasts);
+        self.gossip(Key::Member(name.to_owned()), dead_gossip(name, inc, from, left));
         self.bound_down();
+    }
+
+    /// Queues an update about another member for dissemination.
+    fn gossip(&mut self, key: Key, g: pb::Gossip) {
+        self.broadcasts.push(key, g, self.cfg.max_broadcasts);
     }
 
     fn refute(&mut self, inc: u64) {
@@ -980,12 +965,12 @@ impl Membership {
             .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
     }
 
-    fn became_live(&mut self, name: &str) {
+    fn became_live(&mut self, s: Slot) {
         self.live += 1;
         // Put it at a random place among the members not yet probed this round
         // (SWIM's round-robin asks that a new member be probed within one round);
         // a swap keeps this O(1).
-        self.probe_order.push(name.to_owned());
+        self.probe_order.push(s);
         let last = self.probe_order.len() - 1;
         let pos = self.rng.random_range(self.probe_pos.min(last)..=last);
         self.probe_order.swap(pos, last);
@@ -1012,22 +997,19 @@ impl Membership {
     }
 
     /// The next live member in a shuffled round-robin order.
-    fn next_probe_target(&mut self) -> Option<String> {
+    fn next_probe_target(&mut self) -> Option<Slot> {
         for _ in 0..2 {
             while self.probe_pos < self.probe_order.len() {
-                let name = &self.probe_order[self.probe_pos];
+                let s = self.probe_order[self.probe_pos];
                 self.probe_pos += 1;
-                if self.members.get(name).is_some_and(|e| e.member.status.is_live()) {
-                    return Some(name.clone());
+                if self.members.at(s).is_some_and(|e| e.status.is_live()) {
+                    return Some(s);
                 }
             }
             // One round done: rebuild from the live members and reshuffle.
-            self.probe_order = self
-                .members
-                .iter()
-                .filter(|(_, e)| e.member.status.is_live())
-                .map(|(n, _)| n.clone())
-                .collect();
+            self.probe_order.clear();
+            let live = self.members.iter().filter(|(_, e)| e.status.is_live());
+            self.probe_order.extend(live.map(|(s, _)| s));
             self.probe_order.shuffle(&mut self.rng);
             self.probe_pos = 0;
         }
@@ -1036,13 +1018,15 @@ impl Membership {
 
     fn start_probe(&mut self, now: Duration) {
         self.next_probe = now + self.scaled(self.cfg.probe_interval);
-        let Some(target) = self.next_probe_target() else { return };
-        let seq = self.next_seq();
-        let e = &self.members[&target];
-        let addr = e.member.addr;
+        let Some(e) = self.next_probe_target().and_then(|s| self.members.at(s)) else {
+            return;
+        };
+        let target = e.name().to_owned();
+        let addr = e.addr();
         // Lifeguard's buddy rule: a suspect learns of it in the probe itself.
-        let buddy = (self.cfg.lifeguard && e.member.status == Status::Suspect)
-            .then(|| suspect_gossip(&target, e.member.incarnation, &self.name));
+        let buddy = (self.cfg.lifeguard && e.status == Status::Suspect)
+            .then(|| suspect_gossip(&target, e.incarnation, &self.name));
+        let seq = self.next_seq();
         self.stats.probes += 1;
         self.probe = Some(Probe {
             seq,
@@ -1059,16 +1043,20 @@ impl Membership {
         let Some(p) = &self.probe else { return };
         let target = p.target.clone();
         let seq = p.seq;
-        let Some(t) = self.members.get(&target) else {
+        let Some(t) = self.members.slot(&target) else {
             self.probe = None;
             return;
         };
-        let t_addr = t.member.addr;
+        let Some(t_addr) = self.members.at(t).map(Entry::addr) else {
+            return;
+        };
         let target_ref = codec::node_ref(&target, t_addr);
-        let helpers = self.random_live(self.cfg.indirect_checks, Some(&target));
+        let helpers = self.random_live(self.cfg.indirect_checks, Some(t));
         let want_nack = self.cfg.lifeguard;
-        for h in &helpers {
-            let addr = self.members[h].member.addr;
+        for &h in &helpers {
+            let Some(addr) = self.members.at(h).map(Entry::addr) else {
+                continue;
+            };
             self.stats.indirect_probes += 1;
             let req = pb::PingReq {
                 seq,
@@ -1108,24 +1096,24 @@ impl Membership {
         };
         self.adjust_health(delta as i32);
         let Some(e) = self.members.get(&p.target) else { return };
-        if e.member.status == Status::Alive {
-            let inc = e.member.incarnation;
+        if e.status == Status::Alive {
+            let inc = e.incarnation;
             let me = self.name.clone();
             self.on_suspect(now, &p.target, inc, &me);
         }
     }
 
     fn expire_suspicions(&mut self, now: Duration) {
-        while let Some((deadline, name)) = self.suspicion_deadlines.first().cloned() {
+        while let Some(&(deadline, s)) = self.suspicion_deadlines.first() {
             if deadline > now {
                 break;
             }
             self.suspicion_deadlines.pop_first();
-            let Some(e) = self.members.get(&name) else { continue };
-            if e.member.status != Status::Suspect {
+            let Some(e) = self.members.at(s) else { continue };
+            if e.status != Status::Suspect {
                 continue;
             }
-            let inc = e.member.incarnation;
+            let (name, inc) = (e.name().to_owned(), e.incarnation);
             let me = self.name.clone();
             self.on_dead(deadline, &name, inc, &me, false);
         }
@@ -1176,8 +1164,12 @@ impl Membership {
 
     fn push_pull_random(&mut self, now: Duration) {
         self.next_push_pull = now + self.push_pull_interval().mul_f64(0.5 + self.rng.random::<f64>());
-        if let Some(peer) = self.random_live(1, None).pop() {
-            let addr = self.members[&peer].member.addr;
+        if let Some(addr) = self
+            .random_live(1, None)
+            .pop()
+            .and_then(|s| self.members.at(s))
+            .map(Entry::addr)
+        {
             self.push_pull_to(now, addr);
         }
     }
@@ -1186,17 +1178,17 @@ impl Membership {
     /// is repaired, this is how the two sides find each other again.
     fn reconnect(&mut self, now: Duration) {
         self.next_reconnect = now + self.cfg.reconnect_interval.mul_f64(0.5 + self.rng.random::<f64>());
-        let failed: Vec<&String> = self
+        let failed: Vec<SocketAddr> = self
             .down
             .iter()
-            .map(|(_, n)| n)
-            .filter(|n| self.members.get(*n).is_some_and(|e| e.member.status == Status::Dead))
+            .filter_map(|&(_, s)| self.members.at(s))
+            .filter(|e| e.status == Status::Dead)
+            .map(Entry::addr)
             .collect();
         if failed.is_empty() {
             return;
         }
-        let pick = failed[self.rng.random_range(0..failed.len())].clone();
-        let addr = self.members[&pick].member.addr;
+        let addr = failed[self.rng.random_range(0..failed.len())];
         self.push_pull_to(now, addr);
     }
 
@@ -1222,13 +1214,12 @@ impl Membership {
             }) as i32,
             meta: Some(codec::meta_to_pb(&self.meta)),
         });
-        for e in self.members.values() {
-            let m = &e.member;
+        for (s, e) in self.members.iter() {
             out.push(pb::MemberState {
-                node: Some(codec::node_ref(&m.name, m.addr)),
-                incarnation: m.incarnation,
-                status: codec::status_to_pb(m.status) as i32,
-                meta: Some(codec::meta_to_pb(&m.meta)),
+                node: Some(codec::node_ref(e.name(), e.addr())),
+                incarnation: e.incarnation,
+                status: codec::status_to_pb(e.status) as i32,
+                meta: Some(codec::meta_to_pb(self.members.meta(s))),
             });
         }
         out
@@ -1249,7 +1240,9 @@ impl Membership {
             if self.broadcasts.is_empty() {
                 break;
             }
-            let addr = self.members[&peer].member.addr;
+            let Some(addr) = self.members.at(peer).map(Entry::addr) else {
+                continue;
+            };
             self.send(addr, pb::packet::Kind::GossipOnly(pb::Empty {}), None);
         }
     }
@@ -1299,7 +1292,7 @@ impl Membership {
     }
 
     /// Up to `n` distinct random live members, excluding `except`.
-    fn random_live(&mut self, n: usize, except: Option<&str>) -> Vec<String> {
+    fn random_live(&mut self, n: usize, except: Option<Slot>) -> Vec<Slot> {
         let mut out = Vec::with_capacity(n);
         let len = self.probe_order.len();
         if len == 0 || n == 0 {
@@ -1311,12 +1304,12 @@ impl Membership {
             if out.len() == n {
                 break;
             }
-            let name = &self.probe_order[self.rng.random_range(0..len)];
-            if Some(name.as_str()) == except || out.contains(name) {
+            let s = self.probe_order[self.rng.random_range(0..len)];
+            if Some(s) == except || out.contains(&s) {
                 continue;
             }
-            if self.members.get(name).is_some_and(|e| e.member.status.is_live()) {
-                out.push(name.clone());
+            if self.members.at(s).is_some_and(|e| e.status.is_live()) {
+                out.push(s);
             }
         }
         out
@@ -1346,28 +1339,31 @@ impl Membership {
     // ---- retention -----------------------------------------------------
 
     fn reap(&mut self, now: Duration) {
-        while let Some((since, name)) = self.down.first().cloned() {
+        while let Some(&(since, s)) = self.down.first() {
             if since + self.cfg.dead_retention > now {
                 break;
             }
-            self.forget(&name, since);
+            self.forget(s, since);
         }
     }
 
     fn bound_down(&mut self) {
         while self.down.len() > self.cfg.max_dead_members {
-            let Some((since, name)) = self.down.first().cloned() else {
+            let Some(&(since, s)) = self.down.first() else {
                 break;
             };
-            self.forget(&name, since);
+            self.forget(s, since);
         }
     }
 
-    fn forget(&mut self, name: &str, since: Duration) {
-        self.down.remove(&(since, name.to_owned()));
-        if self.members.get(name).is_some_and(|e| !e.member.status.is_live()) {
-            self.members.remove(name);
-            self.events.push_back(Event::MemberReaped { name: name.to_owned() });
+    fn forget(&mut self, s: Slot, since: Duration) {
+        self.down.remove(&(since, s));
+        if self.members.at(s).is_some_and(|e| !e.status.is_live())
+            && let Some(e) = self.members.remove(s)
+        {
+            self.events.push_back(Event::MemberReaped {
+                name: e.name().to_owned(),
+            });
         }
     }
 }

@@ -814,7 +814,7 @@ impl Driver {
         if self.left {
             local.status = Status::Left;
         }
-        let mut members: Vec<Member> = self.membership.members().cloned().collect();
+        let mut members: Vec<Member> = self.membership.members().collect();
         members.sort_by(|a, b| a.name.cmp(&b.name));
         View {
             local,

@@ -183,7 +183,7 @@ impl Net {
     }
 
     /// What node `i` believes about node `j`.
-    pub fn view(&self, i: usize, j: usize) -> Option<&Member> {
+    pub fn view(&self, i: usize, j: usize) -> Option<Member> {
         self.node(i).member(&Self::name(j))
     }
 
