@@ -250,6 +250,10 @@ pub struct Membership {
     /// Failed and departed members by the time they went down, for reaping.
     down: BTreeSet<(Duration, Slot)>,
     broadcasts: Queue,
+    /// True while merging the state a seed sent in answer to this node's
+    /// first join request: that state is the seed's view, which the cluster
+    /// already has, so it is learnt without being gossiped again.
+    quiet: bool,
     user_seen: BTreeSet<(String, u64)>,
     user_seen_order: VecDeque<(Duration, String, u64)>,
     user_seq: u64,
@@ -308,6 +312,7 @@ impl Membership {
             suspicion_deadlines: BTreeSet::new(),
             down: BTreeSet::new(),
             broadcasts: Queue::default(),
+            quiet: false,
             user_seen: BTreeSet::new(),
             user_seen_order: VecDeque::new(),
             user_seq: 0,
@@ -746,11 +751,13 @@ impl Membership {
     }
 
     fn handle_push_pull(&mut self, now: Duration, from: &str, from_addr: SocketAddr, pp: pb::PushPull) {
+        self.quiet = !pp.request && self.join.is_some() && self.members.len() == 0;
         for state in pp.members {
             if let Err(e) = self.merge_state(now, from, state) {
                 self.count(&e);
             }
         }
+        self.quiet = false;
         if pp.request {
             let reply = pb::PushPull {
                 request: false,
@@ -760,8 +767,12 @@ impl Membership {
             self.send_reliable(from_addr, reply);
         } else if self.join.take().is_some() {
             self.events.push_back(Event::Joined);
-            // Now that the cluster's size is known, space push-pulls for it.
-            self.next_push_pull = now + self.push_pull_interval().mul_f64(0.5 + self.rng.random::<f64>());
+            // A node that has just joined is known to few members, so gossip
+            // about members joining at the same moment may miss it: the first
+            // exchange, at most one base interval away, makes up for that.
+            // Later ones are spaced for the cluster's size.
+            let first = self.push_pull_interval().min(self.cfg.push_pull_interval);
+            self.next_push_pull = now + first.mul_f64(0.5 + self.rng.random::<f64>());
         }
     }
 
@@ -947,7 +958,9 @@ impl Membership {
 
     /// Queues an update about another member for dissemination.
     fn gossip(&mut self, key: Key, g: pb::Gossip) {
-        self.broadcasts.push(key, g, self.cfg.max_broadcasts);
+        if !self.quiet {
+            self.broadcasts.push(key, g, self.cfg.max_broadcasts);
+        }
     }
 
     fn refute(&mut self, inc: u64) {

@@ -25,6 +25,21 @@ fn three_nodes_join_through_one_seed_and_see_each_other() {
 }
 
 #[test]
+fn a_joining_node_takes_the_seeds_view_without_gossiping_it_again() {
+    let mut net = Net::new(6, cfg());
+    net.run_for(net.periods(30));
+    assert!(net.all_alive());
+    net.start(6, addr(6, 0), &[0]);
+    while !net.saw(6, |e| *e == Event::Joined) {
+        net.run_for(net.periods(1) / 20);
+    }
+    assert_eq!(net.node(6).members().count(), 6, "the seed's view");
+    assert_eq!(net.node(6).pending_broadcasts(), 0, "which the cluster already has");
+    net.run_for(net.periods(10));
+    assert!(net.all_alive());
+}
+
+#[test]
 fn a_crashed_member_is_suspected_then_declared_dead_by_all() {
     let mut net = Net::new(5, cfg());
     net.run_for(net.periods(5));
