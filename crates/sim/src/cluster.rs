@@ -84,11 +84,57 @@ struct Node<P> {
     packets_out: u64,
 }
 
+/// A set of node indices, one bit each: there is one per node, N² bits in all.
+#[derive(Debug, Default)]
+struct NodeSet {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl NodeSet {
+    fn contains(&self, i: usize) -> bool {
+        self.words.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    /// Adds `i`; false if it was there.
+    fn insert(&mut self, i: usize) -> bool {
+        if self.words.len() <= i / 64 {
+            self.words.resize(i / 64 + 1, 0);
+        }
+        let (w, bit) = (&mut self.words[i / 64], 1 << (i % 64));
+        let new = *w & bit == 0;
+        *w |= bit;
+        self.len += usize::from(new);
+        new
+    }
+
+    /// Removes `i`; false if it was not there.
+    fn remove(&mut self, i: usize) -> bool {
+        let Some(w) = self.words.get_mut(i / 64) else {
+            return false;
+        };
+        let bit = 1 << (i % 64);
+        let was = *w & bit != 0;
+        *w &= !bit;
+        self.len -= usize::from(was);
+        was
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn clear(&mut self) {
+        self.words.fill(0);
+        self.len = 0;
+    }
+}
+
 /// Figures gathered while the simulation runs, indexed by node.
 #[derive(Debug, Default)]
 pub struct Observations {
     /// `view[o]` holds the nodes observer `o` sees as live.
-    view: Vec<HashSet<usize>>,
+    view: Vec<NodeSet>,
     /// Sum of the sizes of `view`, kept so that most convergence checks are O(1).
     view_entries: usize,
     /// `down_view[o]` holds the nodes observer `o` has declared down and not seen up since.
@@ -256,7 +302,7 @@ impl<P: Protocol> Cluster<P> {
             bytes_out: 0,
             packets_out: 0,
         });
-        self.obs.view.push(HashSet::new());
+        self.obs.view.push(NodeSet::default());
         self.obs.down_view.push(HashSet::new());
         self.obs.down_believers.push(0);
         self.obs.false_positives_of.push(0);
@@ -414,15 +460,25 @@ impl<P: Protocol> Cluster<P> {
         let up = self.up_nodes();
         up.iter().all(|&o| {
             let v = &self.obs.view[o];
-            v.len() == n - 1 && up.iter().all(|&x| x == o || v.contains(&x))
+            v.len() == n - 1 && up.iter().all(|&x| x == o || v.contains(x))
         })
+    }
+
+    /// Pairs of up nodes (observer, subject) in which the observer does not
+    /// see the subject as live: 0 when converged.
+    pub fn unseen(&self) -> usize {
+        let up = self.up_nodes();
+        let view = |o: usize| &self.obs.view[o];
+        up.iter()
+            .map(|&o| up.iter().filter(|&&s| s != o && !view(o).contains(s)).count())
+            .sum()
     }
 
     /// How many up nodes see node `i` as live.
     pub fn seen_up_by(&self, i: usize) -> usize {
         self.up_nodes()
             .iter()
-            .filter(|&&o| o != i && self.obs.view[o].contains(&i))
+            .filter(|&&o| o != i && self.obs.view[o].contains(i))
             .count()
     }
 
@@ -613,7 +669,7 @@ impl<P: Protocol> Cluster<P> {
             }
             SimEvent::Down(name) => {
                 let Some(&s) = self.by_name.get(&name) else { return };
-                if !self.obs.view[observer].remove(&s) {
+                if !self.obs.view[observer].remove(s) {
                     return;
                 }
                 self.obs.view_entries -= 1;
