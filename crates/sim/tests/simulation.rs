@@ -213,3 +213,13 @@ fn a_slow_link_delays_but_does_not_break_membership() {
             .any(|(k, v)| k == "false-positive episodes" && v == "0")
     );
 }
+
+#[test]
+fn the_speed_run_starts_converges_and_reports_its_memory() {
+    let sp = sim::bench::measure_speed(100, 1, 4, Duration::from_secs(120));
+    assert!(sp.converged && sp.total.is_some(), "{sp:?}");
+    assert_eq!(sp.pace, 10);
+    if cfg!(target_os = "linux") {
+        assert!(sp.peak_rss > 0, "{sp:?}");
+    }
+}
