@@ -59,6 +59,7 @@ pub struct Member {
     pub status: Status,
     /// Metadata at this incarnation.
     pub meta: Meta,
-    /// When the status last changed, on the caller's clock.
+    /// When the status last changed, on the caller's clock; to the second for
+    /// other members, whose table entries keep it in 4 bytes.
     pub since: Duration,
 }
