@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /v1/conversations/{key}/messages?after=&limit=` | [`History`]: stored messages and replies in order, a page at a time |
 //! | `POST /v1/forward` | [`ForwardBody`] in, [`Forwarded`] out: the message is on the forward topic |
+//! | `GET /v1/dead-letters?after=&limit=` | [`DeadLetters`]: records that could not be decoded or stored, oldest first |
 //! | `GET /healthz` | 200 while the consume loop runs |
 //! | `GET /readyz` | 200 while the consume loop runs and the database answers |
 //! | `GET /metrics` | Prometheus text: counters, batch histograms, lag per partition |
@@ -85,6 +86,33 @@ pub struct History {
     pub next: Option<String>,
 }
 
+/// One dead letter: a record of the messages topic the bridge could not
+/// decode or store, kept with the reason and its exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetterBody {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// The record's key (the conversation key), base64; absent when it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_base64: Option<String>,
+    /// Why it could not be decoded or stored.
+    pub error: String,
+    /// The record's value as read, base64 (standard, padded).
+    pub raw_base64: String,
+    /// Pass as `after` to continue after this one.
+    pub cursor: String,
+}
+
+/// The body of `GET /v1/dead-letters`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetters {
+    pub dead_letters: Vec<DeadLetterBody>,
+    /// Pass as `after` for the next page; absent when this page is the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
 /// The body of `POST /v1/forward`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ForwardBody {
@@ -128,6 +156,7 @@ pub(crate) async fn serve(
     let app = axum::Router::new()
         .route("/v1/conversations/{key}/messages", get(history))
         .route("/v1/forward", post(forward))
+        .route("/v1/dead-letters", get(dead_letters))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -156,23 +185,9 @@ async fn history(
             key.len()
         ));
     }
-    let after = match params.after.as_deref() {
-        None | Some("") => 0,
-        Some(c) => match c.parse::<i64>() {
-            Ok(n) if n >= 0 => n,
-            _ => return bad_request(format!("`after` must be a cursor returned by this API, got {c:?}")),
-        },
-    };
-    let limit = match params.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
-        Some(l) => match l.parse::<i64>() {
-            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-            _ => {
-                return bad_request(format!(
-                    "`limit` must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
-                ));
-            }
-        },
+    let (after, limit) = match page(&params) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let rows = match s.store.history(&key, after, limit).await {
         Ok(r) => r,
@@ -206,6 +221,65 @@ async fn history(
         })
         .collect();
     Json(History { key, messages, next }).into_response()
+}
+
+/// The `after` cursor and the `limit` of a paginated request.
+fn page(params: &HistoryParams) -> Result<(i64, i64), Response> {
+    let after = match params.after.as_deref() {
+        None | Some("") => 0,
+        Some(c) => match c.parse::<i64>() {
+            Ok(n) if n >= 0 => n,
+            _ => {
+                return Err(bad_request(format!(
+                    "`after` must be a cursor returned by this API, got {c:?}"
+                )));
+            }
+        },
+    };
+    let limit = match params.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(bad_request(format!(
+                    "`limit` must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
+                )));
+            }
+        },
+    };
+    Ok((after, limit))
+}
+
+async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryRejection>) -> Response {
+    let params = match params {
+        Ok(Query(p)) => p,
+        Err(e) => return bad_request(format!("invalid query string: {}", e.body_text())),
+    };
+    let (after, limit) = match page(&params) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let rows = match s.store.dead_letter_page(after, limit).await {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, format!("reading dead letters: {e}\n")).into_response(),
+    };
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|(id, _)| id.to_string()))
+        .flatten();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dead_letters = rows
+        .into_iter()
+        .map(|(id, d)| DeadLetterBody {
+            topic: d.topic,
+            partition: d.partition,
+            offset: d.offset,
+            key_base64: d.key.map(|k| b64.encode(k)),
+            error: d.error,
+            raw_base64: b64.encode(&d.raw),
+            cursor: id.to_string(),
+        })
+        .collect();
+    Json(DeadLetters { dead_letters, next }).into_response()
 }
 
 async fn forward(State(s): Shr, body: Result<Json<ForwardBody>, JsonRejection>) -> Response {

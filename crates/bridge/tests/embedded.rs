@@ -202,6 +202,35 @@ async fn undecodable_records_become_dead_letters_and_the_bridge_keeps_going() {
     assert!(metrics.contains("rumor_bridge_dead_letters_total 2"), "{metrics}");
     assert!(metrics.contains("rumor_bridge_consumer_lag{topic="), "{metrics}");
     assert_eq!(http(b.addr(), "GET", "/readyz", None).await.0, 200);
+
+    // The same dead letters over HTTP, a page of one at a time.
+    let (status, body) = http(b.addr(), "GET", "/v1/dead-letters?limit=1", None).await;
+    assert_eq!(status, 200, "{body}");
+    let page: bridge::api::DeadLetters = serde_json::from_str(&body).unwrap();
+    assert_eq!(page.dead_letters.len(), 1);
+    let first = &page.dead_letters[0];
+    assert_eq!((first.partition, first.offset), (bad.partition, bad.offset));
+    assert_eq!(
+        first.raw_base64, "//4gbm90IHByb3RvYnVm",
+        "the exact bytes: \\xff\\xfe not protobuf"
+    );
+    assert!(first.error.contains("decoding"), "{}", first.error);
+    let next = page.next.expect("a second page");
+    let (_, body) = http(b.addr(), "GET", &format!("/v1/dead-letters?limit=1&after={next}"), None).await;
+    let page: bridge::api::DeadLetters = serde_json::from_str(&body).unwrap();
+    assert!(page.dead_letters[0].error.contains("schema-version"));
+    let (_, body) = http(
+        b.addr(),
+        "GET",
+        &format!("/v1/dead-letters?after={}", page.dead_letters[0].cursor),
+        None,
+    )
+    .await;
+    let page: bridge::api::DeadLetters = serde_json::from_str(&body).unwrap();
+    assert!(page.dead_letters.is_empty() && page.next.is_none(), "{page:?}");
+    let (status, body) = http(b.addr(), "GET", "/v1/dead-letters?limit=0", None).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("`limit`"), "{body}");
     b.shutdown().await.unwrap();
 }
 
@@ -220,7 +249,7 @@ async fn a_crash_right_after_a_commit_and_a_restart_give_no_duplicates_and_no_ga
     // Batches end by count, not by time: batch 2 is records 10 to 19.
     cfg.batch.max_wait = Duration::from_secs(5);
     let flag = crashed.clone();
-    cfg.crash_after_commit = Some(Arc::new(move |info| {
+    cfg.after_commit = Some(Arc::new(move |info| {
         // Dies after the second batch, before telling the log.
         info.batch == 2 && !flag.swap(true, Ordering::SeqCst)
     }));
