@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use events::{EventLog, MemoryLog, TopicPartition, Topics};
 
-/// What a batch commit did, for [`BridgeConfig::crash_after_commit`].
+/// What a batch commit did, for [`BridgeConfig::after_commit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitInfo {
     /// 1 for the first batch this bridge committed, then 2, 3, ...
@@ -19,8 +19,9 @@ pub struct CommitInfo {
 }
 
 /// Called after each committed batch, before the Kafka commit; returning
-/// true stops the consume loop on the spot as if the process died there.
-pub type CrashHook = Arc<dyn Fn(&CommitInfo) -> bool + Send + Sync>;
+/// true stops the consume loop on the spot as if the process died there
+/// (the crash tests), false goes on (the benchmark times commits with it).
+pub type CommitHook = Arc<dyn Fn(&CommitInfo) -> bool + Send + Sync>;
 
 /// When a batch is written: whichever limit is reached first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,8 +97,8 @@ pub struct BridgeConfig {
     pub http_bind: SocketAddr,
     /// How long `POST /v1/forward` waits for the log to take the request. Default 10 s.
     pub forward_timeout: Duration,
-    /// Test hook: see [`CrashHook`]. Default none.
-    pub crash_after_commit: Option<CrashHook>,
+    /// Test and benchmark hook: see [`CommitHook`]. Default none.
+    pub after_commit: Option<CommitHook>,
 }
 
 impl std::fmt::Debug for BridgeConfig {
@@ -114,7 +115,7 @@ impl std::fmt::Debug for BridgeConfig {
             .field("retry", &self.retry)
             .field("http_bind", &self.http_bind)
             .field("forward_timeout", &self.forward_timeout)
-            .field("crash_after_commit", &self.crash_after_commit.is_some())
+            .field("after_commit", &self.after_commit.is_some())
             .finish()
     }
 }
@@ -134,7 +135,7 @@ impl BridgeConfig {
             retry: RetryConfig::default(),
             http_bind: SocketAddr::from(([127, 0, 0, 1], 8480)),
             forward_timeout: Duration::from_secs(10),
-            crash_after_commit: None,
+            after_commit: None,
         }
     }
 

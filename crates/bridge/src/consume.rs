@@ -30,7 +30,7 @@ use events::{Consumer, ConsumerEvent, Record, SeekTo, TopicPartition, codec};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::config::{BatchConfig, CommitInfo, CrashHook, RetryConfig};
+use crate::config::{BatchConfig, CommitHook, CommitInfo, RetryConfig};
 use crate::metrics::count;
 use crate::store::{Batch, DeadLetter, MessageRow, PartitionBatch, Written};
 use crate::{BridgeError, Shared};
@@ -54,7 +54,7 @@ pub(crate) struct Loop {
     pub(crate) topic: String,
     pub(crate) batch_cfg: BatchConfig,
     pub(crate) retry: RetryConfig,
-    pub(crate) crash_after_commit: Option<CrashHook>,
+    pub(crate) after_commit: Option<CommitHook>,
     pub(crate) shutdown: watch::Receiver<bool>,
     parts: BTreeMap<TopicPartition, Part>,
     batch: Batch,
@@ -85,7 +85,7 @@ impl Loop {
         topic: String,
         batch_cfg: BatchConfig,
         retry: RetryConfig,
-        crash_after_commit: Option<CrashHook>,
+        after_commit: Option<CommitHook>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let group = shared.group.clone();
@@ -95,7 +95,7 @@ impl Loop {
             topic,
             batch_cfg,
             retry,
-            crash_after_commit,
+            after_commit,
             shutdown,
             parts: BTreeMap::new(),
             batch: Batch {
@@ -370,7 +370,7 @@ impl Loop {
                     self.shared.set_position(tp, Some(*next));
                 }
                 self.batches += 1;
-                if let Some(hook) = &self.crash_after_commit {
+                if let Some(hook) = &self.after_commit {
                     let info = CommitInfo {
                         batch: self.batches,
                         records,

@@ -53,7 +53,7 @@ pub mod consume;
 pub mod metrics;
 pub mod store;
 
-pub use config::{BatchConfig, BridgeConfig, CommitInfo, CrashHook, RetryConfig};
+pub use config::{BatchConfig, BridgeConfig, CommitHook, CommitInfo, RetryConfig};
 pub use metrics::BridgeStats;
 pub use store::Store;
 
@@ -165,7 +165,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
         cfg.topics.messages.clone(),
         cfg.batch.clone(),
         cfg.retry.clone(),
-        cfg.crash_after_commit.clone(),
+        cfg.after_commit.clone(),
         rx.clone(),
     );
     let s2 = shared.clone();

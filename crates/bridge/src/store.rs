@@ -384,13 +384,7 @@ impl Store {
                     }
                 }
             } else {
-                // 16 binds a row: 500 rows stay far below both databases'
-                // limit on bind parameters.
-                for chunk in rows.chunks(500) {
-                    let mut q = QueryBuilder::new(INSERT_MESSAGES);
-                    push_messages!(q, chunk);
-                    inserted += q.build().execute(&mut *tx).await?.rows_affected();
-                }
+                inserted = InsertRows::insert_rows(&mut *tx, &rows).await?;
             }
             for chunk in dead.chunks(500) {
                 let mut q = QueryBuilder::new(
@@ -469,28 +463,102 @@ impl Store {
 
     /// Every dead letter, oldest first.
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, sqlx::Error> {
+        Ok(self
+            .dead_letter_page(0, i64::MAX)
+            .await?
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect())
+    }
+
+    /// Up to `limit` dead letters with `id > after`, oldest first, with their ids.
+    pub async fn dead_letter_page(&self, after: i64, limit: i64) -> Result<Vec<(i64, DeadLetter)>, sqlx::Error> {
         on_pool!(self, p => {
-            sqlx::query("SELECT topic, kafka_partition, kafka_offset, record_key, error, raw FROM dead_letters ORDER BY id")
-                .fetch_all(p)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(DeadLetter {
-                        topic: r.try_get(0)?,
-                        partition: r.try_get(1)?,
-                        offset: r.try_get(2)?,
-                        key: r.try_get(3)?,
-                        error: r.try_get(4)?,
-                        raw: r.try_get(5)?,
-                    })
-                })
-                .collect()
+            sqlx::query(
+                "SELECT id, topic, kafka_partition, kafka_offset, record_key, error, raw FROM dead_letters \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after)
+            .bind(limit)
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.try_get(0)?,
+                    DeadLetter {
+                        topic: r.try_get(1)?,
+                        partition: r.try_get(2)?,
+                        offset: r.try_get(3)?,
+                        key: r.try_get(4)?,
+                        error: r.try_get(5)?,
+                        raw: r.try_get(6)?,
+                    },
+                ))
+            })
+            .collect()
         })
     }
 
     /// Closes the pool, waiting for connections in use.
     pub async fn close(&self) {
         on_pool!(self, p => p.close().await)
+    }
+}
+
+/// Inserts a batch's rows the fastest way each database offers, skipping
+/// rows already stored; returns how many were new.
+trait InsertRows {
+    async fn insert_rows(&mut self, rows: &[&MessageRow]) -> Result<u64, sqlx::Error>;
+}
+
+/// PostgreSQL: one statement for the whole batch, each column bound as one
+/// array and turned back into rows by `UNNEST` (16 binds, one prepared
+/// statement, whatever the batch size).
+impl InsertRows for sqlx::PgConnection {
+    async fn insert_rows(&mut self, rows: &[&MessageRow]) -> Result<u64, sqlx::Error> {
+        fn col<T>(rows: &[&MessageRow], f: impl Fn(&MessageRow) -> T) -> Vec<T> {
+            rows.iter().map(|r| f(r)).collect()
+        }
+        let sql = format!(
+            "{INSERT_MESSAGES} SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[], \
+             $6::text[], $7::text[], $8::int4[], $9::text[], $10::int8[], $11::bool[], $12::int8[], $13::int8[], \
+             $14::text[], $15::int4[], $16::int8[]) ON CONFLICT (message_id, kind) DO NOTHING"
+        );
+        let r = sqlx::query(&sql)
+            .bind(col(rows, |r| r.message_id.clone()))
+            .bind(col(rows, |r| r.kind))
+            .bind(col(rows, |r| r.conversation_key.clone()))
+            .bind(col(rows, |r| r.payload.clone()))
+            .bind(col(rows, |r| r.worker.clone()))
+            .bind(col(rows, |r| r.origin.clone()))
+            .bind(col(rows, |r| r.source.clone()))
+            .bind(col(rows, |r| r.error_code))
+            .bind(col(rows, |r| r.error_message.clone()))
+            .bind(col(rows, |r| r.chunks))
+            .bind(col(rows, |r| r.truncated))
+            .bind(col(rows, |r| r.created_unix_ms))
+            .bind(col(rows, |r| r.deadline_unix_ms))
+            .bind(col(rows, |r| r.topic.clone()))
+            .bind(col(rows, |r| r.partition))
+            .bind(col(rows, |r| r.offset))
+            .execute(self)
+            .await?;
+        Ok(r.rows_affected())
+    }
+}
+
+/// SQLite (the embedded default): multi-row `VALUES`, 500 rows a statement
+/// (16 binds a row stay below its limit on bind parameters).
+impl InsertRows for sqlx::SqliteConnection {
+    async fn insert_rows(&mut self, rows: &[&MessageRow]) -> Result<u64, sqlx::Error> {
+        let mut inserted = 0;
+        for chunk in rows.chunks(500) {
+            let mut q = QueryBuilder::new(INSERT_MESSAGES);
+            push_messages!(q, chunk);
+            inserted += q.build().execute(&mut *self).await?.rows_affected();
+        }
+        Ok(inserted)
     }
 }
 

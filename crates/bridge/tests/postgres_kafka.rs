@@ -86,7 +86,7 @@ async fn a_crash_right_after_a_commit_and_a_restart_give_no_duplicates_and_no_ga
     let mut first = cfg.clone();
     first.batch.max_records = 10;
     first.batch.max_wait = Duration::from_secs(5);
-    first.crash_after_commit = Some(Arc::new(move |info| {
+    first.after_commit = Some(Arc::new(move |info| {
         info.batch == 2 && !flag.swap(true, Ordering::SeqCst)
     }));
     let b = bridge::start(first).await.unwrap();

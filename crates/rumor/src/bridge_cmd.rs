@@ -127,7 +127,7 @@ impl BridgeFile {
             max_wait: Duration::from_millis(self.batch_max_wait_ms),
         };
         if let Some(n) = f.crash_after_batch {
-            c.crash_after_commit = Some(Arc::new(move |info: &bridge::CommitInfo| {
+            c.after_commit = Some(Arc::new(move |info: &bridge::CommitInfo| {
                 if info.batch >= n {
                     eprintln!(
                         "bridge: crashing on purpose after database commit of batch {}",
