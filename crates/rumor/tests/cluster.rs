@@ -687,12 +687,15 @@ struct BridgeProc {
 
 impl BridgeProc {
     fn start(db: &TestDb, topics: &str, extra: &[&str]) -> BridgeProc {
+        Self::start_at(&db.url(), &kafka(), topics, extra)
+    }
+
+    /// Like [`BridgeProc::start`], with the database and the brokers given.
+    fn start_at(database_url: &str, brokers: &str, topics: &str, extra: &[&str]) -> BridgeProc {
         let file = std::env::temp_dir().join(format!("rumor-test-bridge-{}-{}.toml", std::process::id(), nanos()));
         let text = format!(
-            "database_url = \"{}\"\nbrokers = \"{}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
-             messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n",
-            db.url(),
-            kafka()
+            "database_url = \"{database_url}\"\nbrokers = \"{brokers}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
+             messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n"
         );
         std::fs::write(&file, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
@@ -749,10 +752,13 @@ async fn history(bridge: &str, key: &str) -> Option<bridge::api::History> {
 
 /// gw (gateway), fw (forward) and w1 (worker) publishing to `topics`.
 fn event_config(topics: &str) -> String {
+    event_config_at(&kafka(), topics)
+}
+
+fn event_config_at(brokers: &str, topics: &str) -> String {
     format!(
-        "[events]\nbrokers = \"{}\"\nmessages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\n\
-         partitions = 2\nforward_group = \"{topics}-forward\"\n",
-        kafka()
+        "[events]\nbrokers = \"{brokers}\"\nmessages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\n\
+         partitions = 2\nforward_group = \"{topics}-forward\"\n"
     )
 }
 
@@ -899,6 +905,282 @@ async fn a_bridge_killed_right_after_its_database_commit_restarts_with_no_duplic
             "the stored offsets are past every record and no further: no gap"
         );
         assert_eq!(count(&db, "SELECT count(*) FROM dead_letters").await, 0);
+    })
+    .await;
+}
+
+// ---- Outages: Kafka or PostgreSQL unreachable while clients keep sending ----
+
+/// A TCP proxy on loopback that a test cuts and restores: cut closes every
+/// open connection and drops each new one at once, as a dead server or a
+/// broken network looks to its clients.
+struct Proxy {
+    addr: String,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (up, rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !*rx.borrow() {
+                    continue; // dropped: the client sees its connection closed
+                }
+                let (target, mut rx) = (target.clone(), rx.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up, task }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A tansu broker of this test alone, reached only through a [`Proxy`]: it
+/// advertises the proxy's address, so every client connection (bootstrap,
+/// metadata, produce, fetch, group coordination) crosses the cut.
+struct PrivateKafka {
+    child: Child,
+    proxy: Proxy,
+}
+
+impl PrivateKafka {
+    async fn start() -> PrivateKafka {
+        let tansu = std::env::var("RUMOR_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let proxy = Proxy::start(listen.clone()).await;
+        let child = Command::new(&tansu)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .arg("--listener-url")
+            .arg(format!("tcp://{listen}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{}", proxy.addr))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {tansu} (scripts/test installs it and sets RUMOR_TEST_TANSU): {e}"));
+        let kafka = PrivateKafka { child, proxy };
+        eventually("the private tansu broker to listen", Duration::from_secs(20), || {
+            let listen = listen.clone();
+            async move { tokio::net::TcpStream::connect(&listen).await.ok().map(drop) }
+        })
+        .await;
+        kafka
+    }
+
+    fn brokers(&self) -> &str {
+        &self.proxy.addr
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends messages `range` on conversations `conv-0..conv-9` through `gw`;
+/// every one must be answered. Returns their ids.
+async fn send_all(gw: &AdminClient, range: std::ops::Range<usize>) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in range {
+        let req = SendRequest {
+            key: format!("conv-{}", i % 10),
+            payload: format!("m{i}"),
+            id: None,
+            timeout_ms: Some(10_000),
+        };
+        let lines = gw
+            .send(&req, |_| {})
+            .await
+            .unwrap_or_else(|e| panic!("message {i} was not answered: {e}"));
+        let last = lines.last().expect("a reply");
+        assert!(last.error.is_none(), "message {i}: {last:?}");
+        ids.push(last.id.clone());
+    }
+    ids
+}
+
+/// Every id has its inbound row and its reply row, and nothing else is stored.
+async fn assert_stored_once(db_url: &str, ids: &[String]) {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(db_url).await.unwrap();
+    let rows: Vec<(String, i32)> = sqlx::query_as("SELECT message_id, kind FROM messages")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    let stored: BTreeMap<(String, i32), usize> = rows.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r.clone()).or_default() += 1;
+        m
+    });
+    let expected: BTreeSet<(String, i32)> = ids.iter().flat_map(|id| [(id.clone(), 1), (id.clone(), 2)]).collect();
+    let missing: Vec<_> = expected.iter().filter(|k| !stored.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "not stored: {missing:?}");
+    assert_eq!(rows.len(), expected.len(), "a row stored twice, or a row nobody sent");
+    let (offsets,): (i64,) = sqlx::query_as("SELECT count(DISTINCT (kafka_partition, kafka_offset)) FROM messages")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(offsets as usize, rows.len(), "one row per record of the topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
+    within(async {
+        let kafka = PrivateKafka::start().await;
+        let db = TestDb::create().await;
+        let topics = format!("t{}", nanos());
+        let events = event_config_at(kafka.brokers(), &topics);
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+        let bridge = BridgeProc::start_at(&db.url(), kafka.brokers(), &topics, &[]);
+        let (gw, w1) = (nodes[0].client(), nodes[1].client());
+
+        let mut ids = send_all(&gw, 0..10).await;
+        eventually("the first 20 rows", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
+        })
+        .await;
+
+        kafka.proxy.cut();
+        // The worker keeps answering; its records wait in the publisher.
+        ids.extend(send_all(&gw, 10..30).await);
+        let buffered = metric(&w1.metrics().await.unwrap(), "rumor_events_buffered");
+        assert!(buffered > 0, "records wait for Kafka while it is down");
+        eventually("the worker to report not ready", Duration::from_secs(20), || async {
+            (!w1.ready().await.unwrap()).then_some(())
+        })
+        .await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM messages").await,
+            20,
+            "nothing new reached the bridge"
+        );
+
+        kafka.proxy.restore();
+        ids.extend(send_all(&gw, 30..40).await);
+        eventually("all 80 rows after Kafka came back", Duration::from_secs(60), || async {
+            (count(&db, "SELECT count(*) FROM messages").await >= 80).then_some(())
+        })
+        .await;
+        eventually("the worker to report ready again", Duration::from_secs(20), || async {
+            w1.ready().await.unwrap().then_some(())
+        })
+        .await;
+        let m = w1.metrics().await.unwrap();
+        assert_eq!(metric(&m, "rumor_events_buffered"), 0);
+        assert_eq!(metric(&m, "rumor_events_refused_total"), 0, "no record refused");
+        assert_eq!(metric(&m, "rumor_events_published_total"), 80);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&db.url(), &ids).await;
+        drop(bridge);
+    })
+    .await;
+}
+
+/// `url` with its `host:port` replaced by `addr`.
+fn via(url: &str, addr: &str) -> String {
+    let start = url.find('@').map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
+    let end = start + url[start..].find('/').unwrap();
+    format!("{}{addr}{}", &url[..start], &url[end..])
+}
+
+fn host_port(url: &str) -> String {
+    let start = url.find('@').map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
+    let end = start + url[start..].find('/').unwrap();
+    url[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_down_mid_run_then_back_loses_no_row_and_stores_none_twice() {
+    within(async {
+        let db = TestDb::create().await;
+        let pg = Proxy::start(host_port(&db.url())).await;
+        let topics = format!("t{}", nanos());
+        let events = event_config(&topics);
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+        let bridge = BridgeProc::start_at(&via(&db.url(), &pg.addr), &kafka(), &topics, &[]);
+        let gw = nodes[0].client();
+
+        let mut ids = send_all(&gw, 0..10).await;
+        eventually("the first 20 rows", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
+        })
+        .await;
+
+        pg.cut();
+        ids.extend(send_all(&gw, 10..30).await);
+        eventually("the bridge to report not ready", Duration::from_secs(30), || async {
+            let (status, _) = http(&bridge.http, "GET", "/readyz", None).await;
+            (status == 503).then_some(())
+        })
+        .await;
+        eventually("the bridge to count failed writes", Duration::from_secs(30), || async {
+            let (_, m) = http(&bridge.http, "GET", "/metrics", None).await;
+            (metric(&m, "rumor_bridge_db_errors_total") > 0).then_some(())
+        })
+        .await;
+        assert_eq!(count(&db, "SELECT count(*) FROM messages").await, 20);
+
+        pg.restore();
+        ids.extend(send_all(&gw, 30..40).await);
+        eventually(
+            "all 80 rows after PostgreSQL came back",
+            Duration::from_secs(60),
+            || async { (count(&db, "SELECT count(*) FROM messages").await >= 80).then_some(()) },
+        )
+        .await;
+        eventually("the bridge to report ready again", Duration::from_secs(20), || async {
+            let (status, _) = http(&bridge.http, "GET", "/readyz", None).await;
+            (status == 200).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&db.url(), &ids).await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM dead_letters").await,
+            0,
+            "an outage is not poison"
+        );
     })
     .await;
 }
