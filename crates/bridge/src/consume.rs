@@ -9,7 +9,7 @@
 //!                                         second time: the log lost those records)
 //!                   r.offset == position: decode ─ ok ──> row        ┐ into the batch,
 //!                                                └ error ─> dead letter┘ position += 1
-//!  batch full (records, bytes) or max_wait after its first record:
+//!  batch full (records, bytes), or max_wait after its first record and no record ready:
 //!      Store::write: CAS stored offsets, insert rows and dead letters, commit
 //!        ├─ committed ──> [crash hook] ──> commit offsets to the log (lag reporting only)
 //!        ├─ fenced    ──> another consumer advanced a partition: drop the batch,
@@ -17,6 +17,11 @@
 //!        └─ db error  ──> retry with backoff; after `attempts`, row by row
 //!                         (a row still refused becomes a dead letter)
 //! ```
+//!
+//! A record that was already waiting when a write ended has waited since the
+//! write began: its batch's `max_wait` counts from then. So a loop that falls
+//! behind writes what has queued up as soon as it has read it, instead of
+//! waiting `max_wait` on top of every write.
 //!
 //! The database, not the log's group coordinator, decides what is stored:
 //! two bridges reading one partition both try, one commits, the other is
@@ -62,6 +67,10 @@ pub(crate) struct Loop {
     firsts: BTreeMap<TopicPartition, i64>,
     batch_bytes: usize,
     batch_started: Option<Instant>,
+    /// An event found ready right after a write, handled next.
+    peeked: Option<Result<ConsumerEvent, events::LogError>>,
+    /// When the write before `peeked` began (`peeked` is a record).
+    ready_since: Option<Instant>,
     batches: u64,
 }
 
@@ -105,6 +114,8 @@ impl Loop {
             firsts: BTreeMap::new(),
             batch_bytes: 0,
             batch_started: None,
+            peeked: None,
+            ready_since: None,
             batches: 0,
         }
     }
@@ -113,6 +124,10 @@ impl Loop {
     /// the crash hook fires.
     pub(crate) async fn run(mut self) -> Result<(), BridgeError> {
         loop {
+            if let Some(ev) = self.peeked.take() {
+                self.on_event(ev).await?;
+                continue;
+            }
             let deadline = self.batch_started.map(|t| t + self.batch_cfg.max_wait);
             let mut shutdown = self.shutdown.clone();
             tokio::select! {
@@ -126,25 +141,32 @@ impl Loop {
                     }
                     return Ok(());
                 }
+                // Before the deadline: a record that is ready joins the batch
+                // even when the deadline has passed.
+                ev = self.consumer.recv() => self.on_event(ev).await?,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.flush(false).await?;
                 }
-                ev = self.consumer.recv() => match ev {
-                    Ok(ConsumerEvent::Assigned(tps)) => self.assign(tps).await,
-                    Ok(ConsumerEvent::Revoked(tps)) => self.revoke(&tps),
-                    Ok(ConsumerEvent::Record(rec)) => {
-                        self.accept(rec).await;
-                        if self.batch.len() >= self.batch_cfg.max_records || self.batch_bytes >= self.batch_cfg.max_bytes {
-                            self.flush(false).await?;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!("bridge: reading the messages topic: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                },
             }
         }
+    }
+
+    async fn on_event(&mut self, ev: Result<ConsumerEvent, events::LogError>) -> Result<(), BridgeError> {
+        match ev {
+            Ok(ConsumerEvent::Assigned(tps)) => self.assign(tps).await,
+            Ok(ConsumerEvent::Revoked(tps)) => self.revoke(&tps),
+            Ok(ConsumerEvent::Record(rec)) => {
+                self.accept(rec).await;
+                if self.batch.len() >= self.batch_cfg.max_records || self.batch_bytes >= self.batch_cfg.max_bytes {
+                    self.flush(false).await?;
+                }
+            }
+            Err(e) => {
+                tracing::warn!("bridge: reading the messages topic: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
     }
 
     /// Reads the stored offsets, retrying while the database fails.
@@ -279,7 +301,9 @@ impl Loop {
         self.firsts.entry(tp).or_insert(rec.offset);
         pb.next = rec.offset + 1;
         self.batch_bytes += rec.size();
-        self.batch_started.get_or_insert_with(Instant::now);
+        if self.batch_started.is_none() {
+            self.batch_started = Some(self.ready_since.take().unwrap_or_else(Instant::now));
+        }
         count(&self.shared.counters.records, 1);
         match codec::decode_message(&rec) {
             Ok(m) => pb.rows.push(MessageRow {
@@ -404,6 +428,14 @@ impl Loop {
                     self.shared.set_position(tp, Some(at));
                     self.seek(tp, at).await;
                 }
+            }
+        }
+        if !last {
+            // Polled once, without waiting: a record already here queued
+            // up during the write (recv is cancel-safe).
+            if let Ok(ev) = tokio::time::timeout(Duration::ZERO, self.consumer.recv()).await {
+                self.ready_since = matches!(ev, Ok(ConsumerEvent::Record(_))).then_some(started);
+                self.peeked = Some(ev);
             }
         }
         Ok(())
