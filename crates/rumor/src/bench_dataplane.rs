@@ -305,14 +305,14 @@ fn clock_ticks() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn machine() -> (String, usize, String) {
+pub(crate) fn machine() -> (String, usize, String) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -908,7 +908,7 @@ async fn idle_cluster(exe: &std::path::Path, o: &Options, ticks_per_s: f64) -> a
 // ---------------------------------------------------------------------------------------------
 // The report.
 
-fn median(v: impl Iterator<Item = f64>) -> f64 {
+pub(crate) fn median(v: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = v.filter(|x| !x.is_nan()).collect();
     if v.is_empty() {
         return f64::NAN;

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+mod bench_bridge;
 mod bench_dataplane;
 mod bridge_cmd;
 mod commands;
@@ -201,6 +202,31 @@ enum BenchCommand {
         quick: bool,
         /// Where to write the report.
         #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
+        out: PathBuf,
+    },
+    /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~5 min).
+    Bridge {
+        /// Records of each throughput step.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Rounds; each runs every step once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// PostgreSQL URL of a user that may create databases; the bench uses its own database `rumor_bench_bridge`.
+        #[arg(
+            long,
+            env = "RUMOR_TEST_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        database_url: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "RUMOR_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/bridge.md")]
         out: PathBuf,
     },
     /// The far end of `bench dataplane`, started by it: a worker node and a bare echo service.
@@ -430,6 +456,24 @@ fn main() -> anyhow::Result<()> {
                 },
         } => runtime()?.block_on(bench_dataplane::run(bench_dataplane::Options::new(
             duration, rounds, quick, out,
+        )?))?,
+        Command::Bench {
+            what:
+                BenchCommand::Bridge {
+                    records,
+                    rounds,
+                    quick,
+                    database_url,
+                    brokers,
+                    out,
+                },
+        } => runtime()?.block_on(bench_bridge::run(bench_bridge::Options::new(
+            records,
+            rounds,
+            quick,
+            database_url,
+            brokers,
+            out,
         )?))?,
         Command::Bench {
             what: BenchCommand::DataplanePeer { chunks },
