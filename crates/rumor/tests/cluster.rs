@@ -839,18 +839,24 @@ async fn count(db: &TestDb, sql: &str) -> i64 {
     row.0
 }
 
+/// gw (gateway) and w1 (worker, with `events` as its config), agreeing on both.
+async fn gateway_and_worker(events: &str) -> [Proc; 2] {
+    let key = Key::generate().to_base64();
+    let gw = Proc::start("gw", "gateway", &[], &key);
+    let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(events));
+    let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+    let nodes = [gw, w1];
+    agree(&nodes, &names, 1).await;
+    nodes
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_killed_right_after_its_database_commit_restarts_with_no_duplicate_and_no_gap() {
     within(async {
         let db = TestDb::create().await;
         let topics = format!("t{}", nanos());
         let events = event_config(&topics);
-        let key = Key::generate().to_base64();
-        let gw = Proc::start("gw", "gateway", &[], &key);
-        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
-        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
-        let nodes = [gw, w1];
-        agree(&nodes, &names, 1).await;
+        let nodes = gateway_and_worker(&events).await;
         // 20 messages on 10 conversations: 40 records (message and reply each).
         for i in 0..20 {
             let req = SendRequest {
@@ -1061,12 +1067,7 @@ async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
         let db = TestDb::create().await;
         let topics = format!("t{}", nanos());
         let events = event_config_at(kafka.brokers(), &topics);
-        let key = Key::generate().to_base64();
-        let gw = Proc::start("gw", "gateway", &[], &key);
-        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
-        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
-        let nodes = [gw, w1];
-        agree(&nodes, &names, 1).await;
+        let nodes = gateway_and_worker(&events).await;
         let bridge = BridgeProc::start_at(&db.url(), kafka.brokers(), &topics, &[]);
         let (gw, w1) = (nodes[0].client(), nodes[1].client());
 
@@ -1112,17 +1113,20 @@ async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
     .await;
 }
 
+/// Where `host:port` is in a database URL.
+fn authority(url: &str) -> std::ops::Range<usize> {
+    let start = url.find('@').map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
+    start..start + url[start..].find('/').unwrap()
+}
+
 /// `url` with its `host:port` replaced by `addr`.
 fn via(url: &str, addr: &str) -> String {
-    let start = url.find('@').map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
-    let end = start + url[start..].find('/').unwrap();
-    format!("{}{addr}{}", &url[..start], &url[end..])
+    let at = authority(url);
+    format!("{}{addr}{}", &url[..at.start], &url[at.end..])
 }
 
 fn host_port(url: &str) -> String {
-    let start = url.find('@').map_or_else(|| url.find("://").unwrap() + 3, |i| i + 1);
-    let end = start + url[start..].find('/').unwrap();
-    url[start..end].to_owned()
+    url[authority(url)].to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1132,12 +1136,7 @@ async fn postgresql_down_mid_run_then_back_loses_no_row_and_stores_none_twice() 
         let pg = Proxy::start(host_port(&db.url())).await;
         let topics = format!("t{}", nanos());
         let events = event_config(&topics);
-        let key = Key::generate().to_base64();
-        let gw = Proc::start("gw", "gateway", &[], &key);
-        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
-        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
-        let nodes = [gw, w1];
-        agree(&nodes, &names, 1).await;
+        let nodes = gateway_and_worker(&events).await;
         let bridge = BridgeProc::start_at(&via(&db.url(), &pg.addr), &kafka(), &topics, &[]);
         let gw = nodes[0].client();
 
