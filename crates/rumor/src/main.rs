@@ -204,7 +204,7 @@ enum BenchCommand {
         #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
         out: PathBuf,
     },
-    /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~5 min).
+    /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~9 min).
     Bridge {
         /// Records of each throughput step.
         #[arg(long, default_value_t = 200_000)]
