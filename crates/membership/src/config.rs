@@ -56,6 +56,13 @@ pub struct Config {
     pub push_pull_interval: Duration,
     /// See `push_pull_interval`. Default: 16.
     pub push_pull_scale_members: usize,
+    /// Repair of a drifted view: when every view digest this node hears on pings
+    /// and acks differs from its own for this long, it runs a push-pull with
+    /// the last member that sent one (so at most once per this interval).
+    /// This closes the rare (observer, member) pair that dissemination missed
+    /// within seconds, where the scaled push-pull interval would take hours at
+    /// N = 10,000. `None` disables it. LAN default: 10 s.
+    pub digest_sync_after: Option<Duration>,
     /// How often to try a full state exchange with one random failed (not left)
     /// member, so that partitions heal once repaired. LAN default: 10 s.
     pub reconnect_interval: Duration,
@@ -105,6 +112,7 @@ impl Config {
             gossip_nodes: 3,
             push_pull_interval: Duration::from_secs(30),
             push_pull_scale_members: 16,
+            digest_sync_after: Some(Duration::from_secs(10)),
             reconnect_interval: Duration::from_secs(10),
             dead_retention: Duration::from_secs(3600),
             max_dead_members: 4096,
@@ -129,6 +137,7 @@ impl Config {
             gossip_interval: Some(Duration::from_millis(500)),
             gossip_nodes: 4,
             push_pull_interval: Duration::from_secs(60),
+            digest_sync_after: Some(Duration::from_secs(30)),
             reconnect_interval: Duration::from_secs(30),
             join_retry_interval: Duration::from_secs(2),
             join_retry_max: Duration::from_secs(60),
@@ -143,6 +152,7 @@ impl Config {
             probe_timeout: Duration::from_millis(50),
             gossip_interval: Some(Duration::from_millis(20)),
             push_pull_interval: Duration::from_secs(3),
+            digest_sync_after: Some(Duration::from_secs(1)),
             reconnect_interval: Duration::from_millis(500),
             dead_retention: Duration::from_secs(60),
             join_retry_interval: Duration::from_millis(100),
@@ -184,6 +194,9 @@ impl Config {
         }
         if self.join_retry_interval.is_zero() || self.join_retry_max < self.join_retry_interval {
             return err("join_retry_interval", "must be positive and at most join_retry_max");
+        }
+        if self.digest_sync_after.is_some_and(|d| d.is_zero()) {
+            return err("digest_sync_after", "must be positive when set");
         }
         if self.push_pull_scale_members == 0 {
             return err("push_pull_scale_members", "must be positive");

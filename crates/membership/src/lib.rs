@@ -17,8 +17,10 @@
 //! - dissemination piggybacked on every packet, `lambda * log10(N + 1)`
 //!   retransmissions, fewest-sent first, packed into datagrams of at most
 //!   `max_packet_size` bytes, plus an optional gossip fan-out;
-//! - push-pull anti-entropy with interval scaled by cluster size, and
-//!   reconnection attempts to failed members so that partitions heal;
+//! - push-pull anti-entropy with interval scaled by cluster size, an early
+//!   push-pull when a view digest carried on pings and acks shows this node's
+//!   view has drifted, and reconnection attempts to failed members so that
+//!   partitions heal;
 //! - versioned node metadata with a size limit, user gossip messages
 //!   de-duplicated by id, bounded retention of dead members.
 //!

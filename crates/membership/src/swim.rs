@@ -119,6 +119,9 @@ pub struct Stats {
     pub refutations: u64,
     /// Push-pull exchanges initiated.
     pub push_pulls: u64,
+    /// Push-pulls started because this node's view digest differed from every
+    /// digest it heard for `Config::digest_sync_after` (included in `push_pulls`).
+    pub digest_syncs: u64,
     /// User messages delivered to this node's application.
     pub user_delivered: u64,
     /// Duplicate user messages dropped.
@@ -239,6 +242,11 @@ pub struct Membership {
     members: Table,
     /// Live members other than this node.
     live: usize,
+    /// Wrapping sum of `name_hash` over the live members and this node: equal
+    /// live sets give equal digests.
+    digest: u32,
+    /// Since when every digest heard on a ping or ack has differed from ours.
+    digest_differs_since: Option<Duration>,
     probe_order: Vec<Slot>,
     probe_pos: usize,
     seq: u64,
@@ -294,6 +302,7 @@ impl Membership {
         let next_gossip = now + cfg.gossip_interval.unwrap_or(cfg.probe_interval);
         let next_push_pull = now + cfg.push_pull_interval.mul_f64(0.5 + rng.random::<f64>());
         let next_reconnect = now + cfg.reconnect_interval.mul_f64(0.5 + rng.random::<f64>());
+        let digest = name_hash(&name);
         Ok(Self {
             cfg,
             name,
@@ -303,6 +312,8 @@ impl Membership {
             lifecycle: Lifecycle::Running,
             members: Table::default(),
             live: 0,
+            digest,
+            digest_differs_since: None,
             probe_order: Vec::new(),
             probe_pos: 0,
             seq: 0,
@@ -624,6 +635,9 @@ impl Membership {
                 self.count(&e);
             }
         }
+        if packet.view_digest != 0 {
+            self.compare_digest(now, packet.view_digest, from_addr);
+        }
         use pb::packet::Kind;
         match packet.kind {
             Some(Kind::Ping(ping)) => {
@@ -684,6 +698,28 @@ impl Membership {
             DecodeError::Version { .. } => self.stats.version_mismatch += 1,
             DecodeError::TooLarge { .. } => self.stats.oversized += 1,
             DecodeError::Invalid(_) => self.stats.invalid += 1,
+        }
+    }
+
+    /// Repairs a drifted view: a node whose digest differs from every one it
+    /// hears for `digest_sync_after` lacks a member the others have (or has one
+    /// they dropped), which an exchange of full state fixes on both sides.
+    /// Differences while an update spreads last a second or so and end as soon
+    /// as one equal digest arrives.
+    fn compare_digest(&mut self, now: Duration, theirs: u32, from: SocketAddr) {
+        let Some(after) = self.cfg.digest_sync_after else {
+            return;
+        };
+        if theirs == self.digest {
+            self.digest_differs_since = None;
+            return;
+        }
+        let since = *self.digest_differs_since.get_or_insert(now);
+        if now.saturating_sub(since) >= after && self.lifecycle == Lifecycle::Running {
+            // Starting the clock again limits this to one exchange per `after`.
+            self.digest_differs_since = None;
+            self.stats.digest_syncs += 1;
+            self.push_pull_to(now, from);
         }
     }
 
@@ -825,7 +861,7 @@ impl Membership {
         let (s, up) = match self.members.slot(&name) {
             None => {
                 let s = self.members.insert(Entry::new(&name, addr, inc, now), meta);
-                self.became_live(s);
+                self.became_live(s, &name);
                 (s, true)
             }
             Some(s) => {
@@ -846,7 +882,7 @@ impl Membership {
                 }
                 if !was.is_live() {
                     self.down.retain(|&(_, d)| d != s);
-                    self.became_live(s);
+                    self.became_live(s, &name);
                 }
                 (s, !was.is_live())
             }
@@ -944,6 +980,7 @@ impl Membership {
             self.suspicion_deadlines.remove(&(sus.deadline, s));
         }
         self.live -= 1;
+        self.digest = self.digest.wrapping_sub(name_hash(name));
         if !left {
             self.stats.failures_declared += 1;
         }
@@ -978,8 +1015,9 @@ impl Membership {
             .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
     }
 
-    fn became_live(&mut self, s: Slot) {
+    fn became_live(&mut self, s: Slot, name: &str) {
         self.live += 1;
+        self.digest = self.digest.wrapping_add(name_hash(name));
         // Put it at a random place among the members not yet probed this round
         // (SWIM's round-robin asks that a new member be probed within one round);
         // a swap keeps this O(1).
@@ -1262,11 +1300,13 @@ impl Membership {
 
     fn send(&mut self, to: SocketAddr, kind: pb::packet::Kind, first: Option<pb::Gossip>) {
         let gossip_only = matches!(kind, pb::packet::Kind::GossipOnly(_));
+        let probe = matches!(kind, pb::packet::Kind::Ping(_) | pb::packet::Kind::Ack(_));
         let packet = pb::Packet {
             version: PROTOCOL_VERSION,
             from: Some(codec::node_ref(&self.name, self.addr)),
             kind: Some(kind),
             gossip: Vec::new(),
+            view_digest: if probe { self.digest } else { 0 },
         };
         let mut buf = Vec::with_capacity(self.cfg.max_packet_size);
         packet.encode(&mut buf).expect("a Vec grows as needed");
@@ -1294,6 +1334,7 @@ impl Membership {
             from: Some(codec::node_ref(&self.name, self.addr)),
             kind: Some(kind),
             gossip: Vec::new(),
+            view_digest: 0,
         };
         self.emit(to, codec::encode(&packet), true);
     }
@@ -1390,6 +1431,13 @@ fn check_meta(cfg: &Config, meta: &Meta) -> Result<(), MetaTooLarge> {
         });
     }
     Ok(())
+}
+
+/// FNV-1a of a member name, the unit of the view digest. Fixed, so that every
+/// node computes the same digest for the same live set.
+fn name_hash(name: &str) -> u32 {
+    name.bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 fn new_suspicion(cfg: &Config, now: Duration, from: &str, n: usize) -> Suspicion {

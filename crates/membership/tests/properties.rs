@@ -107,14 +107,16 @@ fn packet() -> impl Strategy<Value = (pb::Packet, bool)> {
         prop::option::weighted(0.95, kind),
         prop::collection::vec(gossip(), 0..6),
         any::<bool>(),
+        prop::option::of(any::<u32>()),
     )
-        .prop_map(|(version, from, kind, gossip, stream)| {
+        .prop_map(|(version, from, kind, gossip, stream, digest)| {
             (
                 pb::Packet {
                     version,
                     from,
                     kind,
                     gossip,
+                    view_digest: digest.unwrap_or(0),
                 },
                 stream,
             )

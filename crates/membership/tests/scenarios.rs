@@ -249,6 +249,7 @@ fn a_ping_for_another_name_is_not_acknowledged() {
             target: "someone-else".into(),
         })),
         gossip: vec![],
+        view_digest: 0,
     };
     net.inject(0, &ping.encode_to_vec());
     assert_eq!(net.node(0).stats().misdirected, 1);

@@ -453,6 +453,11 @@ fn membership_fields(st: &membership::Stats) -> Vec<(&'static str, &'static str,
         ("refutations", "Suspicions about this node refuted.", st.refutations),
         ("push_pulls", "Push-pull exchanges initiated.", st.push_pulls),
         (
+            "digest_syncs",
+            "Push-pulls started because this node's view digest differed from its peers'.",
+            st.digest_syncs,
+        ),
+        (
             "suspicions",
             "Times this node marked another member suspect.",
             st.suspicions,

@@ -1,7 +1,8 @@
 //! Memory of a simulated cluster of rumor nodes: starts N nodes through node 0
 //! (`pace` every 100 ms of simulated time, 10 in the benchmark), waits until
 //! every node sees every other, runs a steady state, and prints resident
-//! memory per member entry (the cluster holds N x (N - 1) of them) as it goes.
+//! memory per member entry (the cluster holds N x (N - 1) of them) as it goes;
+//! if the cluster does not converge, it lists the (observer, member) pairs missing.
 //!
 //! `cargo run --release -p sim --example memory -- N [steady seconds] [pace]`
 
@@ -39,6 +40,34 @@ fn report(c: &Cluster<Rumor>, n: usize, what: &str, wall: Instant) {
     );
 }
 
+/// Prints the (observer, subject) pairs in which the observer does not see the
+/// subject as live, with what each of the two holds about the other.
+fn print_unseen(c: &Cluster<Rumor>) {
+    let up = c.up_nodes();
+    let held = |o: usize, s: usize| {
+        let m = c.protocol(o).and_then(|p| p.inner().member(c.name(s)));
+        m.map_or("nothing".to_string(), |m| {
+            format!("{:?} inc {} since {:?}", m.status, m.incarnation, m.since)
+        })
+    };
+    for &o in &up {
+        for &s in &up {
+            if s != o
+                && c.protocol(o)
+                    .and_then(|p| p.inner().member(c.name(s)))
+                    .is_none_or(|m| !m.status.is_live())
+            {
+                println!(
+                    "  node {o} does not see node {s}: it holds {}; node {s} holds {} about node {o}; {s} is seen by {} nodes",
+                    held(o, s),
+                    held(s, o),
+                    c.seen_up_by(s)
+                );
+            }
+        }
+    }
+}
+
 fn main() {
     let arg = |i: usize, default: u64| std::env::args().nth(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (n, steady, pace) = (arg(1, 1000) as usize, arg(2, 60), arg(3, 10).max(1) as usize);
@@ -61,6 +90,9 @@ fn main() {
     report(&c, n, "started", wall);
     let t = c.run_until_cond(Duration::from_secs(1), Duration::from_secs(1200), |c| c.converged());
     report(&c, n, if t.is_some() { "converged" } else { "NOT converged" }, wall);
+    if t.is_none() {
+        print_unseen(&c);
+    }
     c.run_for(Duration::from_secs(steady));
     report(&c, n, "steady", wall);
 }

@@ -586,7 +586,15 @@ pub fn report(opts: &Options, command: &str, mut progress: impl FnMut(&str)) -> 
     );
     let _ = writeln!(
         w,
-        "  suspicion 4 x log10(N) periods (x6 at most, shrinking with 3 confirmations), 200 ms gossip fan-out to 3."
+        "  suspicion 4 x log10(N) periods (x6 at most, shrinking with 3 confirmations), 200 ms gossip fan-out to 3,"
+    );
+    let _ = writeln!(
+        w,
+        "  push-pull every 30 s x N / 16 on average, and one as soon as every view digest a node hears on pings and"
+    );
+    let _ = writeln!(
+        w,
+        "  acks has differed from its own for 10 s (a member that dissemination missed)."
     );
     let _ = writeln!(
         w,
@@ -1040,14 +1048,30 @@ fn goals(
     }
     for &(n, loss, _, ref r) in runs.iter().filter(|r| r.2 == Impl::Lifeguard) {
         if let Some(f) = find(n, loss, Impl::Foca) {
-            let ours = percentile(&r.all_down, 0.5);
-            let theirs = percentile(&f.all_down, 0.5);
+            let p = |v: &[f64], q: f64| percentile(v, q).unwrap_or(f64::NAN);
+            let (ours50, theirs50) = (p(&r.all_down, 0.5), p(&f.all_down, 0.5));
+            let (ours99, theirs99) = (p(&r.all_down, 0.99), p(&f.all_down, 0.99));
+            // Within 5% counts as a tie, not a loss.
+            let mut worse = Vec::new();
+            if ours50 > theirs50 * 1.05 {
+                worse.push(format!("all-down p50 {:.0}% slower", (ours50 / theirs50 - 1.0) * 100.0));
+            }
+            if ours99 > theirs99 * 1.05 {
+                worse.push(format!("all-down p99 {:.0}% slower", (ours99 / theirs99 - 1.0) * 100.0));
+            }
+            if r.fp_episodes > f.fp_episodes {
+                worse.push("more false positives".to_owned());
+            }
+            let bytes = r.bytes_per_node_s / f.bytes_per_node_s;
+            let verdict = if worse.is_empty() {
+                format!("met (at {bytes:.2}x foca's bytes)")
+            } else {
+                format!("MISSED: {} (at {bytes:.2}x foca's bytes)", worse.join(", "))
+            };
             let _ = writeln!(
                 w,
-                "- vs foca, N = {n}, loss {:.0}%: all-down p50 {} s vs {} s; first suspect p50 {} s vs {} s; false positives {} vs {}; bytes/node/s {:.0} vs {:.0}.",
+                "- Better than foca, N = {n}, loss {:.0}%: all-down p50 {ours50:.2} s vs {theirs50:.2} s, p99 {ours99:.2} s vs {theirs99:.2} s; first suspect p50 {} s vs {} s; false positives {} vs {}; bytes/node/s {:.0} vs {:.0}; {verdict}.",
                 loss * 100.0,
-                fmt_s(ours),
-                fmt_s(theirs),
                 fmt_s(percentile(&r.first_suspect, 0.5)),
                 fmt_s(percentile(&f.first_suspect, 0.5)),
                 r.fp_episodes,

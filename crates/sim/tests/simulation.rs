@@ -47,7 +47,10 @@ fn a_crashed_node_is_detected_by_every_live_node() {
     c.run_for(Duration::from_secs(120));
     let w = c.watch_status(7).unwrap();
     let first = w.first_suspect.unwrap() - w.since;
-    assert!(first < Duration::from_secs(5), "first suspicion after {first:?}");
+    // When a prober's round-robin reaches the crashed node is random: over
+    // seeds 1..30 the first suspicion came after 1.0 to 5.6 s (median 1.7 s);
+    // `rumor bench membership` reports the distribution.
+    assert!(first < Duration::from_secs(8), "first suspicion after {first:?}");
     assert!(w.all_down.is_some(), "every live node marked it dead");
     assert!(c.converged());
     assert_eq!(c.obs.false_positive_episodes, 0);
@@ -222,4 +225,52 @@ fn the_speed_run_starts_converges_and_reports_its_memory() {
     if cfg!(target_os = "linux") {
         assert!(sp.peak_rss > 0, "{sp:?}");
     }
+}
+
+/// Starts `n` nodes under heavy loss with a dissemination budget too small to
+/// reach everyone, clears the loss, and returns how many (observer, member)
+/// pairs are still missing `wait` later. Push-pull is scaled out of reach
+/// (hours), so only the view-digest repair can close them.
+fn pairs_missing_after_lossy_start(seed: u64, digest_sync_after: Option<Duration>, wait: Duration) -> usize {
+    println!("seed {seed}, digest_sync_after {digest_sync_after:?}");
+    let cfg = Config {
+        retransmit_mult: 1,
+        gossip_interval: None,
+        push_pull_interval: Duration::from_secs(3600),
+        digest_sync_after,
+        ..Config::lan()
+    };
+    let net = NetConfig {
+        loss: 0.3,
+        ..NetConfig::default()
+    };
+    let mut c = Cluster::new(seed, net, move |spec| Rumor::new(cfg.clone(), spec));
+    for _ in 0..40 {
+        c.add_node(&[0]);
+        c.run_for(Duration::from_millis(500));
+    }
+    c.net_mut().loss = 0.0;
+    c.run_for(Duration::from_secs(5));
+    let before = c.unseen();
+    c.run_for(wait);
+    let after = c.unseen();
+    println!("missing pairs: {before} after the start, {after} {wait:?} later");
+    assert!(
+        before > 0,
+        "the start leaves pairs for the repair to close (else the test proves nothing)"
+    );
+    after
+}
+
+#[test]
+fn a_member_that_dissemination_missed_is_found_through_the_view_digest() {
+    let wait = Duration::from_secs(60);
+    assert!(
+        pairs_missing_after_lossy_start(3, None, wait) > 0,
+        "without the digest, the pairs stay missing for the whole wait"
+    );
+    assert_eq!(
+        pairs_missing_after_lossy_start(3, Some(Duration::from_secs(10)), wait),
+        0
+    );
 }
