@@ -253,9 +253,17 @@ impl<P: Protocol> Driver for Cluster<P> {
         self.run_until_cond(Duration::from_millis(50), limit, |c| {
             c.watch_status(i).is_some_and(|w| w.all_up.is_some())
         });
-        self.watch_status(i)
+        let t = self
+            .watch_status(i)
             .and_then(|w| w.all_up)
-            .map(|t| (t - t0).as_secs_f64())
+            .map(|t| (t - t0).as_secs_f64());
+        // The joiner leaves again, so that every sample, and the crash
+        // detection after them, runs at the N of its row (20 joins would
+        // otherwise make the N = 10 rows a cluster of 30, whose suspicion
+        // timeout is longer).
+        Cluster::leave(self, i);
+        self.run_until_cond(Duration::from_millis(50), limit, |c| c.converged());
+        t
     }
     fn broadcast_and_time(&mut self, from: usize, id: u64, limit: Duration) -> Option<f64> {
         let t0 = Cluster::now(self);

@@ -274,3 +274,21 @@ fn a_member_that_dissemination_missed_is_found_through_the_view_digest() {
         0
     );
 }
+
+#[test]
+fn the_quick_membership_report_has_every_section_and_goal() {
+    let report = sim::bench::report(&sim::bench::Options::quick(1), "test", |_| {});
+    for section in [
+        "## Failure detection",
+        "## False positives under loss",
+        "## False positives with slow nodes",
+        "## Dissemination",
+        "## Steady-state traffic",
+        "## Partition healing",
+        "## Goals",
+    ] {
+        assert!(report.contains(section), "{section} missing from:\n{report}");
+    }
+    assert!(report.contains("- Better than foca, N = 10, loss 0%"), "{report}");
+    assert!(report.contains("| 10 | 0% | rumor (no Lifeguard) |"), "{report}");
+}
