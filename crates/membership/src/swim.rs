@@ -1147,7 +1147,10 @@ impl Membership {
         };
         self.adjust_health(delta as i32);
         let Some(e) = self.members.get(&p.target) else { return };
-        if e.status == Status::Alive {
+        // A failed probe of a member already suspected (usually through gossip,
+        // which outruns the next prober) is an independent confirmation:
+        // Lifeguard shortens the suspicion timeout with each one.
+        if e.status.is_live() {
             let inc = e.incarnation;
             let me = self.name.clone();
             self.on_suspect(now, &p.target, inc, &me);

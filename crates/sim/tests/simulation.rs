@@ -292,3 +292,24 @@ fn the_quick_membership_report_has_every_section_and_goal() {
     assert!(report.contains("- Better than foca, N = 10, loss 0%"), "{report}");
     assert!(report.contains("| 10 | 0% | rumor (no Lifeguard) |"), "{report}");
 }
+
+#[test]
+fn failed_probes_of_a_suspect_confirm_it_so_it_is_declared_dead_at_the_minimum_timeout() {
+    // Lifeguard: the suspicion timeout starts at 6x the minimum (48 s at
+    // N = 100) and shrinks with each independent suspecter; the probers after
+    // the first already hold the member as suspect through gossip, and their
+    // failed probes must count as confirmations.
+    let mut c = cluster(4, 100, Config::lan());
+    for victim in [17, 55, 83] {
+        c.crash(victim);
+        c.watch(victim);
+        c.run_for(Duration::from_secs(60));
+        let w = c.watch_status(victim).unwrap().clone();
+        let after = w.first_down.unwrap() - w.first_suspect.unwrap();
+        println!("node {victim}: first down {after:?} after the first suspicion");
+        assert!(
+            after < Duration::from_secs(12),
+            "node {victim}: down {after:?} after suspicion"
+        );
+    }
+}
