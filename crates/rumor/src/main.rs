@@ -179,7 +179,7 @@ enum Command {
 enum BenchCommand {
     /// SWIM + Lifeguard vs Lifeguard off vs foca, in the simulator.
     Membership {
-        /// A short smoke run instead of the full benchmark (about 20 minutes).
+        /// A short smoke run instead of the full benchmark (about 55 minutes).
         #[arg(long)]
         quick: bool,
         /// Seed of every run.

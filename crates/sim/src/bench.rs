@@ -62,7 +62,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The full benchmark (about 25 minutes on one core).
+    /// The full benchmark (about 55 minutes on one core, half of it the N = 10,000 start).
     pub fn full(seed: u64) -> Self {
         Self {
             seed,
