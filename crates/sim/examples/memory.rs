@@ -43,28 +43,19 @@ fn report(c: &Cluster<Rumor>, n: usize, what: &str, wall: Instant) {
 /// Prints the (observer, subject) pairs in which the observer does not see the
 /// subject as live, with what each of the two holds about the other.
 fn print_unseen(c: &Cluster<Rumor>) {
-    let up = c.up_nodes();
     let held = |o: usize, s: usize| {
         let m = c.protocol(o).and_then(|p| p.inner().member(c.name(s)));
         m.map_or("nothing".to_string(), |m| {
             format!("{:?} inc {} since {:?}", m.status, m.incarnation, m.since)
         })
     };
-    for &o in &up {
-        for &s in &up {
-            if s != o
-                && c.protocol(o)
-                    .and_then(|p| p.inner().member(c.name(s)))
-                    .is_none_or(|m| !m.status.is_live())
-            {
-                println!(
-                    "  node {o} does not see node {s}: it holds {}; node {s} holds {} about node {o}; {s} is seen by {} nodes",
-                    held(o, s),
-                    held(s, o),
-                    c.seen_up_by(s)
-                );
-            }
-        }
+    for (o, s) in c.unseen_pairs() {
+        println!(
+            "  node {o} does not see node {s}: it holds {}; node {s} holds {} about node {o}; {s} is seen by {} nodes",
+            held(o, s),
+            held(s, o),
+            c.seen_up_by(s)
+        );
     }
 }
 

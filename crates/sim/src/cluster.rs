@@ -467,11 +467,21 @@ impl<P: Protocol> Cluster<P> {
     /// Pairs of up nodes (observer, subject) in which the observer does not
     /// see the subject as live: 0 when converged.
     pub fn unseen(&self) -> usize {
+        self.unseen_pairs().len()
+    }
+
+    /// The pairs of up nodes (observer, subject) in which the observer does
+    /// not see the subject as live.
+    pub fn unseen_pairs(&self) -> Vec<(usize, usize)> {
         let up = self.up_nodes();
         let view = |o: usize| &self.obs.view[o];
         up.iter()
-            .map(|&o| up.iter().filter(|&&s| s != o && !view(o).contains(s)).count())
-            .sum()
+            .flat_map(|&o| {
+                up.iter()
+                    .filter(move |&&s| s != o && !view(o).contains(s))
+                    .map(move |&s| (o, s))
+            })
+            .collect()
     }
 
     /// How many up nodes see node `i` as live.
