@@ -17,10 +17,23 @@ pub mod gossip {
 }
 
 /// The mesh data plane between nodes: `Mesh.Deliver` carries an envelope to
-/// the worker that owns its key and streams the reply back (gRPC).
+/// the worker that owns its key and streams the reply back (gRPC; the
+/// client and server stubs come with the `grpc` feature).
 pub mod mesh {
     pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/rumor.mesh.v1.rs"));
+    }
+    pub use v1::*;
+}
+
+/// The bodies of the HTTP APIs (a node's admin API, the bridge's API), with
+/// serde implementations that follow the proto3 JSON mapping: field names as
+/// in the .proto file, 64-bit integers as strings (numbers are accepted
+/// too), enums by name, default values omitted.
+pub mod api {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rumor.api.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/rumor.api.v1.serde.rs"));
     }
     pub use v1::*;
 }
@@ -49,4 +62,23 @@ pub fn message_id(unix_ms: u64, random: u128) -> String {
         .rev()
         .map(|i| char::from(ALPHABET[((value >> (i * 5)) & 31) as usize]))
         .collect()
+}
+
+impl api::KeyOperation {
+    /// The operation's name in the admin API's path: `install`, `use` or `remove`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Install => "install",
+            Self::Use => "use",
+            Self::Remove => "remove",
+        }
+    }
+
+    /// The operation named `name` in a path, if it is one.
+    pub fn from_short_name(name: &str) -> Option<Self> {
+        [Self::Install, Self::Use, Self::Remove]
+            .into_iter()
+            .find(|op| op.short_name() == name)
+    }
 }
