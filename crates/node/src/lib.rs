@@ -4,7 +4,7 @@
 //!   tokio task, with [`crypto`] encrypting every packet under a rotatable
 //!   AES-256-GCM keyring.
 //! - The data plane (gRPC, `rumor.mesh.v1.Mesh`): [`router`] keeps a
-//!   [`ring::Ring`] over the live workers of the gossip view and delivers each
+//!   [`rumor_ring::Ring`] over the live workers of the gossip view and delivers each
 //!   message to the owner of its conversation key, re-routing when the owner
 //!   fails; [`mesh`] is the server that receives envelopes from peers;
 //!   [`worker`] processes them in per-conversation order with

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use proto::mesh::mesh_client::MeshClient;
 use proto::mesh::{Envelope, ReplyChunk};
-use ring::{Member as RingMember, Ring};
+use rumor_ring::{Member as RingMember, Ring};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use ring::{Algorithm, BoundedLoad, Maglev, Member, Rendezvous, Router, VnodeConfig, VnodeRing};
+use rumor_ring::{Algorithm, BoundedLoad, Maglev, Member, Rendezvous, Router, VnodeConfig, VnodeRing};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -137,7 +137,7 @@ fn ours<A: Algorithm + 'static>(members: &[Member], config: &A::Config) -> Box<d
 
 impl<A: Algorithm> Table for Ours<A> {
     fn owner(&self, key: &[u8]) -> usize {
-        let h = ring::hash::key_hash(key);
+        let h = rumor_ring::hash::key_hash(key);
         self.ids[self.router.algorithm().owner_of(h).unwrap()]
     }
     fn time_owner(&self, key: &[u8]) -> usize {
@@ -215,7 +215,7 @@ impl Table for Con {
 struct ModN(usize);
 impl Table for ModN {
     fn owner(&self, key: &[u8]) -> usize {
-        (ring::hash::key_hash(key) % self.0 as u64) as usize
+        (rumor_ring::hash::key_hash(key) % self.0 as u64) as usize
     }
 }
 
@@ -239,7 +239,7 @@ fn mpc_ring(m: &[Member]) -> mpchash::HashRing<String> {
 /// size ladder as ours instead, to compare the algorithm rather than that
 /// default.
 fn maglev_crate(m: &[Member]) -> maglev::Maglev<String> {
-    let size = ring::MaglevConfig::default().table_size(m.len());
+    let size = rumor_ring::MaglevConfig::default().table_size(m.len());
     maglev::Maglev::with_capacity(m.iter().map(|m| m.name.clone()), size)
 }
 
@@ -256,7 +256,7 @@ fn candidates() -> Vec<Candidate> {
     vec![
         Candidate {
             label: "maglev (ours)",
-            source: "ring::Maglev",
+            source: "rumor_ring::Maglev",
             weighted: true,
             build: |m| ours::<Maglev>(m, &Default::default()),
             incremental: false,
@@ -265,7 +265,7 @@ fn candidates() -> Vec<Candidate> {
         },
         Candidate {
             label: "rendezvous (ours)",
-            source: "ring::Rendezvous",
+            source: "rumor_ring::Rendezvous",
             weighted: true,
             build: |m| ours::<Rendezvous>(m, &Default::default()),
             incremental: false,
@@ -274,7 +274,7 @@ fn candidates() -> Vec<Candidate> {
         },
         Candidate {
             label: "vnode ring V=160 (ours)",
-            source: "ring::VnodeRing",
+            source: "rumor_ring::VnodeRing",
             weighted: true,
             build: |m| ours::<VnodeRing>(m, &VnodeConfig { vnodes: 160 }),
             incremental: false,
@@ -288,7 +288,7 @@ fn candidates() -> Vec<Candidate> {
         },
         Candidate {
             label: "vnode ring V=1000 (ours)",
-            source: "ring::VnodeRing",
+            source: "rumor_ring::VnodeRing",
             weighted: true,
             build: |m| ours::<VnodeRing>(m, &VnodeConfig { vnodes: 1000 }),
             incremental: false,
@@ -624,13 +624,13 @@ fn main() {
         let members: Vec<Member> = (0..n)
             .map(|i| Member::new(member_name(i), 1 + (i % 3) as u32))
             .collect();
-        let reference = ring::Ring::new(&members);
+        let reference = rumor_ring::Ring::new(&members);
         let mut order_rng = Rng(SEED ^ 0xc0ffee ^ n as u64);
         let mut same = 0;
         for _ in 0..100 {
             let mut shuffled = members.clone();
             order_rng.shuffle(&mut shuffled);
-            let r = ring::Ring::new(&shuffled);
+            let r = rumor_ring::Ring::new(&shuffled);
             if r.checksum() == reference.checksum()
                 && r.algorithm().table_digest() == reference.algorithm().table_digest()
             {
@@ -700,7 +700,7 @@ fn digest(t: &dyn Table, keys: &Keys, sample: usize, order: &[Member], _canon: &
     let mut h: u64 = 0;
     for k in keys.iter(sample) {
         let name = &order[t.owner(k)].name;
-        h = h.rotate_left(5) ^ ring::hash::key_hash(name.as_bytes());
+        h = h.rotate_left(5) ^ rumor_ring::hash::key_hash(name.as_bytes());
     }
     h
 }
@@ -711,7 +711,7 @@ fn bounded_load_section(keys: &Keys, quick: bool) -> String {
     // per member in-flight counts as this router sees them.
     let n = 100;
     let members: Vec<Member> = (0..n).map(|i| Member::new(member_name(i), 1)).collect();
-    let ring = ring::Ring::new(&members);
+    let ring = rumor_ring::Ring::new(&members);
     let conversations = 20_000;
     let messages = if quick { 20_000 } else { 200_000 };
     let weights: Vec<f64> = (1..=conversations).map(|r| 1.0 / r as f64).collect();
@@ -813,7 +813,7 @@ fn now_utc() -> String {
 /// The decision, written once here so the report carries it; the figures it
 /// rests on are the tables that follow, regenerated on every run.
 const DECISION: &str = "\
-## Decision: weighted rendezvous is the default (`ring::Ring`)
+## Decision: weighted rendezvous is the default (`rumor_ring::Ring`)
 
 No algorithm measured meets every goal, because the goals pull against each
 other: an O(1) lookup needs a precomputed table, and a table that is both
@@ -836,7 +836,7 @@ rumor uses consistent hashing so that a conversation stays on the worker
 holding its context and prompt cache; every needless move costs a cold
 re-prefill on a GPU, while a lookup of well under a microsecond is noise next
 to a mesh RPC. So the default is rendezvous, and it misses the 60 ns lookup
-goal at N = 1000 (it meets it at N = 10). `ring::Router<ring::Maglev>` is
+goal at N = 1000 (it meets it at N = 10). `rumor_ring::Router<rumor_ring::Maglev>` is
 there for a router that is lookup-bound and can afford collateral moves.
 
 The balance goal of 1.02 at N = 100 sits below the sampling noise of
@@ -1016,7 +1016,7 @@ fn render(
             writeln!(w).unwrap();
         }
     }
-    writeln!(w, "## Determinism of `ring::Ring` (checksum and table digest)\n").unwrap();
+    writeln!(w, "## Determinism of `rumor_ring::Ring` (checksum and table digest)\n").unwrap();
     writeln!(
         w,
         "Members with weights 1, 2, 3 in turn, built from 100 seeded shuffles of the list.\n"

@@ -6,7 +6,7 @@
 //! no tokio. A table is an immutable value rebuilt on every membership change.
 //!
 //! ```
-//! use ring::{Member, Ring, Route};
+//! use rumor_ring::{Member, Ring, Route};
 //!
 //! let ring = Ring::new(&[Member::new("w1", 100), Member::new("w2", 200)]);
 //! let owner = ring.owner(b"conv-42").unwrap();

@@ -2,7 +2,7 @@
 //! algorithm in the crate.
 
 use proptest::prelude::*;
-use ring::{Algorithm, Maglev, MaglevConfig, Member, Rendezvous, Router, VnodeRing};
+use rumor_ring::{Algorithm, Maglev, MaglevConfig, Member, Rendezvous, Router, VnodeRing};
 
 /// Keys the properties are checked on; fixed so a failure replays exactly.
 fn keys(n: usize) -> Vec<Vec<u8>> {

@@ -1,7 +1,7 @@
 //! Scenario tests for the routing API: forwarding with a hop limit, the
 //! bounded-load spill, and edge cases that must answer cleanly.
 
-use ring::{BoundedLoad, Maglev, Member, Rejection, Ring, Route, Router, VnodeRing};
+use rumor_ring::{BoundedLoad, Maglev, Member, Rejection, Ring, Route, Router, VnodeRing};
 
 fn members(names: &[&str]) -> Vec<Member> {
     names.iter().map(|n| Member::new(*n, 1)).collect()
@@ -143,7 +143,7 @@ fn a_huge_weight_takes_nearly_everything_and_nothing_panics() {
     assert_eq!(Router::<VnodeRing>::new(&ms).owners(b"k", 3).len(), 2);
     let maglev = Router::<Maglev>::with_config(
         &ms,
-        &ring::MaglevConfig {
+        &rumor_ring::MaglevConfig {
             slots_per_member: 100,
             min_slots: 1024,
         },
