@@ -261,7 +261,7 @@ impl KafkaConsumer {
             // as soon as a record arrives, but a broker that holds fetches
             // longer adds up to this to every record's way into the
             // database: with tansu 0.6 and librdkafka's default of 500 ms,
-            // `rumor bench bridge` read 54k records/s from a full topic; with
+            // `rumor-bench bridge` read 54k records/s from a full topic; with
             // 50 ms, 227k/s.
             .set("fetch.wait.max.ms", "50")
             .set("enable.auto.offset.store", "false")

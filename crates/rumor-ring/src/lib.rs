@@ -48,7 +48,7 @@
 //!
 //! Three algorithms are implemented behind one [`Algorithm`] trait and
 //! measured side by side with four crates from crates.io by
-//! `cargo bench -p rumor-ring --bench routing`, which writes
+//! `cargo bench -p bench --bench routing`, which writes
 //! `docs/benchmarks/routing.md`. From that run (2 cores, Intel Xeon, 1,000,000
 //! keys):
 //!

@@ -4,8 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-mod bench_bridge;
-mod bench_dataplane;
 mod bridge_cmd;
 mod commands;
 mod config;
@@ -13,8 +11,7 @@ mod records;
 mod up;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
-use sim::bench::{self, Impl};
+use clap::{Parser, Subcommand};
 use sim::scenario;
 
 #[derive(Parser, Debug)]
@@ -139,9 +136,10 @@ enum Command {
         #[command(subcommand)]
         op: Option<KeyOp>,
     },
-    /// Run a membership scenario in the deterministic simulator and print its figures.
+    /// Run a membership scenario in the deterministic simulator and print its figures,
+    /// or `spread`: create a gossip message in a simulated cluster and watch it spread.
     Sim {
-        /// Scenario name: steady, crash, join, gossip, loss, slow, partition, restart, churn.
+        /// Scenario name: steady, crash, join, gossip, loss, slow, partition, restart, churn, spread.
         scenario: String,
         /// Cluster size.
         #[arg(long, default_value_t = 100)]
@@ -152,89 +150,12 @@ enum Command {
         /// Seed; the same seed replays the same run.
         #[arg(long)]
         seed: Option<u64>,
-        /// Which implementation to simulate.
-        #[arg(long, value_enum, default_value_t = ImplArg::Lifeguard)]
-        r#impl: ImplArg,
-    },
-    /// Create a gossip message in a simulated cluster and watch it spread.
-    Playground {
-        /// Cluster size.
-        #[arg(long, default_value_t = 50)]
-        nodes: usize,
-        /// Datagram loss, 0 to 1.
+        /// Datagram loss, 0 to 1 (`spread` only; the other scenarios set their own).
         #[arg(long, default_value_t = 0.0)]
         loss: f64,
-        /// Seed; the same seed replays the same run.
+        /// Turn Lifeguard off, for comparison (foca is compared in `rumor-bench sim`).
         #[arg(long)]
-        seed: Option<u64>,
-    },
-    /// Benchmarks that write reports under docs/benchmarks/.
-    Bench {
-        #[command(subcommand)]
-        what: BenchCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum BenchCommand {
-    /// SWIM + Lifeguard vs Lifeguard off vs foca, in the simulator.
-    Membership {
-        /// A short smoke run instead of the full benchmark (about 55 minutes).
-        #[arg(long)]
-        quick: bool,
-        /// Seed of every run.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Where to write the report.
-        #[arg(long, default_value = "docs/benchmarks/membership.md")]
-        out: PathBuf,
-    },
-    /// Gateway -> worker -> back on loopback against a bare tonic echo, and the idle footprint of 5 nodes (~5 min).
-    Dataplane {
-        /// Measured seconds of each step (after a 1 s warm-up).
-        #[arg(long, default_value_t = 5.0)]
-        duration: f64,
-        /// Rounds; each runs every step once.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// A smoke run of a few seconds instead of the full benchmark.
-        #[arg(long)]
-        quick: bool,
-        /// Where to write the report.
-        #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
-        out: PathBuf,
-    },
-    /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~9 min).
-    Bridge {
-        /// Records of each throughput step.
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        /// Rounds; each runs every step once.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// A smoke run of a few seconds instead of the full benchmark.
-        #[arg(long)]
-        quick: bool,
-        /// PostgreSQL URL of a user that may create databases; the bench uses its own database `rumor_bench_bridge`.
-        #[arg(
-            long,
-            env = "RUMOR_TEST_DATABASE_URL",
-            default_value = "postgres://postgres@127.0.0.1:5432/test"
-        )]
-        database_url: String,
-        /// Kafka bootstrap servers.
-        #[arg(long, env = "RUMOR_TEST_KAFKA", default_value = "127.0.0.1:9092")]
-        brokers: String,
-        /// Where to write the report.
-        #[arg(long, default_value = "docs/benchmarks/bridge.md")]
-        out: PathBuf,
-    },
-    /// The far end of `bench dataplane`, started by it: a worker node and a bare echo service.
-    #[command(hide = true)]
-    DataplanePeer {
-        /// Reply data chunks.
-        #[arg(long, default_value_t = 3)]
-        chunks: usize,
+        no_lifeguard: bool,
     },
 }
 
@@ -257,23 +178,6 @@ enum KeyOp {
         /// 32 bytes in standard base64.
         key: String,
     },
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-enum ImplArg {
-    Lifeguard,
-    NoLifeguard,
-    Foca,
-}
-
-impl From<ImplArg> for Impl {
-    fn from(a: ImplArg) -> Impl {
-        match a {
-            ImplArg::Lifeguard => Impl::Lifeguard,
-            ImplArg::NoLifeguard => Impl::NoLifeguard,
-            ImplArg::Foca => Impl::Foca,
-        }
-    }
 }
 
 /// Logs to stderr; `RUMOR_LOG` sets the level (error, warn, info, debug, trace; default warn).
@@ -399,85 +303,48 @@ fn main() -> anyhow::Result<()> {
             nodes,
             minutes,
             seed,
-            r#impl,
+            loss,
+            no_lifeguard,
         } => {
-            let Some(sc) = scenario::builtin(&name, nodes, minutes) else {
-                bail!("unknown scenario {name:?}; known: {}", scenario::BUILTIN.join(", "));
-            };
             let seed = seed_or_new(seed);
+            if name == "spread" {
+                spread(nodes, loss, seed)?;
+                return Ok(());
+            }
+            let Some(sc) = scenario::builtin(&name, nodes, minutes) else {
+                bail!(
+                    "unknown scenario {name:?}; known: {}, spread",
+                    scenario::BUILTIN.join(", ")
+                );
+            };
             println!("seed {seed}");
-            let report = scenario::run_impl(&sc, seed, r#impl.into(), nodes);
+            let config = membership::Config {
+                lifeguard: !no_lifeguard,
+                ..membership::Config::lan()
+            };
+            let report = scenario::run_rumor(&sc, seed, config);
             print!("{}", report.render(&name));
         }
-        Command::Playground { nodes, loss, seed } => {
-            if !(0.0..=1.0).contains(&loss) {
-                bail!("--loss must be between 0 and 1, got {loss}");
-            }
-            let seed = seed_or_new(seed);
-            println!(
-                "seed {seed}: {nodes} simulated nodes, {:.0}% loss; node n{} creates a gossip message",
-                loss * 100.0,
-                nodes / 2
-            );
-            let mut last = 0;
-            for (t, k) in scenario::playground(nodes, loss, seed) {
-                if k != last {
-                    println!("{t:>7.2}s  {k:>5}/{nodes} {}", "#".repeat(k * 50 / nodes.max(1)));
-                    last = k;
-                }
-            }
+    }
+    Ok(())
+}
+
+/// `rumor sim spread`: one gossip message spreading through a simulated cluster, as a text animation.
+fn spread(nodes: usize, loss: f64, seed: u64) -> anyhow::Result<()> {
+    if !(0.0..=1.0).contains(&loss) {
+        bail!("--loss must be between 0 and 1, got {loss}");
+    }
+    println!(
+        "seed {seed}: {nodes} simulated nodes, {:.0}% loss; node n{} creates a gossip message",
+        loss * 100.0,
+        nodes / 2
+    );
+    let mut last = 0;
+    for (t, k) in scenario::spread(nodes, loss, seed) {
+        if k != last {
+            println!("{t:>7.2}s  {k:>5}/{nodes} {}", "#".repeat(k * 50 / nodes.max(1)));
+            last = k;
         }
-        Command::Bench {
-            what: BenchCommand::Membership { quick, seed, out },
-        } => {
-            let opts = if quick {
-                bench::Options::quick(seed)
-            } else {
-                bench::Options::full(seed)
-            };
-            let command = format!(
-                "rumor bench membership{} --seed {seed}",
-                if quick { " --quick" } else { "" }
-            );
-            let report = bench::report(&opts, &command, |line| eprintln!("{line}"));
-            if let Some(dir) = out.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-            }
-            std::fs::write(&out, &report).with_context(|| format!("writing {}", out.display()))?;
-            println!("wrote {}", out.display());
-        }
-        Command::Bench {
-            what:
-                BenchCommand::Dataplane {
-                    duration,
-                    rounds,
-                    quick,
-                    out,
-                },
-        } => runtime()?.block_on(bench_dataplane::run(bench_dataplane::Options::new(
-            duration, rounds, quick, out,
-        )?))?,
-        Command::Bench {
-            what:
-                BenchCommand::Bridge {
-                    records,
-                    rounds,
-                    quick,
-                    database_url,
-                    brokers,
-                    out,
-                },
-        } => runtime()?.block_on(bench_bridge::run(bench_bridge::Options::new(
-            records,
-            rounds,
-            quick,
-            database_url,
-            brokers,
-            out,
-        )?))?,
-        Command::Bench {
-            what: BenchCommand::DataplanePeer { chunks },
-        } => runtime()?.block_on(bench_dataplane::peer(chunks))?,
     }
     Ok(())
 }

@@ -5,12 +5,13 @@
 //! partitions, crashes, restarts and slow nodes. The same seed and the same
 //! operations replay the same run, event for event.
 
+//!
+//! Other protocols plug in through the [`Protocol`] trait: the benchmarks
+//! (crates/bench) drive the `foca` crate through it for comparison.
+
 mod cluster;
-mod foca;
 mod protocol;
 
-pub use crate::foca::{Foca, FocaConfig};
 pub use cluster::{Cluster, NetConfig, Observations, Watch, sim_addr};
 pub use protocol::{NodeSpec, Protocol, Rumor, SimEvent, Transmit};
-pub mod bench;
 pub mod scenario;

@@ -137,28 +137,8 @@ pub fn run_rumor(scenario: &Scenario, seed: u64, cfg: Config) -> Report {
     run(scenario, cluster)
 }
 
-/// Runs `scenario` with implementation `imp` (foca's LAN preset is sized by `n`).
-pub fn run_impl(scenario: &Scenario, seed: u64, imp: crate::bench::Impl, n: usize) -> Report {
-    use crate::bench::Impl;
-    match imp {
-        Impl::Lifeguard => run_rumor(scenario, seed, Config::lan()),
-        Impl::NoLifeguard => run_rumor(
-            scenario,
-            seed,
-            Config {
-                lifeguard: false,
-                ..Config::lan()
-            },
-        ),
-        Impl::Foca => {
-            let c = Cluster::new(seed, scenario.net.clone(), move |spec| crate::foca::Foca::new(spec, n));
-            run(scenario, c)
-        }
-    }
-}
-
 /// The spread of one gossip message through `n` rumor nodes: (seconds, nodes that have it).
-pub fn playground(n: usize, loss: f64, seed: u64) -> Vec<(f64, usize)> {
+pub fn spread(n: usize, loss: f64, seed: u64) -> Vec<(f64, usize)> {
     let net = NetConfig {
         loss,
         ..NetConfig::default()

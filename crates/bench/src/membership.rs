@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use membership::Config;
 
-use crate::cluster::{Cluster, NetConfig};
+use sim::scenario::{self, Scenario};
+use sim::{Cluster, NetConfig, NodeSpec, Protocol, Rumor};
+
 use crate::foca::Foca;
-use crate::protocol::{NodeSpec, Protocol, Rumor};
 
 /// Which implementation a run uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,17 @@ impl Impl {
             Impl::Lifeguard => "rumor (Lifeguard)",
             Impl::NoLifeguard => "rumor (no Lifeguard)",
             Impl::Foca => "foca 2.0",
+        }
+    }
+}
+
+/// Runs `scenario` with implementation `imp` (foca's LAN preset is sized by `n`).
+pub fn run_scenario(scenario: &Scenario, seed: u64, imp: Impl, n: usize) -> scenario::Report {
+    match imp {
+        Impl::Lifeguard | Impl::NoLifeguard => scenario::run_rumor(scenario, seed, rumor_cfg(imp == Impl::Lifeguard)),
+        Impl::Foca => {
+            let c = Cluster::new(seed, scenario.net.clone(), move |spec: &NodeSpec| Foca::new(spec, n));
+            scenario::run(scenario, c)
         }
     }
 }
@@ -133,13 +145,7 @@ pub struct Run {
 }
 
 fn percentile(v: &[f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let idx = ((p * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
-    Some(s[idx])
+    crate::report::percentile_of(v, p)
 }
 
 fn run_seed(base: u64, n: usize, loss: f64, salt: u64) -> u64 {

@@ -20,7 +20,7 @@ use bytes::{Buf, BufMut};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
-use crate::protocol::{NodeSpec, Protocol, SimEvent, Transmit};
+use sim::{NodeSpec, Protocol, SimEvent, Transmit};
 
 /// foca's configuration type, to build a [`Foca`] with [`Foca::with_config`].
 pub use ::foca::Config as FocaConfig;
@@ -897,7 +897,7 @@ mod tests {
     use std::net::{Ipv4Addr, SocketAddrV4};
 
     use super::*;
-    use crate::cluster::{Cluster, NetConfig, sim_addr};
+    use sim::{Cluster, NetConfig, sim_addr};
 
     const N: usize = 10;
 

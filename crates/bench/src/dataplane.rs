@@ -1,8 +1,8 @@
-//! `rumor bench dataplane`: the data plane measured on loopback, next to a
+//! `rumor-bench dataplane`: the data plane measured on loopback, next to a
 //! baseline measured in the same run, and the idle footprint of a cluster.
 //!
 //! ```text
-//!  bench process                                  peer process (`rumor bench dataplane-peer`)
+//!  bench process                                  peer process (`rumor-bench dataplane-peer`)
 //!  load ─> gateway Router::send ──mesh gRPC──────> worker node (echo processor)
 //!  load ─> MeshClient (one pooled channel) ──────> bare echo: the same Mesh service and
 //!                                                  reply chunks, no router, no worker
@@ -43,9 +43,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::report::proc::{clock_ticks, cpu_ticks, status_kib};
+use crate::report::{Machine, loadavg, median, met};
+
 /// Concurrent conversations of the closed-loop steps.
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
-/// The goals of issue 4.
+/// The data plane's goals.
 const GOAL_RATIO: f64 = 0.70;
 const GOAL_P99_MS: f64 = 2.0;
 const GOAL_IDLE_CPU_PCT: f64 = 1.0;
@@ -57,30 +60,30 @@ const KEY_VAR: &str = "RUMOR_BENCH_KEY";
 /// Time the mesh gives each message (the router's default).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What `rumor bench dataplane` measures.
+/// What `rumor-bench dataplane` measures.
 #[derive(Debug, Clone)]
-pub(crate) struct Options {
+pub struct Options {
     /// Measured time of each step, after `warmup`.
-    pub(crate) duration: Duration,
+    pub duration: Duration,
     /// Unmeasured time at the start of each step.
-    pub(crate) warmup: Duration,
+    pub warmup: Duration,
     /// Rounds; each runs every step once.
-    pub(crate) rounds: usize,
+    pub rounds: usize,
     /// Bytes of each message's payload.
-    pub(crate) payload_bytes: usize,
+    pub payload_bytes: usize,
     /// Reply data chunks (the echo processor's `chunks`); a final chunk follows.
-    pub(crate) chunks: usize,
+    pub chunks: usize,
     /// How long the idle cluster's CPU time is sampled.
-    pub(crate) idle: Duration,
+    pub idle: Duration,
     /// Where the report goes.
-    pub(crate) out: PathBuf,
+    pub out: PathBuf,
     /// The command line, as written in the report.
-    pub(crate) command: String,
+    pub command: String,
 }
 
 impl Options {
     /// The settings of the command line: `--quick` shrinks every phase to a smoke run of a few seconds.
-    pub(crate) fn new(duration_s: f64, rounds: usize, quick: bool, out: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(duration_s: f64, rounds: usize, quick: bool, out: PathBuf) -> anyhow::Result<Self> {
         if !(duration_s > 0.0 && duration_s <= 3600.0) {
             bail!("--duration must be between 0 and 3600 seconds, got {duration_s}");
         }
@@ -88,7 +91,7 @@ impl Options {
             bail!("--rounds must be at least 1");
         }
         let default_out = out == std::path::Path::new("docs/benchmarks/dataplane.md");
-        let mut command = String::from("rumor bench dataplane");
+        let mut command = String::from("rumor-bench dataplane");
         if quick {
             command.push_str(" --quick");
         } else {
@@ -162,11 +165,11 @@ impl Mesh for BareEcho {
     }
 }
 
-/// `rumor bench dataplane-peer` (hidden): a worker node and the bare echo on
+/// `rumor-bench dataplane-peer` (hidden): a worker node and the bare echo on
 /// free loopback ports, with the gossip key from `RUMOR_BENCH_KEY`. Prints
 /// `peer gossip=… mesh=… echo=…` and runs until its stdin closes (the bench
 /// process ended) or Ctrl-C/SIGTERM.
-pub(crate) async fn peer(chunks: usize) -> anyhow::Result<()> {
+pub async fn peer(chunks: usize) -> anyhow::Result<()> {
     let key = std::env::var(KEY_VAR).with_context(|| format!("{KEY_VAR} is not set; the benchmark sets it"))?;
     // The bench holds our stdin open; EOF means it is gone, however it ended.
     std::thread::spawn(|| {
@@ -195,7 +198,7 @@ pub(crate) async fn peer(chunks: usize) -> anyhow::Result<()> {
     let _ = std::io::stdout().flush();
     tokio::select! {
         r = server => r.context("bare echo server")?,
-        () = crate::commands::terminated() => {}
+        () = crate::terminated() => {}
     }
     Ok(())
 }
@@ -268,79 +271,8 @@ impl Drop for Proc {
     }
 }
 
-fn rumor_exe() -> anyhow::Result<PathBuf> {
-    std::env::current_exe().context("finding the rumor executable")
-}
-
 // ---------------------------------------------------------------------------------------------
 // /proc.
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name in field 2 may hold spaces; the fields after it do not.
-    let rest = stat.get(stat.rfind(')')? + 1..)?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-/// A `kB` line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in KiB.
-fn status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-pub(crate) fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-pub(crate) fn machine() -> (String, usize, String) {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let rustc = Command::new("rustc")
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "rustc unknown".into());
-    (cpu, cores, rustc)
-}
-
-fn now_utc() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "unknown".into())
-}
 
 // ---------------------------------------------------------------------------------------------
 // Load.
@@ -663,17 +595,14 @@ struct IdleNode {
     hwm_mib: f64,
 }
 
-/// `rumor bench dataplane`: runs everything, writes the report, prints it.
-pub(crate) async fn run(o: Options) -> anyhow::Result<()> {
+/// `rumor-bench dataplane`: runs everything, writes the report, prints it.
+pub async fn run(o: Options) -> anyhow::Result<()> {
     let results = tokio::select! {
         r = measure(&o) => r?,
-        () = crate::commands::terminated() => bail!("interrupted; every child process was stopped"),
+        () = crate::terminated() => bail!("interrupted; every child process was stopped"),
     };
     let report = render(&o, &results);
-    if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&o.out, &report).with_context(|| format!("writing {}", o.out.display()))?;
+    crate::report::write(&o.out, &report)?;
     print!("{report}");
     println!("wrote {}", o.out.display());
     Ok(())
@@ -685,13 +614,13 @@ async fn measure(o: &Options) -> anyhow::Result<Results> {
         load_start: loadavg(),
         ..Results::default()
     };
-    let exe = rumor_exe()?;
+    let exe = crate::rumor_exe()?;
     let key = Key::generate().to_base64();
     let ticks_per_s = clock_ticks();
 
     // The peer: a worker node and the bare echo.
-    let mut cmd = Command::new(&exe);
-    cmd.args(["bench", "dataplane-peer", "--chunks", &o.chunks.to_string()])
+    let mut cmd = Command::new(std::env::current_exe().context("finding the rumor-bench executable")?);
+    cmd.args(["dataplane-peer", "--chunks", &o.chunks.to_string()])
         .env(KEY_VAR, &key);
     let peer = Proc::spawn("peer (worker + bare echo)", cmd).await?;
     let peer_gossip = peer.field("gossip")?.parse().context("peer gossip address")?;
@@ -908,20 +837,6 @@ async fn idle_cluster(exe: &std::path::Path, o: &Options, ticks_per_s: f64) -> a
 // ---------------------------------------------------------------------------------------------
 // The report.
 
-pub(crate) fn median(v: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = v.filter(|x| !x.is_nan()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn ms(us: f64) -> String {
     if us.is_nan() {
         "n/a".into()
@@ -930,10 +845,6 @@ fn ms(us: f64) -> String {
     } else {
         format!("{:.1} ms", us / 1e3)
     }
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "**missed**" }
 }
 
 /// Per-level figures: medians over the rounds.
@@ -975,7 +886,8 @@ fn level(r: &Results, conc: usize) -> Level {
 }
 
 fn render(o: &Options, r: &Results) -> String {
-    let (cpu, cores, rustc) = machine();
+    let machine = Machine::read();
+    let (cpu, cores, rustc) = (&machine.cpu, machine.cores, &machine.rustc);
     let levels: Vec<(usize, Level)> = CONCURRENCY.iter().map(|&c| (c, level(r, c))).collect();
     let open = |p: Path, f: &dyn Fn(&Sample) -> f64| median(r.open[&p].iter().map(f));
     let open_mesh_p99 = open(Path::Mesh, &|s| s.pct(0.99));
@@ -994,11 +906,14 @@ fn render(o: &Options, r: &Results) -> String {
     let _ = writeln!(w, "# Data-plane benchmark (crates/node, loopback)\n");
     let _ = writeln!(
         w,
-        "Written by `{}` (`crates/rumor/src/bench_dataplane.rs`), from {build}:",
+        "Written by `{}` (`crates/bench/src/dataplane.rs`), from {build}:",
         o.command
     );
-    let _ = writeln!(w, "`cargo run --release -p rumor -- bench dataplane` reproduces it.\n");
-    let _ = writeln!(w, "- Date: {}", now_utc());
+    let _ = writeln!(
+        w,
+        "`cargo build --release -p rumor -p bench && target/release/rumor-bench dataplane` reproduces it.\n"
+    );
+    let _ = writeln!(w, "- Date: {}", machine.when);
     let _ = writeln!(
         w,
         "- Machine: {cpu}, {cores} cores (nproc), **shared**: other builds and a long-running benchmark ran at the \
@@ -1027,7 +942,7 @@ fn render(o: &Options, r: &Results) -> String {
     let _ = writeln!(
         w,
         "Two processes on 127.0.0.1. The bench process runs a gateway node (`node::Node`, role `gateway`) and the \
-         load; a peer process (`rumor bench dataplane-peer`) runs a worker node (echo processor) and, on another \
+         load; a peer process (`rumor-bench dataplane-peer`) runs a worker node (echo processor) and, on another \
          port, a **bare tonic echo**: the same `rumor.mesh.v1.Mesh/Deliver` service answering with the same reply \
          chunks, built at once, with no router, worker, task or channel in between."
     );

@@ -1,4 +1,4 @@
-//! `rumor bench bridge`: records per second from Kafka into PostgreSQL
+//! `rumor-bench bridge`: records per second from Kafka into PostgreSQL
 //! through the bridge, next to COPY of the same rows into the same database
 //! in the same run, and the latency from produce to committed row.
 //!
@@ -29,11 +29,12 @@ use events::{EventLog, KafkaConfig, OutRecord, Pending, Producer, TopicSpec, cod
 use proto::events::{MessageRecord, message_record::Kind};
 use sqlx::{Connection as _, PgConnection, PgPool};
 
-use crate::bench_dataplane::{loadavg, machine, median};
+use crate::report::proc::machine_cpu_times as cpu_times;
+use crate::report::{Machine, loadavg, median, met, percentile as pct};
 
-/// Batch sizes measured, as the issue asks.
+/// Batch sizes measured.
 const BATCH_SIZES: [usize; 3] = [100, 1_000, 5_000];
-/// The goals of issue 5.
+/// The bridge's goals.
 const GOAL_RATE: f64 = 50_000.0;
 const GOAL_RATIO: f64 = 0.60;
 const GOAL_P99_MS: f64 = 250.0;
@@ -41,26 +42,26 @@ const DATABASE: &str = "rumor_bench_bridge";
 /// Conversations the records are spread over.
 const CONVERSATIONS: usize = 1_000;
 
-/// What `rumor bench bridge` measures.
+/// What `rumor-bench bridge` measures.
 #[derive(Debug, Clone)]
-pub(crate) struct Options {
+pub struct Options {
     /// Records of each throughput step.
-    pub(crate) records: usize,
-    pub(crate) rounds: usize,
+    pub records: usize,
+    pub rounds: usize,
     /// Measured seconds of the latency step.
-    pub(crate) latency: Duration,
-    pub(crate) payload_bytes: usize,
-    pub(crate) partitions: i32,
+    pub latency: Duration,
+    pub payload_bytes: usize,
+    pub partitions: i32,
     /// A PostgreSQL URL whose user may create databases; the bench works in
     /// its own database next to it.
-    pub(crate) database_url: String,
-    pub(crate) brokers: String,
-    pub(crate) out: PathBuf,
-    pub(crate) command: String,
+    pub database_url: String,
+    pub brokers: String,
+    pub out: PathBuf,
+    pub command: String,
 }
 
 impl Options {
-    pub(crate) fn new(
+    pub fn new(
         records: usize,
         rounds: usize,
         quick: bool,
@@ -70,7 +71,7 @@ impl Options {
     ) -> anyhow::Result<Self> {
         ensure!(records >= 10_000, "--records must be at least 10000");
         ensure!(rounds >= 1, "--rounds must be at least 1");
-        let mut command = String::from("rumor bench bridge");
+        let mut command = String::from("rumor-bench bridge");
         if quick {
             command.push_str(" --quick");
         } else {
@@ -128,7 +129,7 @@ struct Produced {
 /// Commits seen by the bridge's hook, in order.
 type Commits = Arc<Mutex<Vec<(Instant, CommitInfo)>>>;
 
-pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
+pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = std::time::SystemTime::now();
     let load_before = loadavg();
     let url = database_url_with_name(&opts.database_url, DATABASE)?;
@@ -238,10 +239,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         checks: &checks,
         latency: &latency,
     });
-    if let Some(dir) = opts.out.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    std::fs::write(&opts.out, report).with_context(|| format!("writing {}", opts.out.display()))?;
+    crate::report::write(&opts.out, &report)?;
     println!("wrote {}", opts.out.display());
     let bad: Vec<_> = checks.iter().filter(|(_, _, c)| !c.ok()).collect();
     if !bad.is_empty() {
@@ -532,31 +530,6 @@ impl Latency {
     }
 }
 
-/// Busy and total CPU time of the whole machine so far, in clock ticks
-/// (the first line of `/proc/stat`; idle and iowait count as not busy).
-fn cpu_times() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    let all: u64 = ticks.iter().take(8).sum();
-    let idle = ticks.get(3)? + ticks.get(4)?;
-    Some((all - idle, all))
-}
-
-/// The `p` quantile of sorted `v` (nearest rank).
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    let idx = ((p * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
-    v[idx]
-}
-
 /// Produces at `rate` records per second for `measure` (after a second of
 /// warm-up that is not counted) and times each record from its enqueue to
 /// the commit of the batch that stored it.
@@ -701,13 +674,10 @@ struct Report<'a> {
     latency: &'a [(usize, &'static str, Latency)],
 }
 
-fn met(ok: bool) -> &'static str {
-    if ok { "met" } else { "**missed**" }
-}
-
 fn report(r: &Report<'_>) -> String {
     let o = r.opts;
-    let (cpu, cores, rustc) = machine();
+    let machine = Machine::read();
+    let (cpu, cores, rustc) = (&machine.cpu, machine.cores, &machine.rustc);
     let when = r
         .started
         .duration_since(std::time::UNIX_EPOCH)

@@ -4,7 +4,7 @@
 //! memory per member entry (the cluster holds N x (N - 1) of them) as it goes;
 //! if the cluster does not converge, it lists the (observer, member) pairs missing.
 //!
-//! `cargo run --release -p sim --example memory -- N [steady seconds] [pace]`
+//! `cargo run --release -p bench --example memory -- N [steady seconds] [pace]`
 
 use std::time::{Duration, Instant};
 
@@ -71,7 +71,7 @@ fn main() {
         }
         if k > 0 && k % (n / 10).max(1) == 0 {
             report(&c, n, "starting", wall);
-            if status_kib("VmRSS:") << 10 > sim::bench::MEMORY_BUDGET {
+            if status_kib("VmRSS:") << 10 > bench::membership::MEMORY_BUDGET {
                 println!("stopped: over the memory budget");
                 return;
             }

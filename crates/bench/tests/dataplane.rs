@@ -1,4 +1,4 @@
-//! `rumor bench dataplane --quick`: a smoke run of the data-plane benchmark
+//! `rumor-bench dataplane --quick`: a smoke run of the data-plane benchmark
 //! into a temporary file. It checks that the report has its tables and that
 //! every process the benchmark started is gone afterwards; it asserts nothing
 //! about the figures (no test asserts on wall time).
@@ -13,15 +13,15 @@ const LIMIT: Duration = Duration::from_secs(90);
 fn quick_dataplane_bench_writes_every_table_and_leaves_no_process_behind() {
     let out = std::env::temp_dir().join(format!("rumor-dataplane-{}.md", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
-        .args(["bench", "dataplane", "--quick", "--out"])
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rumor-bench"))
+        .args(["dataplane", "--quick", "--out"])
         .arg(&out)
         .env_remove("RUMOR_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawning rumor bench dataplane");
+        .expect("spawning rumor-bench dataplane");
     // Drain both pipes in threads so the child never blocks on them.
     let mut pipe_out = child.stdout.take().unwrap();
     let mut pipe_err = child.stderr.take().unwrap();
@@ -43,7 +43,7 @@ fn quick_dataplane_bench_writes_every_table_and_leaves_no_process_behind() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("rumor bench dataplane --quick did not finish within {LIMIT:?}");
+            panic!("rumor-bench dataplane --quick did not finish within {LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
@@ -60,7 +60,7 @@ fn quick_dataplane_bench_writes_every_table_and_leaves_no_process_behind() {
     let _ = std::fs::remove_file(&out);
     for needle in [
         "# Data-plane benchmark",
-        "`rumor bench dataplane --quick --out ",
+        "`rumor-bench dataplane --quick --out ",
         "- Machine: ",
         "## Goals, checked against this run",
         "| mesh throughput / baseline, 1 conversation |",

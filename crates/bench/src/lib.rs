@@ -1,0 +1,60 @@
+//! rumor's benchmarks. Each writes a Markdown report under `docs/benchmarks/`
+//! that states the command that made it and compares with a baseline
+//! measured in the same run (the machine is shared and noisy, so reports
+//! quote medians and ratios). Nothing here is linked into the `rumor` binary.
+//!
+//! | command | report | module |
+//! |---|---|---|
+//! | `rumor-bench membership` | membership.md: SWIM + Lifeguard, without Lifeguard, and foca in the simulator | [`membership`] |
+//! | `rumor-bench dataplane` | dataplane.md: gateway to worker and back against a bare tonic echo | [`dataplane`] |
+//! | `rumor-bench bridge` | bridge.md: Kafka into PostgreSQL against COPY | [`bridge`] |
+//! | `cargo bench -p bench --bench routing` | routing.md: the ring against other consistent-hashing crates | `benches/routing.rs` |
+//!
+//! [`report`] holds what the reports share: the machine, percentiles, tables.
+
+pub mod bridge;
+pub mod dataplane;
+pub mod foca;
+pub mod membership;
+pub mod report;
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The `rumor` binary that benchmarks start as separate processes: `RUMOR_BIN`
+/// when set, otherwise `rumor` next to this executable (cargo puts both in
+/// `target/<profile>/`; integration tests run from its `deps/`).
+pub fn rumor_exe() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("RUMOR_BIN") {
+        return Ok(path.into());
+    }
+    let me = std::env::current_exe().context("finding this executable")?;
+    for dir in me.ancestors().skip(1).take(2) {
+        let candidate = dir.join("rumor");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!(
+        "no rumor binary next to {}: build it with the same profile first (cargo build --release -p rumor), \
+         or set RUMOR_BIN",
+        me.display()
+    )
+}

@@ -1,0 +1,184 @@
+//! `rumor-bench`: the benchmarks that write reports under docs/benchmarks/.
+//! Build with `--release`; the data-plane benchmark also starts the `rumor`
+//! binary of the same profile (see [`bench::rumor_exe`]).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use bench::membership::{self, Impl};
+use clap::{Parser, Subcommand, ValueEnum};
+use sim::scenario;
+
+#[derive(Parser, Debug)]
+#[command(name = "rumor-bench", version, about = "rumor's benchmarks: each writes a report")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// SWIM + Lifeguard vs Lifeguard off vs foca, in the simulator (~55 min).
+    Membership {
+        /// A short smoke run instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Seed of every run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/membership.md")]
+        out: PathBuf,
+    },
+    /// Gateway -> worker -> back on loopback against a bare tonic echo, and the idle footprint of 5 nodes (~5 min).
+    Dataplane {
+        /// Measured seconds of each step (after a 1 s warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Rounds; each runs every step once.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
+        out: PathBuf,
+    },
+    /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~9 min).
+    Bridge {
+        /// Records of each throughput step.
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        /// Rounds; each runs every step once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// PostgreSQL URL of a user that may create databases; the bench uses its own database `rumor_bench_bridge`.
+        #[arg(
+            long,
+            env = "RUMOR_TEST_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/test"
+        )]
+        database_url: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "RUMOR_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+        brokers: String,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/bridge.md")]
+        out: PathBuf,
+    },
+    /// A membership scenario in the simulator with any implementation, foca included, for comparison.
+    Sim {
+        /// Scenario name: steady, crash, join, gossip, loss, slow, partition, restart, churn.
+        scenario: String,
+        /// Cluster size.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Minutes of simulated steady state.
+        #[arg(long, default_value_t = 2)]
+        minutes: u64,
+        /// Seed; the same seed replays the same run.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Which implementation to simulate.
+        #[arg(long, value_enum, default_value_t = ImplArg::Lifeguard)]
+        r#impl: ImplArg,
+    },
+    /// The far end of `dataplane`, started by it: a worker node and a bare echo service.
+    #[command(hide = true)]
+    DataplanePeer {
+        /// Reply data chunks.
+        #[arg(long, default_value_t = 3)]
+        chunks: usize,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ImplArg {
+    Lifeguard,
+    NoLifeguard,
+    Foca,
+}
+
+impl From<ImplArg> for Impl {
+    fn from(a: ImplArg) -> Impl {
+        match a {
+            ImplArg::Lifeguard => Impl::Lifeguard,
+            ImplArg::NoLifeguard => Impl::NoLifeguard,
+            ImplArg::Foca => Impl::Foca,
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Membership { quick, seed, out } => {
+            let opts = if quick {
+                membership::Options::quick(seed)
+            } else {
+                membership::Options::full(seed)
+            };
+            let command = format!(
+                "rumor-bench membership{} --seed {seed}",
+                if quick { " --quick" } else { "" }
+            );
+            let report = membership::report(&opts, &command, |line| eprintln!("{line}"));
+            bench::report::write(&out, &report)?;
+            println!("wrote {}", out.display());
+        }
+        Command::Dataplane {
+            duration,
+            rounds,
+            quick,
+            out,
+        } => runtime()?.block_on(bench::dataplane::run(bench::dataplane::Options::new(
+            duration, rounds, quick, out,
+        )?))?,
+        Command::Bridge {
+            records,
+            rounds,
+            quick,
+            database_url,
+            brokers,
+            out,
+        } => runtime()?.block_on(bench::bridge::run(bench::bridge::Options::new(
+            records,
+            rounds,
+            quick,
+            database_url,
+            brokers,
+            out,
+        )?))?,
+        Command::Sim {
+            scenario: name,
+            nodes,
+            minutes,
+            seed,
+            r#impl,
+        } => {
+            let Some(sc) = scenario::builtin(&name, nodes, minutes) else {
+                bail!("unknown scenario {name:?}; known: {}", scenario::BUILTIN.join(", "));
+            };
+            println!("seed {seed}");
+            let report = membership::run_scenario(&sc, seed, r#impl.into(), nodes);
+            print!("{}", report.render(&name));
+        }
+        Command::DataplanePeer { chunks } => runtime()?.block_on(bench::dataplane::peer(chunks))?,
+    }
+    Ok(())
+}
