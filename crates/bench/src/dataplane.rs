@@ -26,6 +26,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::path::PathBuf;
 use std::process::{ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,8 +34,8 @@ use node::client::AdminClient;
 use node::crypto::Key;
 use node::mesh::{self, PROTOCOL_VERSION};
 use node::router::Router;
-use node::worker::Echo;
-use node::{Node, NodeConfig};
+use node::{Node, NodeConfig, Role, Roles};
+use processors::Echo;
 use proto::bytes::Bytes;
 use proto::mesh::mesh_client::MeshClient;
 use proto::mesh::mesh_server::{Mesh, MeshServer};
@@ -178,12 +179,12 @@ pub async fn peer(chunks: usize) -> anyhow::Result<()> {
         std::process::exit(0);
     });
     let mut cfg = NodeConfig::new(PEER_WORKER);
-    cfg.roles = vec![node::node::WORKER_ROLE.to_owned()];
+    cfg.roles = Roles::of(&[Role::Worker]);
     cfg.gossip.keys = vec![key];
-    cfg.echo = Echo {
+    cfg.processor = Some(Arc::new(Echo {
         chunks,
         delay: Duration::ZERO,
-    };
+    }));
     let node = Node::start(cfg).await.context("starting the worker node")?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -629,7 +630,7 @@ async fn measure(o: &Options) -> anyhow::Result<Results> {
 
     // The gateway, in this process.
     let mut cfg = NodeConfig::new("bench-gateway");
-    cfg.roles = vec!["gateway".into()];
+    cfg.roles = Roles::of(&[Role::Gateway]);
     cfg.gossip.keys = vec![key.clone()];
     cfg.gossip.seeds = vec![peer_gossip];
     cfg.drain_timeout = Duration::from_secs(1);

@@ -19,7 +19,8 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use node::{mesh, router::Router, worker::{Echo, Worker, WorkerConfig}};
+//! use node::{mesh, router::Router, worker::{Worker, WorkerConfig}};
+//! use processors::Echo;
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let mut cfg = node::GossipConfig::new("worker-1", "127.0.0.1:0".parse()?);
@@ -58,9 +59,13 @@ pub mod frame;
 pub mod gossip;
 pub mod mesh;
 pub mod node;
+pub mod processor;
+pub mod role;
 pub mod router;
 pub mod tls;
 pub mod worker;
 
 pub use gossip::{GossipConfig, GossipHandle, spawn};
 pub use node::{Node, NodeConfig};
+pub use processor::{Cancelled, ProcessError, ProcessFuture, Processor, Replies};
+pub use role::{Role, Roles};

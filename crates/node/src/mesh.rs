@@ -75,8 +75,6 @@ pub struct MeshConfig {
     pub retry_backoff: Duration,
     /// Longest pause between retries. Default 200 ms.
     pub max_retry_backoff: Duration,
-    /// The gossip role of members that own keys. Default `worker`.
-    pub worker_role: String,
     /// The key in the gossip metadata's `services` holding a member's mesh
     /// address (`host:port`). Default `mesh`.
     pub service: String,
@@ -94,7 +92,6 @@ impl Default for MeshConfig {
             connect_timeout: Duration::from_secs(1),
             retry_backoff: Duration::from_millis(10),
             max_retry_backoff: Duration::from_millis(200),
-            worker_role: "worker".to_owned(),
             service: "mesh".to_owned(),
             tls: None,
         }

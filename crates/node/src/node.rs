@@ -16,11 +16,10 @@ use tokio::task::JoinHandle;
 use crate::admin::{self, Shared};
 use crate::gossip::{self, GossipConfig, GossipHandle};
 use crate::mesh::{self, MeshConfig};
+use crate::processor::Processor;
+use crate::role::{Role, Roles};
 use crate::router::Router;
-use crate::worker::{Echo, RecordSink, Worker, WorkerConfig};
-
-/// The role that owns keys and runs a worker.
-pub const WORKER_ROLE: &str = "worker";
+use crate::worker::{RecordSink, Worker, WorkerConfig};
 
 /// Everything one node needs to start. A plain struct: the binary fills it in.
 #[derive(Debug, Clone)]
@@ -29,8 +28,8 @@ pub struct NodeConfig {
     /// roles, capacity and `mesh`/`admin` services are set by [`Node::start`]
     /// from the fields below (other services and tags are kept).
     pub gossip: GossipConfig,
-    /// Roles: any of `gateway`, `forward`, `worker`.
-    pub roles: Vec<String>,
+    /// The roles the node holds; gossip advertises them.
+    pub roles: Roles,
     /// Address of the mesh gRPC server. Port 0 picks a free port.
     pub mesh_bind: SocketAddr,
     /// Address of the admin HTTP endpoint. Port 0 picks a free port.
@@ -39,8 +38,10 @@ pub struct NodeConfig {
     pub mesh: MeshConfig,
     /// Worker settings (used with the worker role); `capacity` is advertised.
     pub worker: WorkerConfig,
-    /// The built-in processor the worker runs.
-    pub echo: Echo,
+    /// What the worker calls for each message (with the worker role);
+    /// crates/processors holds the implementations. Default: none, and a
+    /// node with the worker role then refuses to start.
+    pub processor: Option<Arc<dyn Processor>>,
     /// Where the worker reports each message it processes and its final
     /// reply (the event log). Default none.
     pub record_sink: Option<Arc<dyn RecordSink>>,
@@ -60,12 +61,12 @@ impl NodeConfig {
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
             gossip: GossipConfig::new(name, loopback),
-            roles: Vec::new(),
+            roles: Roles::NONE,
             mesh_bind: loopback,
             admin_bind: loopback,
             mesh: MeshConfig::default(),
             worker: WorkerConfig::default(),
-            echo: Echo::default(),
+            processor: None,
             record_sink: None,
             drain_timeout: Duration::from_secs(5),
             fault_injection: false,
@@ -73,8 +74,8 @@ impl NodeConfig {
     }
 
     /// True when the node holds `role`.
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.has(role)
     }
 }
 
@@ -100,6 +101,9 @@ pub enum NodeError {
         /// The bound address.
         addr: SocketAddr,
     },
+    /// The node holds the worker role but was given no processor.
+    #[error("the worker role needs a processor")]
+    NoProcessor,
     /// The mesh settings break a constraint.
     #[error("mesh config: {0}")]
     Mesh(#[from] mesh::MeshConfigError),
@@ -169,9 +173,14 @@ impl Node {
         let admin_addr = advertised("admin", local_addr(&admin_listener, config.admin_bind), host)?;
 
         let name = config.gossip.name.clone();
-        let is_worker = config.has_role(WORKER_ROLE);
+        let is_worker = config.has_role(Role::Worker);
+        let processor = match (is_worker, config.processor.take()) {
+            (true, None) => return Err(NodeError::NoProcessor),
+            (true, p) => p,
+            (false, _) => None,
+        };
         let meta = &mut config.gossip.meta;
-        meta.roles = config.roles.clone();
+        meta.roles = config.roles.names();
         meta.capacity = if is_worker {
             config.worker.capacity.min(u32::MAX as usize) as u32
         } else {
@@ -181,8 +190,8 @@ impl Node {
         meta.services.insert("admin".into(), admin_addr.to_string());
 
         let gossip = gossip::spawn(config.gossip).await?;
-        let worker = is_worker.then(|| {
-            let worker = Worker::new(&name, config.worker.clone(), Arc::new(config.echo.clone()));
+        let worker = processor.map(|processor| {
+            let worker = Worker::new(&name, config.worker.clone(), processor);
             match config.record_sink.clone() {
                 Some(sink) => worker.with_sink(sink),
                 None => worker,

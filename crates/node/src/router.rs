@@ -47,6 +47,7 @@ use tracing::debug;
 
 use crate::gossip::View;
 use crate::mesh::{self, Counters, MeshConfig, MeshStats, PROTOCOL_VERSION, count};
+use crate::role::Role;
 use crate::worker::{ReplyStream, Worker};
 
 /// The routing table of one gossip view: a [`Ring`] over the live members
@@ -59,7 +60,7 @@ pub struct Table {
 }
 
 impl Table {
-    /// Builds the table from a view: live members holding `config.worker_role`
+    /// Builds the table from a view: live members holding the worker role
     /// with capacity above 0 and a `config.service` address.
     pub fn from_view(view: &View, config: &MeshConfig) -> Self {
         let mut members = Vec::new();
@@ -68,7 +69,7 @@ impl Table {
             let Some(addr) = m.meta.services.get(&config.service) else {
                 continue;
             };
-            if m.meta.has_role(&config.worker_role) && m.meta.capacity > 0 {
+            if m.meta.has_role(Role::Worker.as_str()) && m.meta.capacity > 0 {
                 members.push(RingMember::new(m.name.clone(), m.meta.capacity));
                 addrs.insert(m.name.clone(), addr.clone());
             }

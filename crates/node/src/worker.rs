@@ -9,7 +9,9 @@
 //!                              (no lane task for key? spawn one)
 //!
 //!  lane task for key: loop { pop front job (or remove the lane and stop);
-//!                            run Processor in its own task; send `last` or `error` }
+//!                            run the Processor in its own task until it returns,
+//!                            the caller goes away or the deadline passes;
+//!                            send `last` or `error` }
 //! ```
 //!
 //! One lane task exists per conversation with queued work, so one
@@ -28,23 +30,28 @@
 //! - of a completed message whose reply was too large to keep, or of a message
 //!   still in flight: `ALREADY_EXISTS` naming the id.
 //!
-//! A message that failed (processor error, deadline) is forgotten, so the
-//! sender may retry it under the same id.
+//! A message that failed (processor error, deadline) or was cancelled is
+//! forgotten, so the sender may retry it under the same id.
+//!
+//! # Cancellation
+//!
+//! When the receiver of a reply stream is dropped (the caller disconnected
+//! or cancelled), the processor's future is dropped at once and nothing more
+//! is sent; see [`crate::processor`]. A message still queued when its caller
+//! leaves is not processed at all.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use proto::bytes::Bytes;
 use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
+
+use crate::processor::{ProcessError, Processor, Replies};
 
 /// A stream of reply chunks for one message.
 ///
@@ -53,36 +60,6 @@ use tonic::{Code, Status};
 /// (for example its deadline passed in the queue), or after some chunks when
 /// the processor panicked.
 pub type ReplyStream = ReceiverStream<Result<ReplyChunk, Status>>;
-
-/// A future returned by [`Processor::process`].
-pub type ProcessFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
-
-/// Turns one message into a streamed reply: the seam where real AI backends
-/// plug in later. The worker calls it for one message of a conversation at a
-/// time, in arrival order, and adds the final chunk itself.
-pub trait Processor: Send + Sync + 'static {
-    /// Processes `msg`, sending reply data through `out` in order.
-    fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a>;
-}
-
-/// Why a [`Processor`] failed; sent to the caller as the reply's error chunk.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessError {
-    /// A gRPC status code.
-    pub code: Code,
-    /// A message for the caller.
-    pub message: String,
-}
-
-impl ProcessError {
-    /// An `INTERNAL` error with `message`.
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self {
-            code: Code::Internal,
-            message: message.into(),
-        }
-    }
-}
 
 /// Where a worker reports what it processed: the seam to the event log
 /// (Kafka, or the embedded log of `rumor up`), which the binary plugs in.
@@ -110,7 +87,7 @@ pub trait RecordSink: Send + Sync + fmt::Debug + 'static {
 
 /// The whole reply to one message, as the worker reports it to a
 /// [`RecordSink`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinalReply {
     /// Every data byte of the reply, in order, up to
     /// [`WorkerConfig::max_recorded_reply_bytes`].
@@ -121,116 +98,6 @@ pub struct FinalReply {
     pub chunks: u64,
     /// Set when processing failed (after `chunks` chunks): a gRPC code and message.
     pub error: Option<(u32, String)>,
-}
-
-/// The built-in processor: echoes the payload back in up to `chunks` pieces,
-/// optionally pausing between them to imitate a streaming backend.
-#[derive(Debug, Clone)]
-pub struct Echo {
-    /// Pieces to split the payload into (at least 1; fewer if it is shorter).
-    pub chunks: usize,
-    /// Pause before each piece.
-    pub delay: Duration,
-}
-
-impl Default for Echo {
-    fn default() -> Self {
-        Self {
-            chunks: 3,
-            delay: Duration::ZERO,
-        }
-    }
-}
-
-impl Processor for Echo {
-    fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
-        Box::pin(async move {
-            let payload = &msg.payload;
-            let size = payload.len().div_ceil(self.chunks.max(1)).max(1);
-            let mut start = 0;
-            while start < payload.len() {
-                if !self.delay.is_zero() {
-                    tokio::time::sleep(self.delay).await;
-                }
-                let end = (start + size).min(payload.len());
-                out.send(payload.slice(start..end)).await;
-                start = end;
-            }
-            Ok(())
-        })
-    }
-}
-
-/// Where a [`Processor`] sends reply data. It numbers the chunks and keeps a
-/// copy for the de-duplication window while the reply is small enough.
-#[derive(Debug)]
-pub struct Replies {
-    id: String,
-    worker: Arc<str>,
-    seq: u64,
-    tx: mpsc::Sender<Result<ReplyChunk, Status>>,
-    /// The reply so far, for replaying to duplicates; `None` once too large.
-    kept: Option<Vec<ReplyChunk>>,
-    kept_bytes: usize,
-    max_kept_bytes: usize,
-    /// The whole reply for the [`RecordSink`]; `None` without one.
-    recorded: Option<FinalReply>,
-    max_recorded_bytes: usize,
-}
-
-impl Replies {
-    /// Sends one chunk of reply data.
-    ///
-    /// It never fails: when the caller has gone away, processing goes on so
-    /// that the result is complete and in the de-duplication window for a
-    /// retry.
-    pub async fn send(&mut self, data: Bytes) {
-        let chunk = ReplyChunk {
-            id: self.id.clone(),
-            seq: self.seq,
-            data,
-            worker: self.worker.to_string(),
-            ..Default::default()
-        };
-        self.push(chunk).await;
-    }
-
-    async fn push(&mut self, chunk: ReplyChunk) {
-        self.keep(&chunk);
-        // A closed receiver means the caller left; see `send`.
-        let _ = self.tx.send(Ok(chunk)).await;
-    }
-
-    fn keep(&mut self, chunk: &ReplyChunk) {
-        self.seq += 1;
-        if let Some(r) = &mut self.recorded
-            && !chunk.data.is_empty()
-        {
-            r.chunks += 1;
-            let room = self.max_recorded_bytes.saturating_sub(r.data.len());
-            r.truncated |= chunk.data.len() > room;
-            r.data.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
-        }
-        if let Some(kept) = &mut self.kept {
-            self.kept_bytes += chunk.data.len() + 32;
-            if self.kept_bytes > self.max_kept_bytes {
-                self.kept = None;
-            } else {
-                kept.push(chunk.clone());
-            }
-        }
-    }
-
-    fn terminal(&self, error: Option<WireError>) -> ReplyChunk {
-        ReplyChunk {
-            id: self.id.clone(),
-            seq: self.seq,
-            last: error.is_none(),
-            error,
-            worker: self.worker.to_string(),
-            ..Default::default()
-        }
-    }
 }
 
 /// Worker settings. Every field has a default (see [`WorkerConfig::default`]).
@@ -275,6 +142,9 @@ stats::counters! {
     completed,
     /// Messages whose processor failed, panicked or ran past the deadline.
     failed,
+    /// Messages cancelled because their caller went away (disconnected or
+    /// cancelled) before the reply ended; the processor was stopped.
+    cancelled,
     /// Messages whose deadline passed while they were queued (not processed).
     expired,
     /// Duplicates answered from the window with the cached reply.
@@ -513,6 +383,16 @@ async fn run_lane(inner: Arc<Inner>, key: String) {
     }
 }
 
+/// How one processor run ended.
+enum Outcome {
+    /// `process` returned.
+    Returned(Result<(), ProcessError>),
+    /// The caller went away; nothing more is sent.
+    Cancelled,
+    /// The deadline passed first.
+    Expired,
+}
+
 async fn run_job(inner: &Arc<Inner>, job: Job) {
     let Job { envelope, deadline, tx } = job;
     let id = envelope.id.clone();
@@ -527,22 +407,20 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             .await;
         return;
     }
-    let mut out = Replies {
-        id: id.clone(),
-        worker: inner.name.clone(),
-        seq: 0,
+    if tx.is_closed() {
+        // The caller left while the message was queued: nothing to do.
+        inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+        inner.finish(&id, None);
+        return;
+    }
+    let record = inner.sink.as_ref().map(|_| inner.config.max_recorded_reply_bytes);
+    let mut out = Replies::new(
+        id.clone(),
+        inner.name.clone(),
         tx,
-        kept: Some(Vec::new()),
-        kept_bytes: 0,
-        max_kept_bytes: inner.config.max_cached_reply_bytes,
-        recorded: inner.sink.as_ref().map(|_| FinalReply {
-            data: Vec::new(),
-            truncated: false,
-            chunks: 0,
-            error: None,
-        }),
-        max_recorded_bytes: inner.config.max_recorded_reply_bytes,
-    };
+        inner.config.max_cached_reply_bytes,
+        record,
+    );
     if let Some(sink) = &inner.sink {
         sink.inbound(&inner.name, &envelope);
     }
@@ -551,22 +429,21 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     let recorded_env = inner.sink.as_ref().map(|_| envelope.clone());
     // The processor runs in its own task so that a panic in it fails this one
     // message instead of killing the lane and stranding the conversation.
-    // `panic_tx` outlives the task to say so to the caller.
+    // `panic_tx` outlives the task to say so to the caller; `gone` watches
+    // the caller, so that the processor is dropped the moment nobody reads.
     let panic_tx = out.tx.clone();
+    let gone = out.tx.clone();
     let processor = inner.processor.clone();
     let task = tokio::spawn(async move {
-        let result = tokio::time::timeout_at(deadline, processor.process(&envelope, &mut out)).await;
-        (result, out)
+        let outcome = tokio::select! {
+            r = processor.process(&envelope, &mut out) => Outcome::Returned(r),
+            () = gone.closed() => Outcome::Cancelled,
+            () = tokio::time::sleep_until(deadline) => Outcome::Expired,
+        };
+        (outcome, out)
     });
     let (outcome, mut out) = match task.await {
-        Ok((Ok(result), out)) => (result, out),
-        Ok((Err(_elapsed), out)) => {
-            let e = ProcessError {
-                code: Code::DeadlineExceeded,
-                message: format!("message {id}: deadline passed during processing at {}", inner.name),
-            };
-            (Err(e), out)
-        }
+        Ok(done) => done,
         Err(_panic) => {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
             let _ = panic_tx
@@ -578,10 +455,8 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             inner.finish(&id, None);
             if let (Some(sink), Some(env)) = (&inner.sink, &recorded_env) {
                 let reply = FinalReply {
-                    data: Vec::new(),
-                    truncated: false,
-                    chunks: 0,
                     error: Some((Code::Internal as u32, "the processor panicked".into())),
+                    ..FinalReply::default()
                 };
                 sink.reply(&inner.name, env, &reply);
             }
@@ -589,9 +464,26 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         }
     };
     drop(panic_tx);
+    let result = match outcome {
+        Outcome::Returned(r) => r,
+        Outcome::Expired => Err(ProcessError::new(
+            Code::DeadlineExceeded,
+            format!("message {id}: deadline passed during processing at {}", inner.name),
+        )),
+        Outcome::Cancelled => {
+            // Forgotten, so a retry under the same id is processed afresh.
+            inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            inner.finish(&id, None);
+            if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
+                reply.error = Some((Code::Cancelled as u32, "cancelled: the caller went away".into()));
+                sink.reply(&inner.name, env, &reply);
+            }
+            return;
+        }
+    };
     // The window is updated before the final chunk goes out, so a caller
     // that has seen the end of the reply and retries always finds it there.
-    let terminal = match outcome {
+    let terminal = match result {
         Ok(()) => {
             let last = out.terminal(None);
             out.keep(&last);

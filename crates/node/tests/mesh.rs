@@ -14,7 +14,9 @@ use std::time::Duration;
 use node::gossip::{self, GossipConfig, GossipHandle};
 use node::mesh::{self, MeshConfig, PROTOCOL_VERSION};
 use node::router::Router;
-use node::worker::{Echo, ProcessFuture, Processor, Replies, Worker, WorkerConfig};
+use node::worker::{Worker, WorkerConfig};
+use node::{ProcessFuture, Processor, Replies};
+use processors::Echo;
 use proto::bytes::Bytes;
 use proto::mesh::Envelope;
 use proto::mesh::mesh_client::MeshClient;
@@ -176,7 +178,7 @@ async fn send(router: &Router, env: Envelope) -> Result<Answer, Status> {
 }
 
 /// Counts processed messages per id and records each key's processing order.
-#[derive(Default)]
+#[derive(Default, Debug)]
 struct Recorder {
     processed: Mutex<HashMap<String, usize>>,
     order: Mutex<BTreeMap<String, Vec<u32>>>,
@@ -195,7 +197,7 @@ impl Processor for Recorder {
                 self.order.lock().unwrap().entry(msg.key.clone()).or_default().push(n);
             }
             sleep(self.delay).await;
-            out.send(msg.payload.clone()).await;
+            out.send(msg.payload.clone()).await?;
             self.running.fetch_sub(1, Ordering::SeqCst);
             Ok(())
         })
@@ -569,13 +571,14 @@ async fn when_the_owner_is_killed_mid_stream_every_message_is_answered_once_or_g
 }
 
 /// Never finishes: sends one chunk first when the payload is `partial`.
+#[derive(Debug)]
 struct Hang;
 
 impl Processor for Hang {
     fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
         Box::pin(async move {
             if msg.payload == "partial" {
-                out.send(Bytes::from_static(b"part")).await;
+                out.send(Bytes::from_static(b"part")).await?;
             }
             std::future::pending().await
         })
@@ -615,6 +618,37 @@ async fn an_owner_declared_dead_mid_call_is_given_up_and_the_message_rerouted_or
         assert!(message.contains("w1") && message.contains("incomplete"), "{message}");
         let stats = gw.router.stats();
         assert_eq!((stats.rerouted, stats.replies_cut), (1, 1), "{stats:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_caller_that_goes_away_stops_the_remote_processor() {
+    within(async {
+        let gw = TestNode::start("gw", &[], None).await;
+        let w1 = TestNode::start("w1", &[gw.gossip.addr()], Some(Arc::new(Hang))).await;
+        wait_rings(&[&gw, &w1], 1).await;
+        let mut reply = gw
+            .router
+            .send(envelope("m-cancel", "k", "partial"))
+            .await
+            .expect("w1 takes it");
+        let first = reply.next().await.unwrap().unwrap();
+        assert_eq!(first.data, "part");
+        let worker = w1.router.worker().unwrap();
+        assert_eq!(worker.in_flight(), 1);
+        // The caller goes: the relay drops the gRPC call, the worker's
+        // server side sees the stream reset and drops the processor.
+        let left = Instant::now();
+        drop(reply);
+        while worker.in_flight() > 0 {
+            sleep(Duration::from_millis(1)).await;
+        }
+        println!(
+            "the remote processor stopped {:?} after its caller left",
+            left.elapsed()
+        );
+        assert_eq!(worker.stats().cancelled, 1);
     })
     .await;
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use node::mesh::{self, MeshConfig, PROTOCOL_VERSION};
 use node::node::{Node, NodeConfig, NodeError};
 use node::tls::MeshTls;
+use node::{Role, Roles};
 use proto::bytes::Bytes;
 use proto::mesh::Envelope;
 use proto::mesh::mesh_client::MeshClient;
@@ -36,7 +37,12 @@ fn config(name: &str, worker: bool, tls: MeshTls, seed: Option<&Node>) -> NodeCo
     let mut c = NodeConfig::new(name);
     c.gossip.membership = membership::Config::for_tests();
     c.gossip.seeds = seed.map(|s| vec![s.addrs().gossip]).unwrap_or_default();
-    c.roles = vec![if worker { "worker" } else { "gateway" }.to_owned()];
+    if worker {
+        c.roles = Roles::of(&[Role::Worker]);
+        c.processor = Some(std::sync::Arc::new(processors::Echo::default()));
+    } else {
+        c.roles = Roles::of(&[Role::Gateway]);
+    }
     c.mesh = MeshConfig {
         tls: Some(tls),
         ..MeshConfig::for_tests()

@@ -3,18 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use events::publisher::Publisher;
 use node::admin::SendRequest;
 use node::client::AdminClient;
-use node::{Node, NodeConfig};
-use tokio::sync::watch;
-
-use crate::config::EventsSetup;
-use crate::records::{self, LogSink};
+use server::ServerConfig;
 
 /// Completes on Ctrl-C or SIGTERM.
 pub(crate) async fn terminated() {
@@ -41,25 +35,10 @@ pub(crate) async fn terminated() {
 
 /// `rumor node`: runs one node until Ctrl-C or SIGTERM, then leaves and drains.
 /// The first stdout line says where it listens (tests read it).
-pub(crate) async fn node(mut config: NodeConfig, events: Option<EventsSetup>) -> anyhow::Result<()> {
-    let roles = config.roles.join(",");
-    // The event log: workers publish what they process, forward nodes read
-    // injected messages. Nothing here waits for Kafka to be up.
-    let publisher = match &events {
-        Some(ev) if config.has_role(node::node::WORKER_ROLE) => {
-            let publisher = Publisher::spawn(ev.log.producer()?, ev.publisher.clone());
-            config.record_sink = Some(Arc::new(LogSink::new(publisher.clone(), &ev.topics)));
-            Some(publisher)
-        }
-        _ => None,
-    };
-    if let Some(ev) = events.as_ref().filter(|ev| ev.create_topics) {
-        // Best effort: the broker may be down now and the topics made later.
-        if let Err(e) = ev.log.create_topics(&ev.topics.specs()).await {
-            tracing::warn!("creating topics on {}: {e}", ev.log.describe());
-        }
-    }
-    let node = Node::start(config).await.context("starting the node")?;
+pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
+    let roles = config.node.roles;
+    let server = server::start(config).await.context("starting the node")?;
+    let node = server.node();
     let a = node.addrs();
     println!(
         "node {} listening gossip={} mesh={} admin={} roles={roles}",
@@ -69,25 +48,6 @@ pub(crate) async fn node(mut config: NodeConfig, events: Option<EventsSetup>) ->
         a.admin
     );
     let _ = std::io::stdout().flush();
-    let (stop_forwarder, stopped) = watch::channel(false);
-    let forwarder = match &events {
-        Some(ev) if roles.split(',').any(|r| r == "forward") => {
-            let task = records::run_forwarder(
-                node.router().clone(),
-                ev.log.clone(),
-                ev.topics.clone(),
-                ev.forward_group.clone(),
-                Arc::default(),
-                stopped,
-            );
-            Some(tokio::spawn(async move {
-                if let Err(e) = task.await {
-                    tracing::error!("forwarding from the event log stopped: {e:#}");
-                }
-            }))
-        }
-        _ => None,
-    };
     tokio::select! {
         joined = node.wait_joined() => {
             if joined.is_ok() {
@@ -99,21 +59,19 @@ pub(crate) async fn node(mut config: NodeConfig, events: Option<EventsSetup>) ->
         () = terminated() => {}
     }
     println!("node {} leaving", node.name());
-    let _ = stop_forwarder.send(true);
-    if let Some(f) = forwarder {
-        let _ = f.await;
+    let stopped = server.shutdown().await;
+    if let Some(why) = &stopped.forward_error {
+        tracing::error!("forwarding from the event log had stopped: {why}");
     }
-    let report = node.shutdown().await;
-    if let Some(p) = publisher
-        && !p.flush(Duration::from_secs(5)).await
-    {
-        tracing::error!(buffered = p.buffered(), "records still unpublished at exit");
+    if stopped.unpublished > 0 {
+        tracing::error!(unpublished = stopped.unpublished, "records still unpublished at exit");
     }
     println!(
-        "node stopped (leave {}, drained {}, abandoned {})",
-        if report.left { "spread" } else { "not confirmed" },
-        report.drained,
-        report.abandoned
+        "node stopped (leave {}, drained {}, abandoned {}, unpublished {})",
+        if stopped.node.left { "spread" } else { "not confirmed" },
+        stopped.node.drained,
+        stopped.node.abandoned,
+        stopped.unpublished
     );
     Ok(())
 }

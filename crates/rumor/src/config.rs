@@ -1,5 +1,5 @@
 //! The node config file (TOML), `RUMOR_*` environment overrides and flag
-//! overrides, turned into a [`node::NodeConfig`]. Every setting and its
+//! overrides, turned into a [`server::ServerConfig`]. Every setting and its
 //! default is documented in docs/config.md; `examples/node.toml` shows them.
 //!
 //! Precedence: flags over environment over file over defaults. Every error
@@ -9,13 +9,13 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use node::NodeConfig;
-use node::worker::Echo;
-use serde::Deserialize;
+use std::sync::Arc;
 
-/// Roles a node may hold.
-pub(crate) const ROLES: [&str; 3] = ["gateway", "forward", "worker"];
+use anyhow::{Context, bail};
+use node::{NodeConfig, Processor, Roles};
+use processors::Echo;
+use serde::Deserialize;
+use server::{EventsConfig, ServerConfig};
 
 /// The whole file. Unknown settings are refused, so a typo is an error.
 #[derive(Debug, Clone, Deserialize)]
@@ -122,19 +122,9 @@ impl Default for EventsSection {
     }
 }
 
-/// The event log settings of a node, checked.
-#[derive(Debug, Clone)]
-pub(crate) struct EventsSetup {
-    pub(crate) log: events::EventLog,
-    pub(crate) topics: events::Topics,
-    pub(crate) create_topics: bool,
-    pub(crate) forward_group: String,
-    pub(crate) publisher: events::publisher::PublisherConfig,
-}
-
 impl EventsSection {
     /// `None` when no brokers are configured.
-    pub(crate) fn setup(&self) -> anyhow::Result<Option<EventsSetup>> {
+    fn setup(&self) -> anyhow::Result<Option<EventsConfig>> {
         if self.brokers.trim().is_empty() {
             return Ok(None);
         }
@@ -150,7 +140,7 @@ impl EventsSection {
         if self.forward_group.is_empty() {
             bail!("events.forward_group: must not be empty");
         }
-        Ok(Some(EventsSetup {
+        Ok(Some(EventsConfig {
             log: events::EventLog::Kafka(events::KafkaConfig::new(self.brokers.trim())),
             topics: events::Topics {
                 messages: self.messages_topic.clone(),
@@ -176,12 +166,22 @@ pub(crate) struct DebugSection {
     pub(crate) fault_injection: bool,
 }
 
+/// `[worker]`: the worker's queues and the processor it calls.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct WorkerSection {
     pub(crate) dedup_window: usize,
-    pub(crate) echo_chunks: usize,
-    pub(crate) echo_delay_ms: u64,
+    /// One of [`processors::NAMES`].
+    pub(crate) processor: String,
+    pub(crate) echo: EchoSection,
+}
+
+/// `[worker.echo]`: the built-in echo processor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct EchoSection {
+    pub(crate) chunks: usize,
+    pub(crate) delay_ms: u64,
 }
 
 impl Default for FileConfig {
@@ -246,11 +246,41 @@ impl Default for MeshSection {
 
 impl Default for WorkerSection {
     fn default() -> Self {
-        let e = Echo::default();
         Self {
             dedup_window: node::worker::WorkerConfig::default().dedup_window,
-            echo_chunks: e.chunks,
-            echo_delay_ms: e.delay.as_millis() as u64,
+            processor: "echo".into(),
+            echo: EchoSection::default(),
+        }
+    }
+}
+
+impl Default for EchoSection {
+    fn default() -> Self {
+        let e = Echo::default();
+        Self {
+            chunks: e.chunks,
+            delay_ms: e.delay.as_millis() as u64,
+        }
+    }
+}
+
+impl WorkerSection {
+    /// The processor chosen by name, with its settings.
+    fn processor(&self) -> anyhow::Result<Arc<dyn Processor>> {
+        match self.processor.as_str() {
+            "echo" => {
+                if self.echo.chunks == 0 {
+                    bail!("worker.echo.chunks: must be at least 1");
+                }
+                Ok(Arc::new(Echo {
+                    chunks: self.echo.chunks,
+                    delay: Duration::from_millis(self.echo.delay_ms),
+                }))
+            }
+            other => bail!(
+                "worker.processor: unknown processor {other:?}; known: {}",
+                processors::NAMES.join(", ")
+            ),
         }
     }
 }
@@ -350,21 +380,29 @@ impl FileConfig {
         self.membership.preset = preset.unwrap_or(std::mem::take(&mut self.membership.preset));
     }
 
-    /// Checks every setting and builds the node's config.
-    pub(crate) fn into_node_config(self) -> anyhow::Result<NodeConfig> {
+    /// Checks every setting and builds the node process's config.
+    pub(crate) fn into_server_config(self) -> anyhow::Result<ServerConfig> {
+        let events = self.events.setup()?;
+        let mut server = ServerConfig::new(self.into_node_config()?);
+        server.events = events;
+        Ok(server)
+    }
+
+    /// Checks the node's settings and builds its config.
+    fn into_node_config(self) -> anyhow::Result<NodeConfig> {
         if self.name.trim().is_empty() {
             bail!("name: must be set (in the file, RUMOR_NAME or --name)");
         }
-        for r in &self.roles {
-            if !ROLES.contains(&r.as_str()) {
-                bail!("roles: unknown role {r:?}; known: {}", ROLES.join(", "));
-            }
-        }
-        if self.roles.is_empty() {
-            bail!("roles: at least one of {} is needed", ROLES.join(", "));
+        let roles: Roles = self
+            .roles
+            .join(",")
+            .parse()
+            .map_err(|e| anyhow::anyhow!("roles: {e}"))?;
+        if roles.is_empty() {
+            bail!("roles: at least one of gateway, forward, worker is needed");
         }
         let mut c = NodeConfig::new(self.name.trim());
-        c.roles = self.roles;
+        c.roles = roles;
         c.gossip.bind = addr("bind.gossip", &self.bind.gossip)?;
         c.mesh_bind = addr("bind.mesh", &self.bind.mesh)?;
         c.admin_bind = addr("bind.admin", &self.bind.admin)?;
@@ -397,15 +435,10 @@ impl FileConfig {
         }
         c.fault_injection = self.debug.fault_injection;
         c.mesh.check().map_err(|e| anyhow::anyhow!("mesh: {e}"))?;
-        let w = &self.worker;
-        if w.echo_chunks == 0 {
-            bail!("worker.echo_chunks: must be at least 1");
+        c.worker.dedup_window = self.worker.dedup_window;
+        if c.has_role(node::Role::Worker) {
+            c.processor = Some(self.worker.processor()?);
         }
-        c.worker.dedup_window = w.dedup_window;
-        c.echo = Echo {
-            chunks: w.echo_chunks,
-            delay: Duration::from_millis(w.echo_delay_ms),
-        };
         Ok(c)
     }
 }
@@ -469,7 +502,7 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        match FileConfig::parse(text).and_then(FileConfig::into_node_config) {
+        match FileConfig::parse(text).and_then(FileConfig::into_server_config) {
             Ok(_) => panic!("{text:?} was accepted"),
             Err(e) => format!("{e:#}"),
         }
@@ -480,7 +513,7 @@ mod tests {
         let text = include_str!("../../../examples/node.toml");
         let c = FileConfig::parse(text).unwrap().into_node_config().unwrap();
         assert_eq!(c.gossip.name, "worker-1");
-        assert!(c.has_role("worker"));
+        assert!(c.has_role(node::Role::Worker));
     }
 
     #[test]
@@ -494,6 +527,8 @@ mod tests {
         assert!(err("name = \"a\"\n[mesh]\nmax_hops = 0").contains("mesh:"));
         assert!(err("name = \"a\"\ncapacity = 0").contains("capacity"));
         assert!(err("name = \"a\"\ncapacty = 3").contains("capacty"));
+        assert!(err("name = \"a\"\n[worker]\nprocessor = \"oracle\"").contains("worker.processor"));
+        assert!(err("name = \"a\"\n[worker.echo]\nchunks = 0").contains("worker.echo.chunks"));
         assert!(err("name = 5").contains("name"));
     }
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 mod bridge_cmd;
 mod commands;
 mod config;
-mod records;
 mod up;
 
 use anyhow::{Context, bail};
@@ -255,9 +254,8 @@ fn main() -> anyhow::Result<()> {
                 advertise,
                 preset,
             });
-            let events = file.events.setup()?;
-            let node_config = file.into_node_config()?;
-            runtime()?.block_on(commands::node(node_config, events))?;
+            let server_config = file.into_server_config()?;
+            runtime()?.block_on(commands::node(server_config))?;
         }
         Command::Bridge {
             config,

@@ -17,20 +17,18 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::Context;
+use bridge::BridgeConfig;
+use events::{EventLog, MemoryLog, PublisherConfig, Topics};
 use membership::Event;
 use node::admin::SendRequest;
 use node::client::AdminClient;
 use node::crypto::Key;
-use node::worker::RecordSink;
-use node::{Node, NodeConfig};
-use std::sync::Arc;
-
-use bridge::BridgeConfig;
-use events::{EventLog, MemoryLog, Publisher, PublisherConfig, Topics};
-use tokio::sync::watch;
-
-use crate::records::{self, LogSink};
+use node::{NodeConfig, Role, Roles};
+use processors::Echo;
+use server::{EventsConfig, Server, ServerConfig};
 
 /// What `rumor up` starts.
 #[derive(Debug, Clone)]
@@ -40,10 +38,6 @@ pub(crate) struct UpOptions {
     pub(crate) exit_after: Option<Duration>,
     /// Port of the embedded bridge's HTTP API; 0 picks a free one.
     pub(crate) bridge_port: u16,
-}
-
-fn role_of(name: &str) -> String {
-    name.split('-').next().unwrap_or(name).to_owned()
 }
 
 /// Three consecutive ports per node from `base` (gossip, mesh, admin), or 0.
@@ -63,8 +57,6 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let log = EventLog::Memory(memlog.clone());
     let topics = Topics::default();
     log.create_topics(&topics.specs()).await?;
-    let publisher = Publisher::spawn(log.producer()?, PublisherConfig::default());
-    let sink: Arc<dyn RecordSink> = Arc::new(LogSink::new(publisher.clone(), &topics));
     let db = std::env::temp_dir().join(format!("rumor-up-{}.db", std::process::id()));
     let mut bridge_cfg = BridgeConfig::embedded(&db, memlog);
     bridge_cfg.http_bind = SocketAddr::from(([127, 0, 0, 1], opts.bridge_port));
@@ -72,13 +64,16 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         .await
         .context("starting the embedded bridge")?;
 
-    let mut names = vec!["gateway-1".to_owned(), "forward-1".to_owned()];
-    names.extend((1..=opts.workers).map(|i| format!("worker-{i}")));
+    let mut plan = vec![
+        ("gateway-1".to_owned(), Role::Gateway),
+        ("forward-1".to_owned(), Role::Forward),
+    ];
+    plan.extend((1..=opts.workers).map(|i| (format!("worker-{i}"), Role::Worker)));
     // One generated key for the whole local cluster: gossip is encrypted even on a laptop.
     let key = Key::generate().to_base64();
-    let mut nodes: Vec<Node> = Vec::new();
+    let mut servers: Vec<Server> = Vec::new();
     let started = Instant::now();
-    for (i, name) in names.iter().enumerate() {
+    for (i, (name, role)) in plan.iter().enumerate() {
         let at = |which| -> anyhow::Result<SocketAddr> {
             Ok(SocketAddr::from(([127, 0, 0, 1], port(opts.base_port, i, which)?)))
         };
@@ -87,15 +82,32 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         cfg.mesh_bind = at(1)?;
         cfg.admin_bind = at(2)?;
         cfg.gossip.keys = vec![key.clone()];
-        cfg.roles = vec![role_of(name)];
-        if cfg.has_role(node::node::WORKER_ROLE) {
-            cfg.record_sink = Some(sink.clone());
+        cfg.roles = Roles::of(&[*role]);
+        if *role == Role::Worker {
+            cfg.processor = Some(Arc::new(Echo::default()));
         }
         cfg.worker.capacity = 64;
         cfg.drain_timeout = Duration::from_secs(2);
-        cfg.gossip.seeds = nodes.first().map(|n| vec![n.addrs().gossip]).unwrap_or_default();
-        nodes.push(Node::start(cfg).await.with_context(|| format!("starting {name}"))?);
+        cfg.gossip.seeds = servers
+            .first()
+            .map(|s| vec![s.node().addrs().gossip])
+            .unwrap_or_default();
+        let mut server = ServerConfig::new(cfg);
+        // Every node shares the in-process log; each worker has its own publisher.
+        server.events = Some(EventsConfig {
+            log: log.clone(),
+            topics: topics.clone(),
+            create_topics: false,
+            forward_group: "rumor-forward".into(),
+            publisher: PublisherConfig::default(),
+        });
+        servers.push(
+            server::start(server)
+                .await
+                .with_context(|| format!("starting {name}"))?,
+        );
     }
+    let nodes: Vec<&node::Node> = servers.iter().map(Server::node).collect();
     for n in &nodes {
         n.wait_joined().await.context("joining")?;
     }
@@ -147,15 +159,6 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         bridge.addr()
     );
     println!();
-    let (stop_forwarder, stopped) = watch::channel(false);
-    let forwarder = tokio::spawn(records::run_forwarder(
-        nodes[1].router().clone(),
-        log.clone(),
-        topics.clone(),
-        "rumor-forward".into(),
-        Arc::default(),
-        stopped,
-    ));
 
     // The data plane: one message through the gateway's admin API, as `rumor send` does it.
     let gateway = nodes[0].addrs().admin.to_string();
@@ -264,14 +267,14 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         () = stop => {}
     }
     println!("leaving...");
-    let _ = stop_forwarder.send(true);
-    let _ = forwarder.await;
+    drop(nodes);
     // Workers first, then the entry nodes, so nothing routes to a departed worker.
-    while let Some(n) = nodes.pop() {
-        n.shutdown().await;
-    }
-    if !publisher.flush(Duration::from_secs(5)).await {
-        println!("warning: {} records were not published", publisher.buffered());
+    while let Some(s) = servers.pop() {
+        let name = s.node().name().to_owned();
+        let stopped = s.shutdown().await;
+        if stopped.unpublished > 0 {
+            println!("warning: {name} left {} records unpublished", stopped.unpublished);
+        }
     }
     // Give the bridge a moment to store the last records before it stops.
     tokio::time::sleep(Duration::from_millis(300)).await;

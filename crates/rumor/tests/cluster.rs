@@ -126,7 +126,7 @@ fn nanos() -> u128 {
 
 /// Workers that take a few milliseconds per reply chunk, so that messages are
 /// in flight (some mid-stream) whenever a worker is killed.
-const SLOW_ECHO: &str = "[worker]\necho_chunks = 3\necho_delay_ms = 3\n";
+const SLOW_ECHO: &str = "[worker.echo]\nchunks = 3\ndelay_ms = 3\n";
 
 impl Drop for Proc {
     fn drop(&mut self) {

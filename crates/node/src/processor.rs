@@ -1,0 +1,188 @@
+//! The processor contract: what a worker calls to turn one message into a
+//! streamed reply, and how a processor learns that nobody waits any more.
+//!
+//! ```text
+//!  worker lane ──process(msg, &mut Replies)──> processor ──send(chunk)──> caller
+//!       │                                          ▲
+//!       └── caller gone (disconnect, cancel) ──────┤ the processor's future is dropped at once;
+//!           or deadline passed                     │ `send` returns `Err(Cancelled)` and
+//!                                                  └ `cancelled()` completes for those that look
+//! ```
+//!
+//! A processor is cancelled when the reply's receiver is dropped (the client
+//! disconnected, cancelled explicitly, or the router gave up on the call) or
+//! when the message's deadline passes. The worker then drops the
+//! processor's future, so a processor that awaits a backend request stops it
+//! as Rust futures stop: the request future is dropped and its connection
+//! closed, which frees the backend's slot. Processors need no code of their
+//! own for that; [`Replies::cancelled`] is there for one that wants to clean
+//! up first or to notice between chunks.
+//!
+//! The worker adds the final chunk of every reply itself: `last` when
+//! `process` returns `Ok`, an error chunk carrying the [`ProcessError`]
+//! otherwise.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use proto::bytes::Bytes;
+use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
+use tokio::sync::mpsc;
+use tonic::{Code, Status};
+
+use crate::worker::FinalReply;
+
+/// A future returned by [`Processor::process`].
+pub type ProcessFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
+
+/// Turns one message into a streamed reply: the seam where AI backends plug
+/// in (crates/processors holds the implementations). The worker calls it for
+/// one message of a conversation at a time, in arrival order.
+pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
+    /// Processes `msg`, sending reply data through `out` in order. The
+    /// returned future may be dropped at any await point: that is how the
+    /// worker cancels it.
+    fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a>;
+}
+
+/// Why a [`Processor`] failed; sent to the caller as the reply's error chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessError {
+    /// A gRPC status code.
+    pub code: Code,
+    /// A message for the caller.
+    pub message: String,
+}
+
+impl ProcessError {
+    /// An error with `code` and `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An `INTERNAL` error with `message`.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, message)
+    }
+}
+
+impl From<Cancelled> for ProcessError {
+    fn from(_: Cancelled) -> Self {
+        Self::new(Code::Cancelled, "the caller has gone")
+    }
+}
+
+/// The caller of a message has gone: nobody will read more of the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the caller of this message has gone")]
+pub struct Cancelled;
+
+/// Where a [`Processor`] sends reply data. It numbers the chunks and keeps a
+/// copy for the de-duplication window (while the reply is small enough) and
+/// for the event log.
+#[derive(Debug)]
+pub struct Replies {
+    pub(crate) id: String,
+    worker: Arc<str>,
+    seq: u64,
+    pub(crate) tx: mpsc::Sender<Result<ReplyChunk, Status>>,
+    /// The reply so far, for replaying to duplicates; `None` once too large.
+    pub(crate) kept: Option<Vec<ReplyChunk>>,
+    kept_bytes: usize,
+    max_kept_bytes: usize,
+    /// The whole reply for the record sink; `None` without one.
+    pub(crate) recorded: Option<FinalReply>,
+    max_recorded_bytes: usize,
+}
+
+impl Replies {
+    pub(crate) fn new(
+        id: String,
+        worker: Arc<str>,
+        tx: mpsc::Sender<Result<ReplyChunk, Status>>,
+        max_kept_bytes: usize,
+        record: Option<usize>,
+    ) -> Self {
+        Self {
+            id,
+            worker,
+            seq: 0,
+            tx,
+            kept: Some(Vec::new()),
+            kept_bytes: 0,
+            max_kept_bytes,
+            recorded: record.map(|_| FinalReply::default()),
+            max_recorded_bytes: record.unwrap_or(0),
+        }
+    }
+
+    /// The id of the message being answered.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends one chunk of reply data, waiting while the caller's buffer is
+    /// full. `Err(Cancelled)` when the caller has gone: stop then (the
+    /// worker is about to drop the processor anyway).
+    pub async fn send(&mut self, data: Bytes) -> Result<(), Cancelled> {
+        if self.tx.is_closed() {
+            return Err(Cancelled);
+        }
+        let chunk = ReplyChunk {
+            id: self.id.clone(),
+            seq: self.seq,
+            data,
+            worker: self.worker.to_string(),
+            ..Default::default()
+        };
+        self.keep(&chunk);
+        self.tx.send(Ok(chunk)).await.map_err(|_| Cancelled)
+    }
+
+    /// True once the caller has gone.
+    pub fn is_cancelled(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Completes when the caller has gone; for a processor that waits on a
+    /// backend between chunks and wants to notice.
+    pub async fn cancelled(&self) {
+        self.tx.closed().await
+    }
+
+    pub(crate) fn keep(&mut self, chunk: &ReplyChunk) {
+        self.seq += 1;
+        if let Some(r) = &mut self.recorded
+            && !chunk.data.is_empty()
+        {
+            r.chunks += 1;
+            let room = self.max_recorded_bytes.saturating_sub(r.data.len());
+            r.truncated |= chunk.data.len() > room;
+            r.data.extend_from_slice(&chunk.data[..chunk.data.len().min(room)]);
+        }
+        if let Some(kept) = &mut self.kept {
+            self.kept_bytes += chunk.data.len() + 32;
+            if self.kept_bytes > self.max_kept_bytes {
+                self.kept = None;
+            } else {
+                kept.push(chunk.clone());
+            }
+        }
+    }
+
+    /// The chunk that ends the reply: `last`, or the error.
+    pub(crate) fn terminal(&self, error: Option<WireError>) -> ReplyChunk {
+        ReplyChunk {
+            id: self.id.clone(),
+            seq: self.seq,
+            last: error.is_none(),
+            error,
+            worker: self.worker.to_string(),
+            ..Default::default()
+        }
+    }
+}

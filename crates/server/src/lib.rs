@@ -1,0 +1,186 @@
+//! One rumor node process, assembled from its config: the node itself
+//! (gossip, mesh, admin; crates/node), and around it what its roles need
+//! from the event log. `rumor node` and `rumor up` both call [`start`].
+//!
+//! ```text
+//!  ServerConfig ──start──> Node (gossip, router, worker with its processor, admin)
+//!                          ├─ worker role + event log: Publisher ─ LogSink (records of every message and reply)
+//!                          └─ forward role + event log: Forwarder (forward topic -> Router::send)
+//!  Server::shutdown: stop the forwarder, leave and drain the node, flush the publisher
+//! ```
+//!
+//! Nothing here waits for Kafka to be up: records wait in the publisher's
+//! bounded buffer, and readiness reports a stalled log.
+
+mod forward;
+mod records;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::publisher::{Publisher, PublisherConfig};
+use events::{EventLog, LogError, Topics};
+use node::node::{NodeError, ShutdownReport};
+use node::{Node, NodeConfig, Role};
+
+pub use forward::{ForwardStats, Forwarder};
+pub use records::LogSink;
+
+/// Where a node's roles meet the event log.
+#[derive(Debug, Clone)]
+pub struct EventsConfig {
+    /// Kafka, or the in-process log.
+    pub log: EventLog,
+    /// The messages and forward topics.
+    pub topics: Topics,
+    /// Create missing topics at start (best effort: the broker may be down).
+    pub create_topics: bool,
+    /// The forward role's consumer group.
+    pub forward_group: String,
+    /// The worker's publisher buffer.
+    pub publisher: PublisherConfig,
+}
+
+/// Everything one node process runs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The node: its roles, processor, addresses and protocol settings.
+    pub node: NodeConfig,
+    /// The event log; `None` publishes nothing and forwards nothing.
+    pub events: Option<EventsConfig>,
+    /// Longest time a shutdown waits for the worker's records to be
+    /// published after the node drained. Default 5 s.
+    pub flush_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// A server for `node` without an event log.
+    pub fn new(node: NodeConfig) -> Self {
+        Self {
+            node,
+            events: None,
+            flush_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why [`start`] failed. Nothing is left running.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The node did not start.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The event log could not be set up (a client could not be made).
+    #[error("event log ({log}): {source}")]
+    Log {
+        /// The log, described.
+        log: String,
+        /// Why.
+        source: LogError,
+    },
+}
+
+/// A running node process; see [`start`].
+#[derive(Debug)]
+pub struct Server {
+    node: Node,
+    publisher: Option<Publisher>,
+    forwarder: Option<Forwarder>,
+    flush_timeout: Duration,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    /// The node's leave and drain.
+    pub node: ShutdownReport,
+    /// Records of the worker not published when the flush timeout ended.
+    pub unpublished: usize,
+    /// What the forward role did, with it.
+    pub forwarded: Option<ForwardStats>,
+    /// Why the forward role had stopped early, if it had.
+    pub forward_error: Option<String>,
+}
+
+impl Stopped {
+    /// True when everything in flight was finished and recorded.
+    pub fn clean(&self) -> bool {
+        self.node.drained && self.unpublished == 0 && self.forward_error.is_none()
+    }
+}
+
+/// Starts a node with its roles: with the worker role and an event log, a
+/// publisher and the sink that records every message and reply; with the
+/// forward role and an event log, the forwarder.
+pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
+    let roles = config.node.roles;
+    let events = config.events.take();
+    let log_error = |ev: &EventsConfig, source| StartError::Log {
+        log: ev.log.describe(),
+        source,
+    };
+    let publisher = match &events {
+        Some(ev) if roles.has(Role::Worker) => {
+            let producer = ev.log.producer().map_err(|e| log_error(ev, e))?;
+            let publisher = Publisher::spawn(producer, ev.publisher.clone());
+            config.node.record_sink = Some(Arc::new(LogSink::new(publisher.clone(), &ev.topics)));
+            Some(publisher)
+        }
+        _ => None,
+    };
+    if let Some(ev) = events.as_ref().filter(|ev| ev.create_topics)
+        && let Err(e) = ev.log.create_topics(&ev.topics.specs()).await
+    {
+        tracing::warn!("creating topics on {}: {e}", ev.log.describe());
+    }
+    let node = Node::start(config.node).await?;
+    let forwarder = match &events {
+        Some(ev) if roles.has(Role::Forward) => Some(
+            Forwarder::spawn(node.router().clone(), &ev.log, &ev.topics, &ev.forward_group)
+                .map_err(|e| log_error(ev, e))?,
+        ),
+        _ => None,
+    };
+    Ok(Server {
+        node,
+        publisher,
+        forwarder,
+        flush_timeout: config.flush_timeout,
+    })
+}
+
+impl Server {
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The forward role's counters, if the node forwards.
+    pub fn forward_stats(&self) -> Option<ForwardStats> {
+        self.forwarder.as_ref().map(Forwarder::stats)
+    }
+
+    /// Leaves gracefully: the forward role stops taking injected messages
+    /// and finishes the one in progress, the node leaves the cluster and
+    /// drains its worker, and the worker's records are flushed to the log.
+    pub async fn shutdown(self) -> Stopped {
+        let (forwarded, forward_error) = match self.forwarder {
+            Some(f) => {
+                let (stats, ended) = f.stop().await;
+                (Some(stats), ended.err())
+            }
+            None => (None, None),
+        };
+        let node = self.node.shutdown().await;
+        let unpublished = match self.publisher {
+            Some(p) if !p.flush(self.flush_timeout).await => p.buffered(),
+            _ => 0,
+        };
+        Stopped {
+            node,
+            unpublished,
+            forwarded,
+            forward_error,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The worker's records on the event log (Kafka, or the in-process log of
+//! `rumor up`):
+//!
+//! ```text
+//!  worker ── RecordSink ──> LogSink ── Publisher (bounded, retrying) ──> messages topic ──> bridge
+//! ```
+//!
+//! Node stays free of Kafka: it only knows the [`RecordSink`] trait.
+
+use events::Topics;
+use events::codec;
+use events::publisher::Publisher;
+use node::worker::{FinalReply, RecordSink};
+use proto::events::MessageRecord;
+use proto::mesh::Envelope;
+
+/// Publishes what a worker processed to the messages topic: a
+/// `MessageRecord` for every message it starts and one for its final reply.
+#[derive(Debug)]
+pub struct LogSink {
+    publisher: Publisher,
+    topic: String,
+}
+
+impl LogSink {
+    /// A sink publishing to `topics.messages` through `publisher`.
+    pub fn new(publisher: Publisher, topics: &Topics) -> Self {
+        Self {
+            publisher,
+            topic: topics.messages.clone(),
+        }
+    }
+
+    fn publish(&self, rec: MessageRecord) {
+        let id = rec.id.clone();
+        // The publisher counts a refusal (buffer full); say which message.
+        if let Err(e) = self.publisher.publish(codec::message_record(&self.topic, &rec)) {
+            tracing::error!(message = %id, kind = ?rec.kind(), "record not published: {e}");
+        }
+    }
+}
+
+fn source_of(msg: &Envelope) -> String {
+    if msg.source.is_empty() {
+        "client".into()
+    } else {
+        msg.source.clone()
+    }
+}
+
+impl RecordSink for LogSink {
+    fn inbound(&self, worker: &str, msg: &Envelope) {
+        self.publish(MessageRecord {
+            source: source_of(msg),
+            ..codec::inbound(worker, msg)
+        });
+    }
+
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply) {
+        let rec = codec::reply(
+            worker,
+            msg,
+            reply.data.clone(),
+            reply.chunks,
+            reply.error.clone(),
+            reply.truncated,
+        );
+        self.publish(MessageRecord {
+            source: source_of(msg),
+            ..rec
+        });
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.publisher.health()
+    }
+
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        let st = self.publisher.stats();
+        vec![
+            ("published", "Records the event log acknowledged.", st.published, true),
+            (
+                "retried",
+                "Deliveries to the event log that failed and were retried.",
+                st.retried,
+                true,
+            ),
+            (
+                "refused",
+                "Records refused because the buffer was full (the log unreachable too long).",
+                st.refused,
+                true,
+            ),
+            (
+                "buffered",
+                "Records waiting for the event log.",
+                self.publisher.buffered() as u64,
+                false,
+            ),
+            (
+                "buffered_bytes",
+                "Bytes waiting for the event log.",
+                self.publisher.buffered_bytes() as u64,
+                false,
+            ),
+        ]
+    }
+}
