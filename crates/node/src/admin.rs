@@ -41,7 +41,7 @@ use tokio_stream::StreamExt;
 use crate::crypto::KeyringError;
 use crate::gossip::{CommandError, GossipHandle};
 use crate::mesh;
-use crate::router::Router;
+use crate::mesh::Router;
 
 /// Keys sampled to estimate each worker's share of the ring.
 pub const OWNERSHIP_SAMPLE: usize = 4096;

@@ -3,12 +3,12 @@
 //! - [`gossip`] drives [`membership::Membership`] over UDP and TCP from one
 //!   tokio task, with [`crypto`] encrypting every packet under a rotatable
 //!   AES-256-GCM keyring.
-//! - The data plane (gRPC, `rumor.mesh.v1.Mesh`): [`router`] keeps a
-//!   [`rumor_ring::Ring`] over the live workers of the gossip view and delivers each
-//!   message to the owner of its conversation key, re-routing when the owner
-//!   fails; [`mesh`] is the server that receives envelopes from peers;
-//!   [`worker`] processes them in per-conversation order with
-//!   de-duplication and a capacity limit.
+//! - The data plane (gRPC, `rumor.mesh.v1.Mesh`), in [`mesh`]: the router
+//!   keeps a [`rumor_ring::Ring`] over the live workers of the gossip view
+//!   and delivers each message to the owner of its conversation key,
+//!   re-routing when the owner fails; the server receives envelopes from
+//!   peers; [`worker`] processes them in per-conversation order with
+//!   de-duplication and a capacity limit, calling a [`Processor`].
 //! - [`node`] assembles all of that into one running node from a
 //!   [`NodeConfig`], with the [`admin`] HTTP endpoint (members, ring,
 //!   metrics, health, send, gossip) and a graceful shutdown; [`client`] talks
@@ -19,7 +19,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
-//! use node::{mesh, router::Router, worker::{Worker, WorkerConfig}};
+//! use node::{mesh::{self, Router}, worker::{Worker, WorkerConfig}};
 //! use processors::Echo;
 //!
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -61,7 +61,6 @@ pub mod mesh;
 pub mod node;
 pub mod processor;
 pub mod role;
-pub mod router;
 pub mod tls;
 pub mod worker;
 

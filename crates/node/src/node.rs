@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{self, Shared};
 use crate::gossip::{self, GossipConfig, GossipHandle};
+use crate::mesh::Router;
 use crate::mesh::{self, MeshConfig};
 use crate::processor::Processor;
 use crate::role::{Role, Roles};
-use crate::router::Router;
 use crate::worker::{RecordSink, Worker, WorkerConfig};
 
 /// Everything one node needs to start. A plain struct: the binary fills it in.

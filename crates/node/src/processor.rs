@@ -31,8 +31,6 @@ use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
-use crate::worker::FinalReply;
-
 /// A future returned by [`Processor::process`].
 pub type ProcessFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
 
@@ -80,6 +78,21 @@ impl From<Cancelled> for ProcessError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the caller of this message has gone")]
 pub struct Cancelled;
+
+/// The whole reply to one message, as the worker reports it to a
+/// [`RecordSink`](crate::worker::RecordSink).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FinalReply {
+    /// Every data byte of the reply, in order, up to
+    /// [`WorkerConfig::max_recorded_reply_bytes`].
+    pub data: Vec<u8>,
+    /// The reply was longer than the limit and `data` holds its beginning.
+    pub truncated: bool,
+    /// Chunks of data sent.
+    pub chunks: u64,
+    /// Set when processing failed (after `chunks` chunks): a gRPC code and message.
+    pub error: Option<(u32, String)>,
+}
 
 /// Where a [`Processor`] sends reply data. It numbers the chunks and keeps a
 /// copy for the de-duplication window (while the reply is small enough) and

@@ -51,7 +51,7 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
-use crate::processor::{ProcessError, Processor, Replies};
+use crate::processor::{FinalReply, ProcessError, Processor, Replies};
 
 /// A stream of reply chunks for one message.
 ///
@@ -83,21 +83,6 @@ pub trait RecordSink: Send + Sync + fmt::Debug + 'static {
     fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
         Vec::new()
     }
-}
-
-/// The whole reply to one message, as the worker reports it to a
-/// [`RecordSink`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FinalReply {
-    /// Every data byte of the reply, in order, up to
-    /// [`WorkerConfig::max_recorded_reply_bytes`].
-    pub data: Vec<u8>,
-    /// The reply was longer than the limit and `data` holds its beginning.
-    pub truncated: bool,
-    /// Chunks of data sent.
-    pub chunks: u64,
-    /// Set when processing failed (after `chunks` chunks): a gRPC code and message.
-    pub error: Option<(u32, String)>,
 }
 
 /// Worker settings. Every field has a default (see [`WorkerConfig::default`]).

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use node::gossip::{self, GossipConfig, GossipHandle};
+use node::mesh::Router;
 use node::mesh::{self, MeshConfig, PROTOCOL_VERSION};
-use node::router::Router;
 use node::worker::{Worker, WorkerConfig};
 use node::{ProcessFuture, Processor, Replies};
 use processors::Echo;
@@ -657,7 +657,7 @@ async fn a_caller_that_goes_away_stops_the_remote_processor() {
 #[derive(Debug, Default)]
 struct Sink {
     seen: Mutex<Vec<String>>,
-    replies: Mutex<Vec<node::worker::FinalReply>>,
+    replies: Mutex<Vec<node::processor::FinalReply>>,
 }
 
 impl node::worker::RecordSink for Sink {
@@ -667,7 +667,7 @@ impl node::worker::RecordSink for Sink {
             .unwrap()
             .push(format!("in {} {} at {worker}", msg.id, msg.key));
     }
-    fn reply(&self, worker: &str, msg: &Envelope, reply: &node::worker::FinalReply) {
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &node::processor::FinalReply) {
         self.seen.lock().unwrap().push(format!("reply {} at {worker}", msg.id));
         self.replies.lock().unwrap().push(reply.clone());
     }

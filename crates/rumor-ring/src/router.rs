@@ -37,6 +37,11 @@ pub enum Rejection {
     HopLimit,
     /// The view has no member that can own anything.
     NoOwner,
+    /// Every member in the key's preference order is in the skip list: each
+    /// was tried for this message and failed. The caller may start the
+    /// preference order afresh after a pause (dead members leave the view,
+    /// busy ones free up).
+    AllSkipped,
 }
 
 impl fmt::Display for Rejection {
@@ -44,6 +49,7 @@ impl fmt::Display for Rejection {
         match self {
             Self::HopLimit => f.write_str("hop limit reached before the owner was found"),
             Self::NoOwner => f.write_str("no member owns any key"),
+            Self::AllSkipped => f.write_str("every owner of the key was tried and skipped"),
         }
     }
 }
@@ -167,8 +173,41 @@ impl<A: Algorithm> Router<A> {
     /// times in total, so two nodes that disagree cannot bounce a message
     /// forever; `max_hops = 1` forwards once, as ringpop does.
     pub fn route(&self, key: &[u8], me: &str, hops: u32, max_hops: u32) -> Route<'_> {
-        match self.owner(key) {
-            None => Route::Reject(Rejection::NoOwner),
+        self.route_skipping(key, me, hops, max_hops, &[] as &[&str])
+    }
+
+    /// [`Router::route`] as if the members in `skip` were absent: the
+    /// members a message's senders already failed to reach. A receiver
+    /// whose view still holds a dead owner then takes the message itself,
+    /// or passes it to the next choice, instead of sending it back to the
+    /// dead owner; the skipped owner's share goes to the same member it
+    /// will go to once the view drops it (rendezvous hashing's next choice).
+    pub fn route_skipping<S: AsRef<str>>(
+        &self,
+        key: &[u8],
+        me: &str,
+        hops: u32,
+        max_hops: u32,
+        skip: &[S],
+    ) -> Route<'_> {
+        if self.is_empty() {
+            return Route::Reject(Rejection::NoOwner);
+        }
+        let owner = if skip.is_empty() {
+            self.owner(key)
+        } else {
+            let skipped = |name: &str| skip.iter().any(|s| s.as_ref() == name);
+            // The skip path is taken only on re-routing, so ranking every
+            // member here is fine.
+            let mut idx = Vec::with_capacity(self.len());
+            self.table.owners_of(key_hash(key), self.len(), &mut idx);
+            let members = self.table.members();
+            idx.into_iter()
+                .map(|i| members[i].name.as_str())
+                .find(|name| !skipped(name))
+        };
+        match owner {
+            None => Route::Reject(Rejection::AllSkipped),
             Some(owner) if owner == me => Route::Local,
             Some(_) if hops >= max_hops => Route::Reject(Rejection::HopLimit),
             Some(owner) => Route::Forward(owner),

@@ -56,6 +56,55 @@ fn routing_with_no_members_rejects_with_no_owner() {
 }
 
 #[test]
+fn a_skipped_owner_is_routed_around_as_the_view_without_it_would_route() {
+    let ring = Ring::new(&members(&["a", "b", "c"]));
+    let without_c = Ring::new(&members(&["a", "b"]));
+    for i in 0..200 {
+        let key = format!("conv-{i}").into_bytes();
+        let order = ring.owners(&key, 3);
+        let (owner, next) = (order[0], order[1]);
+        // The sender failed to reach the owner: the receiver routes as if it
+        // were gone, which is where the key goes once the view drops it.
+        let gone = Ring::new(&members(
+            &["a", "b", "c"].into_iter().filter(|m| *m != owner).collect::<Vec<_>>(),
+        ));
+        assert_eq!(gone.owner(&key), Some(next));
+        assert_eq!(ring.route_skipping(&key, next, 1, 2, &[owner]), Route::Local);
+        let third = order[2];
+        assert_eq!(ring.route_skipping(&key, third, 1, 2, &[owner]), Route::Forward(next));
+        // A receiver never forwards back to a member in the skip list.
+        assert_eq!(ring.route_skipping(&key, third, 1, 2, &[owner, next]), Route::Local);
+        if owner != "c" {
+            assert_eq!(
+                ring.route_skipping(&key, "x", 0, 2, &["c"]),
+                without_c.route(&key, "x", 0, 2)
+            );
+        }
+    }
+}
+
+#[test]
+fn when_every_owner_was_skipped_the_route_says_so() {
+    let ring = Ring::new(&members(&["a", "b"]));
+    assert_eq!(
+        ring.route_skipping(b"k", "gw", 0, 2, &["a", "b"]),
+        Route::Reject(Rejection::AllSkipped)
+    );
+    // Names not in the ring change nothing.
+    assert_eq!(
+        ring.route_skipping(b"k", "gw", 0, 2, &["zz"]),
+        ring.route(b"k", "gw", 0, 2)
+    );
+    // The hop limit holds after skipping too.
+    let key = key_owned_by(&ring, "a");
+    assert_eq!(
+        ring.route_skipping(&key, "gw", 2, 2, &["a"]),
+        Route::Reject(Rejection::HopLimit)
+    );
+    assert_eq!(ring.route_skipping(&key, "b", 2, 2, &["a"]), Route::Local);
+}
+
+#[test]
 fn bounded_load_keeps_the_owner_while_it_is_under_capacity() {
     let ring = Ring::new(&members(&["a", "b", "c", "d"]));
     let bound = BoundedLoad::new(125).unwrap();

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use events::{ConsumerEvent, EventLog, LogError, Topics, codec};
 use node::mesh;
-use node::router::Router;
+use node::mesh::Router;
 use node::worker::ReplyStream;
 use proto::mesh::Envelope;
 use tokio::sync::watch;

@@ -10,7 +10,8 @@
 use events::Topics;
 use events::codec;
 use events::publisher::Publisher;
-use node::worker::{FinalReply, RecordSink};
+use node::processor::FinalReply;
+use node::worker::RecordSink;
 use proto::events::MessageRecord;
 use proto::mesh::Envelope;
 

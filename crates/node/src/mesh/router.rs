@@ -30,14 +30,14 @@
 //! failure of the owner ends the reply with an error chunk (`UNAVAILABLE`,
 //! "reply incomplete"); the caller may resend under the same id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use proto::mesh::mesh_client::MeshClient;
 use proto::mesh::{Envelope, ReplyChunk};
-use rumor_ring::{Member as RingMember, Ring};
+use rumor_ring::{Rejection, Route};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
@@ -45,78 +45,12 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 use tracing::debug;
 
+use super::config::MeshConfig;
+use super::envelope::{self, PROTOCOL_VERSION};
+use super::stats::{Counters, MeshStats, count};
+use super::table::Table;
 use crate::gossip::View;
-use crate::mesh::{self, Counters, MeshConfig, MeshStats, PROTOCOL_VERSION, count};
-use crate::role::Role;
 use crate::worker::{ReplyStream, Worker};
-
-/// The routing table of one gossip view: a [`Ring`] over the live members
-/// with the worker role, weighted by their advertised capacity, and where to
-/// reach each of them.
-#[derive(Debug, Clone)]
-pub struct Table {
-    ring: Ring,
-    addrs: BTreeMap<String, String>,
-}
-
-impl Table {
-    /// Builds the table from a view: live members holding the worker role
-    /// with capacity above 0 and a `config.service` address.
-    pub fn from_view(view: &View, config: &MeshConfig) -> Self {
-        let mut members = Vec::new();
-        let mut addrs = BTreeMap::new();
-        for m in view.live() {
-            let Some(addr) = m.meta.services.get(&config.service) else {
-                continue;
-            };
-            if m.meta.has_role(Role::Worker.as_str()) && m.meta.capacity > 0 {
-                members.push(RingMember::new(m.name.clone(), m.meta.capacity));
-                addrs.insert(m.name.clone(), addr.clone());
-            }
-        }
-        Self {
-            ring: Ring::new(&members),
-            addrs,
-        }
-    }
-
-    /// The ring.
-    pub fn ring(&self) -> &Ring {
-        &self.ring
-    }
-
-    /// The ring's checksum, carried in every envelope this node sends.
-    pub fn checksum(&self) -> u64 {
-        self.ring.checksum()
-    }
-
-    /// The owner of `key`.
-    pub fn owner(&self, key: &str) -> Option<&str> {
-        self.ring.owner(key.as_bytes())
-    }
-
-    /// A member's mesh address.
-    pub fn addr(&self, name: &str) -> Option<&str> {
-        self.addrs.get(name).map(String::as_str)
-    }
-
-    /// The first member in `key`'s preference order that is not in `skip`.
-    fn pick(&self, key: &str, skip: &[String]) -> Option<&str> {
-        if skip.is_empty() {
-            return self.owner(key);
-        }
-        self.ring
-            .owners(key.as_bytes(), self.ring.len())
-            .into_iter()
-            .find(|name| !skip.iter().any(|s| s == name))
-    }
-}
-
-impl PartialEq for Table {
-    fn eq(&self, other: &Self) -> bool {
-        self.checksum() == other.checksum() && self.addrs == other.addrs
-    }
-}
 
 /// Routes messages to the owners of their keys. Cheap to clone.
 #[derive(Clone)]
@@ -227,11 +161,11 @@ impl Router {
         envelope.origin = inner.me.clone();
         envelope.hops = 0;
         envelope.skip.clear();
-        mesh::check_fields(&envelope, &inner.counters)?;
-        mesh::check_size(&envelope, &inner.config, &inner.counters)?;
-        let deadline = mesh::deadline_of(&envelope, None, inner.config.default_timeout);
+        envelope::check_fields(&envelope, &inner.counters)?;
+        envelope::check_size(&envelope, &inner.config, &inner.counters)?;
+        let deadline = envelope::deadline_of(&envelope, None, inner.config.default_timeout);
         if envelope.deadline_unix_ms == 0 {
-            envelope.deadline_unix_ms = mesh::deadline_in(deadline - Instant::now());
+            envelope.deadline_unix_ms = envelope::deadline_in(deadline - Instant::now());
         }
         inner.deliver(envelope, deadline).await
     }
@@ -244,8 +178,8 @@ impl Router {
         grpc_timeout: Option<Duration>,
     ) -> Result<ReplyStream, Status> {
         let inner = &self.inner;
-        mesh::check_envelope(&envelope, &inner.config, &inner.counters)?;
-        let deadline = mesh::deadline_of(&envelope, grpc_timeout, inner.config.default_timeout);
+        envelope::check_envelope(&envelope, &inner.config, &inner.counters)?;
+        let deadline = envelope::deadline_of(&envelope, grpc_timeout, inner.config.default_timeout);
         if Instant::now() >= deadline {
             count(&inner.counters.expired_on_arrival);
             return Err(Status::deadline_exceeded(format!(
@@ -308,38 +242,40 @@ impl Inner {
                 )));
             }
             let table = self.table.borrow().clone();
-            if table.ring().is_empty() {
-                count(&self.counters.no_owner);
-                return Err(Status::unavailable(format!(
-                    "message {}: no live worker in {}'s view{}",
-                    env.id,
-                    self.me,
-                    describe(&failures)
-                )));
-            }
-            let Some(target) = table.pick(&env.key, &env.skip).map(str::to_owned) else {
-                // Every owner failed once. Dead ones leave the view soon and
-                // busy ones free up, so start the preference order afresh.
-                env.skip.clear();
-                pause(&mut backoff, deadline, &self.config).await;
-                continue;
-            };
-            let result = if target == self.me {
-                self.deliver_locally(&env, deadline)
-            } else if env.hops >= self.config.max_hops {
-                count(&self.counters.hop_limit_reached);
-                Err(Attempt::Fail(Status::aborted(format!(
-                    "message {}: hop limit of {} reached at {}, which does not own key {:?} (its owner there: {target}); \
-                     views disagree, retry shortly",
-                    env.id, self.config.max_hops, self.me, env.key
-                ))))
-            } else {
-                let Some(addr) = table.addr(&target).map(str::to_owned) else {
-                    // Unreachable: every ring member has an address.
-                    env.skip.push(target);
+            let route = table.route(&env.key, &self.me, env.hops, self.config.max_hops, &env.skip);
+            let (target, result) = match route {
+                Route::Reject(Rejection::NoOwner) => {
+                    count(&self.counters.no_owner);
+                    return Err(Status::unavailable(format!(
+                        "message {}: no live worker in {}'s view{}",
+                        env.id,
+                        self.me,
+                        describe(&failures)
+                    )));
+                }
+                Route::Reject(Rejection::AllSkipped) => {
+                    // Every owner failed once. Dead ones leave the view soon
+                    // and busy ones free up, so start the preference order afresh.
+                    env.skip.clear();
+                    pause(&mut backoff, deadline, &self.config).await;
                     continue;
-                };
-                self.forward(&env, &target, &addr, table.checksum(), deadline).await
+                }
+                Route::Reject(Rejection::HopLimit) => {
+                    count(&self.counters.hop_limit_reached);
+                    return Err(Status::aborted(format!(
+                        "message {}: hop limit of {} reached at {}, which does not own key {:?} in its view; \
+                         views disagree, retry shortly",
+                        env.id, self.config.max_hops, self.me, env.key
+                    )));
+                }
+                Route::Local => (self.me.clone(), self.deliver_locally(&env, deadline)),
+                Route::Forward(owner) => {
+                    let target = owner.to_owned();
+                    // Every ring member has an address (see `Table::from_view`).
+                    let addr = table.addr(&target).unwrap_or_default().to_owned();
+                    let result = self.forward(&env, &target, &addr, table.checksum(), deadline).await;
+                    (target, result)
+                }
             };
             match result {
                 Ok(stream) => {
@@ -484,7 +420,7 @@ impl Inner {
                 };
                 count(&inner.counters.replies_cut);
                 let _ = tx
-                    .send(Ok(mesh::error_chunk(&id, next_seq, failure.0, failure.1)))
+                    .send(Ok(envelope::error_chunk(&id, next_seq, failure.0, failure.1)))
                     .await;
                 // The call is broken: dropping it cancels it.
                 return;

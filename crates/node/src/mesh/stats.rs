@@ -1,0 +1,47 @@
+//! The data plane's counters (server and router).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+// Relaxed atomics: each counter stands alone, and every request task counts without coordination.
+stats::counters! {
+    /// The data plane's counters (server and router), for metrics. Monotonic since start.
+    MeshStats;
+    /// Envelopes received from peers that passed every check.
+    accepted,
+    /// Envelopes refused for their protocol version.
+    bad_version,
+    /// Envelopes refused for their size.
+    oversized,
+    /// Envelopes refused because their hop count is over the limit.
+    hops_over_limit,
+    /// Envelopes refused for an empty id or key.
+    malformed,
+    /// Envelopes whose deadline had passed on arrival.
+    expired_on_arrival,
+    /// Envelopes routed by a sender whose ring checksum differs from ours.
+    checksum_mismatch,
+    /// Messages handed to the local worker.
+    local,
+    /// Messages forwarded to another node that answered.
+    forwarded,
+    /// Messages that reached an owner only after another attempt failed.
+    rerouted,
+    /// Attempts on an owner that failed before its first reply chunk.
+    failed_attempts,
+    /// Messages refused because this node does not own the key and the
+    /// hop limit was reached (views disagree).
+    hop_limit_reached,
+    /// Messages refused because no live worker was in the view.
+    no_owner,
+    /// Messages whose deadline passed before any owner took them.
+    deadline_exceeded,
+    /// Replies cut off because their owner failed or was declared dead
+    /// after sending some chunks (answered with an error chunk).
+    replies_cut,
+}
+
+/// Adds one to a counter.
+#[inline]
+pub(crate) fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
