@@ -39,6 +39,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register_descriptors(&descriptors)?
         .out_dir(&out)
         .preserve_proto_field_names()
+        // Every field appears, with its default value when unset (`null`
+        // for an absent message or optional field), so a reader sees the
+        // whole shape of each body.
+        .emit_fields()
         // A newer client's fields are ignored by an older server, as in the
         // binary encoding.
         .ignore_unknown_fields()

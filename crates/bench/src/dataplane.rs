@@ -36,6 +36,7 @@ use node::mesh::Router;
 use node::mesh::{self, PROTOCOL_VERSION};
 use node::{Node, NodeConfig, Role, Roles};
 use processors::Echo;
+use proto::api::MemberStatus;
 use proto::bytes::Bytes;
 use proto::mesh::mesh_client::MeshClient;
 use proto::mesh::mesh_server::{Mesh, MeshServer};
@@ -782,7 +783,7 @@ async fn idle_cluster(exe: &std::path::Path, o: &Options, ticks_per_s: f64) -> a
             let alive: BTreeSet<String> = m
                 .members
                 .iter()
-                .filter(|x| x.status == "alive")
+                .filter(|x| x.status() == MemberStatus::Alive)
                 .map(|x| x.name.clone())
                 .collect();
             let Ok(r) = c.ring().await else { continue 'converge };
@@ -827,7 +828,7 @@ async fn idle_cluster(exe: &std::path::Path, o: &Options, ticks_per_s: f64) -> a
     }
     // Still one cluster at the end, or the figures are not those of a healthy idle cluster.
     let m = clients[0].members().await.context("members after the idle window")?;
-    let alive = m.members.iter().filter(|x| x.status == "alive").count();
+    let alive = m.members.iter().filter(|x| x.status() == MemberStatus::Alive).count();
     if alive != names.len() {
         bail!("only {alive} of 5 nodes alive after the idle window");
     }

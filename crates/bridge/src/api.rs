@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `GET /v1/conversations/{key}/messages?after=&limit=` | [`History`]: stored messages and replies in order, a page at a time |
-//! | `POST /v1/forward` | [`ForwardBody`] in, [`Forwarded`] out: the message is on the forward topic |
+//! | `POST /v1/forward` | [`SendRequest`] in, [`Forwarded`] out: the message is on the forward topic |
 //! | `GET /v1/dead-letters?after=&limit=` | [`DeadLetters`]: records that could not be decoded or stored, oldest first |
 //! | `GET /healthz` | 200 while the consume loop runs |
 //! | `GET /readyz` | 200 while the consume loop runs and the database answers |
@@ -15,7 +15,9 @@
 //! ```
 //!
 //! Cursors are opaque strings to clients (today the row's sequence number).
-//! Bad parameters get a 400 naming the parameter.
+//! Bad parameters get a 400 naming the parameter. The bodies are the types
+//! of `rumor.api.v1` (crates/proto) in the proto3 JSON mapping, the same as a
+//! node's admin API uses.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,12 +30,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use events::codec;
+pub use proto::api::{
+    DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError,
+};
 use proto::events::ForwardRequest;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
+use stats::prom::{CONTENT_TYPE, Exposition};
 use tokio::net::TcpListener;
 
 use crate::Shared;
-use crate::metrics::{Prom, count};
+use crate::metrics::count;
 
 /// Messages per page when `limit` is absent.
 pub const DEFAULT_LIMIT: i64 = 100;
@@ -41,105 +47,6 @@ pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
 /// The longest conversation key accepted.
 pub const MAX_KEY_BYTES: usize = 1024;
-
-/// An explicit failure in a reply reported by the worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    pub code: i32,
-    pub message: String,
-}
-
-/// One stored message or reply.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryMessage {
-    /// The message id (a reply has the id of the message it answers).
-    pub id: String,
-    /// `inbound` or `reply`.
-    pub kind: String,
-    /// The content as UTF-8 (invalid bytes replaced).
-    pub payload: String,
-    /// The exact content, base64 (standard, padded).
-    pub payload_base64: String,
-    pub worker: String,
-    pub origin: String,
-    pub source: String,
-    pub created_unix_ms: i64,
-    /// Chunks the reply was streamed in (0 for inbound).
-    pub chunks: i64,
-    /// The reply was longer than the worker records; `payload` is its beginning.
-    #[serde(default)]
-    pub truncated: bool,
-    /// Set on a failed reply.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorBody>,
-    /// Pass as `after` to continue after this message.
-    pub cursor: String,
-}
-
-/// The body of `GET /v1/conversations/{key}/messages`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct History {
-    pub key: String,
-    pub messages: Vec<HistoryMessage>,
-    /// Pass as `after` for the next page; absent when this page is the last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// One dead letter: a record of the messages topic the bridge could not
-/// decode or store, kept with the reason and its exact bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetterBody {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    /// The record's key (the conversation key), base64; absent when it had none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_base64: Option<String>,
-    /// Why it could not be decoded or stored.
-    pub error: String,
-    /// The record's value as read, base64 (standard, padded).
-    pub raw_base64: String,
-    /// Pass as `after` to continue after this one.
-    pub cursor: String,
-}
-
-/// The body of `GET /v1/dead-letters`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetters {
-    pub dead_letters: Vec<DeadLetterBody>,
-    /// Pass as `after` for the next page; absent when this page is the last.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
-}
-
-/// The body of `POST /v1/forward`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ForwardBody {
-    /// Conversation key.
-    pub key: String,
-    /// Message content (UTF-8).
-    pub payload: String,
-    /// Message id; a new one when absent. Resending with the same id is
-    /// de-duplicated by the worker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// Who injects it; `bridge` when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub source: Option<String>,
-    /// Time the mesh has to answer once routed; the mesh default when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_ms: Option<u64>,
-}
-
-/// The answer to `POST /v1/forward`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Forwarded {
-    pub id: String,
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-}
 
 #[derive(Debug, Deserialize)]
 struct HistoryParams {
@@ -201,10 +108,10 @@ async fn history(
         .map(|r| HistoryMessage {
             id: r.message_id,
             kind: match r.kind {
-                1 => "inbound".into(),
-                2 => "reply".into(),
-                k => format!("kind-{k}"),
-            },
+                1 => MessageKind::Inbound,
+                2 => MessageKind::Reply,
+                _ => MessageKind::Unspecified,
+            } as i32,
             payload: String::from_utf8_lossy(&r.payload).into_owned(),
             payload_base64: base64::engine::general_purpose::STANDARD.encode(&r.payload),
             worker: r.worker,
@@ -213,7 +120,7 @@ async fn history(
             created_unix_ms: r.created_unix_ms,
             chunks: r.chunks,
             truncated: r.truncated,
-            error: r.error_code.map(|code| ErrorBody {
+            error: r.error_code.map(|code| StoredError {
                 code,
                 message: r.error_message.unwrap_or_default(),
             }),
@@ -269,7 +176,7 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
     let b64 = base64::engine::general_purpose::STANDARD;
     let dead_letters = rows
         .into_iter()
-        .map(|(id, d)| DeadLetterBody {
+        .map(|(id, d)| DeadLetter {
             topic: d.topic,
             partition: d.partition,
             offset: d.offset,
@@ -282,7 +189,7 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
     Json(DeadLetters { dead_letters, next }).into_response()
 }
 
-async fn forward(State(s): Shr, body: Result<Json<ForwardBody>, JsonRejection>) -> Response {
+async fn forward(State(s): Shr, body: Result<Json<SendRequest>, JsonRejection>) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
         Err(e) => return bad_request(format!("invalid forward request: {}", e.body_text())),
@@ -362,57 +269,49 @@ async fn readyz(State(s): Shr) -> (StatusCode, String) {
 }
 
 async fn metrics(State(s): Shr) -> Response {
-    let mut p = Prom::default();
-    p.counters("rumor_bridge_", s.counters.read().fields());
-    s.batch_records
-        .render(&mut p, "rumor_bridge_batch_records", "Records per committed batch.");
-    s.batch_seconds.render(
-        &mut p,
+    let mut e = Exposition::new();
+    e.counters("rumor_bridge_", s.counters.read().fields());
+    e.metric(
+        "rumor_bridge_batch_records",
+        "Records per committed batch.",
+        s.batch_records.clone(),
+    );
+    e.metric(
         "rumor_bridge_batch_seconds",
         "Time to write a committed batch, retries included.",
+        s.batch_seconds.clone(),
     );
     let positions = s.positions.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    p.header(
-        "rumor_bridge_consumer_lag",
-        "Records in the partition not stored yet (high watermark minus stored next offset).",
-        "gauge",
-    );
+    let mut lag = Vec::new();
     for (tp, next) in &positions {
         if let Ok((_, high)) = s.watermarks.watermarks(tp).await {
-            let _ = std::fmt::Write::write_fmt(
-                &mut p.0,
-                format_args!(
-                    "rumor_bridge_consumer_lag{{topic=\"{}\",partition=\"{}\"}} {}\n",
-                    tp.topic,
-                    tp.partition,
-                    (high - next).max(0)
-                ),
-            );
+            lag.push((partition_labels(tp), (high - next).max(0)));
         }
     }
-    p.header(
+    e.gauges(
+        "rumor_bridge_consumer_lag",
+        "Records in the partition not stored yet (high watermark minus stored next offset).",
+        lag,
+    );
+    e.gauges(
         "rumor_bridge_stored_offset",
         "Next offset to store, per assigned partition.",
-        "gauge",
+        positions.iter().map(|(tp, next)| (partition_labels(tp), *next)),
     );
-    for (tp, next) in &positions {
-        let _ = std::fmt::Write::write_fmt(
-            &mut p.0,
-            format_args!(
-                "rumor_bridge_stored_offset{{topic=\"{}\",partition=\"{}\"}} {next}\n",
-                tp.topic, tp.partition
-            ),
-        );
-    }
-    p.gauge(
+    e.gauge(
         "rumor_bridge_assigned_partitions",
         "Partitions of the messages topic assigned to this bridge.",
-        positions.len(),
+        positions.len() as i64,
     );
-    p.gauge(
+    let ready = stopped(&s).is_none() && s.db_failing.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+    e.gauge(
         "rumor_bridge_ready",
         "1 while the consume loop runs and its database writes succeed.",
-        u8::from(stopped(&s).is_none() && s.db_failing.lock().unwrap_or_else(|e| e.into_inner()).is_none()),
+        i64::from(ready),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], p.0).into_response()
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], e.encode()).into_response()
+}
+
+fn partition_labels(tp: &events::TopicPartition) -> [(&'static str, String); 2] {
+    [("topic", tp.topic.clone()), ("partition", tp.partition.to_string())]
 }

@@ -74,7 +74,11 @@ async fn published_records_are_stored_once_and_served_in_conversation_order() {
     let (status, body) = http(b.addr(), "GET", "/v1/conversations/conv-a/messages", None).await;
     assert_eq!(status, 200, "{body}");
     let h: bridge::api::History = serde_json::from_str(&body).unwrap();
-    let got: Vec<(String, String)> = h.messages.iter().map(|m| (m.kind.clone(), m.payload.clone())).collect();
+    let got: Vec<(String, String)> = h
+        .messages
+        .iter()
+        .map(|m| (m.kind().short_name().to_owned(), m.payload.clone()))
+        .collect();
     let want: Vec<(String, String)> = (0..5)
         .flat_map(|i| {
             [

@@ -66,7 +66,7 @@ async fn stored_rows_and_offsets_match_the_topic_contents() {
     let (status, body) = http(b.addr(), "GET", "/v1/conversations/conv-3/messages?limit=1000", None).await;
     assert_eq!(status, 200, "{body}");
     let h: bridge::api::History = serde_json::from_str(&body).unwrap();
-    let kinds: Vec<&str> = h.messages.iter().map(|m| m.kind.as_str()).collect();
+    let kinds: Vec<&str> = h.messages.iter().map(|m| m.kind().short_name()).collect();
     assert_eq!(kinds.len(), 12, "{body}");
     assert!(kinds.chunks(2).all(|p| p == ["inbound", "reply"]), "{kinds:?}");
     let (_, metrics) = http(b.addr(), "GET", "/metrics", None).await;

@@ -18,6 +18,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in this order.
+    pub const ALL: [Status; 4] = [Status::Alive, Status::Suspect, Status::Dead, Status::Left];
+
     /// Alive or suspect: still a member that may receive traffic.
     pub fn is_live(self) -> bool {
         matches!(self, Status::Alive | Status::Suspect)

@@ -86,50 +86,51 @@ pub enum Event {
     },
 }
 
-/// Counters. Every dropped input is counted here.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
+stats::snapshot! {
+    /// Counters. Every dropped input is counted here. The doc comment of
+    /// each field is its metric description.
+    Stats;
     /// Packets handed in (datagrams and stream messages).
-    pub packets_in: u64,
+    packets_in,
     /// Bytes handed in.
-    pub bytes_in: u64,
+    bytes_in,
     /// Packets produced.
-    pub packets_out: u64,
+    packets_out,
     /// Bytes produced.
-    pub bytes_out: u64,
+    bytes_out,
     /// Packets that did not decode as a gossip packet.
-    pub malformed: u64,
+    malformed,
     /// Packets from a peer speaking another protocol version.
-    pub version_mismatch: u64,
+    version_mismatch,
     /// Packets over the size limit.
-    pub oversized: u64,
+    oversized,
     /// Packets or gossip items with a missing or invalid field.
-    pub invalid: u64,
+    invalid,
     /// Pings addressed to another node name (a stale address).
-    pub misdirected: u64,
+    misdirected,
     /// Probes started.
-    pub probes: u64,
+    probes,
     /// Probes that ended without an ack.
-    pub probe_failures: u64,
+    probe_failures,
     /// Indirect probe requests sent.
-    pub indirect_probes: u64,
+    indirect_probes,
     /// Nacks received.
-    pub nacks_received: u64,
+    nacks_received,
     /// Suspicions about this node refuted.
-    pub refutations: u64,
+    refutations,
     /// Push-pull exchanges initiated.
-    pub push_pulls: u64,
+    push_pulls,
     /// Push-pulls started because this node's view digest differed from every
     /// digest it heard for `Config::digest_sync_after` (included in `push_pulls`).
-    pub digest_syncs: u64,
+    digest_syncs,
     /// User messages delivered to this node's application.
-    pub user_delivered: u64,
+    user_delivered,
     /// Duplicate user messages dropped.
-    pub user_duplicates: u64,
+    user_duplicates,
     /// Times this node marked another member suspect.
-    pub suspicions: u64,
+    suspicions,
     /// Times this node marked another member dead (failed, not left).
-    pub failures_declared: u64,
+    failures_declared,
 }
 
 /// Why [`Membership::broadcast`] refused a message. No state changed.

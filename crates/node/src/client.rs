@@ -1,4 +1,5 @@
-//! A small client for a node's admin API ([`crate::admin`]), used by the
+//! A small client for a node's admin API (its routes are listed in the
+//! `admin` module; the bodies are `rumor.api.v1` types), used by the
 //! `rumor status`, `send` and `gossip` commands and by tests. One HTTP/1
 //! connection per request: admin calls are rare, and this keeps no state.
 
@@ -12,8 +13,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
-use crate::admin::{
-    GossipCreated, GossipReceipt, GossipRequest, KeyIds, KeyRequest, Members, ReplyLine, RingInfo, SendRequest,
+use proto::api::{
+    GossipCreated, GossipReceipt, GossipRequest, Isolate, KeyIds, KeyOperation, KeyRequest, Members, ReplyLine, Ring,
+    SendRequest,
 };
 
 /// Why an admin call failed.
@@ -97,7 +99,7 @@ impl AdminClient {
     }
 
     /// `GET /v1/ring`.
-    pub async fn ring(&self) -> Result<RingInfo, ClientError> {
+    pub async fn ring(&self) -> Result<Ring, ClientError> {
         self.get_json("/v1/ring").await
     }
 
@@ -128,11 +130,15 @@ impl AdminClient {
         self.get_json("/v1/keys").await
     }
 
-    /// `POST /v1/keys/{op}` with `op` one of `install`, `use`, `remove`.
-    pub async fn change_key(&self, op: &str, key: &str) -> Result<KeyIds, ClientError> {
+    /// `POST /v1/keys/{op}`: one step of a key rotation.
+    pub async fn change_key(&self, op: KeyOperation, key: &str) -> Result<KeyIds, ClientError> {
         let req = KeyRequest { key: key.to_owned() };
         let (status, body) = self
-            .text(Method::POST, &format!("/v1/keys/{op}"), Some(to_json(&req)))
+            .text(
+                Method::POST,
+                &format!("/v1/keys/{}", op.short_name()),
+                Some(to_json(&req)),
+            )
             .await?;
         let body = self.expect_ok(status, body)?;
         self.decode(&body)
@@ -141,7 +147,7 @@ impl AdminClient {
     /// `POST /v1/fault/isolate`: cuts (`true`) or restores the node's gossip
     /// traffic; refused unless the node allows fault injection.
     pub async fn isolate(&self, isolated: bool) -> Result<(), ClientError> {
-        let req = crate::admin::Isolate { isolated };
+        let req = Isolate { isolated };
         let (status, body) = self
             .text(Method::POST, "/v1/fault/isolate", Some(to_json(&req)))
             .await?;

@@ -84,7 +84,7 @@ pub struct Cancelled;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FinalReply {
     /// Every data byte of the reply, in order, up to
-    /// [`WorkerConfig::max_recorded_reply_bytes`].
+    /// [`WorkerConfig::max_recorded_reply_bytes`](crate::worker::WorkerConfig::max_recorded_reply_bytes).
     pub data: Vec<u8>,
     /// The reply was longer than the limit and `data` holds its beginning.
     pub truncated: bool,

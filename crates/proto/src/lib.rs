@@ -82,3 +82,39 @@ impl api::KeyOperation {
             .find(|op| op.short_name() == name)
     }
 }
+
+impl api::MemberStatus {
+    /// The status in lower case, as people read it: `alive`, `suspect`, `dead`, `left`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Alive => "alive",
+            Self::Suspect => "suspect",
+            Self::Dead => "dead",
+            Self::Left => "left",
+        }
+    }
+
+    /// Alive or suspect: still a member that may answer.
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Alive | Self::Suspect)
+    }
+}
+
+impl api::ReplyLine {
+    /// True for the line that ends a reply: `last`, or an error.
+    pub fn is_terminal(&self) -> bool {
+        self.last || self.error.is_some()
+    }
+}
+
+impl api::MessageKind {
+    /// The kind in lower case: `inbound`, `reply`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Inbound => "inbound",
+            Self::Reply => "reply",
+        }
+    }
+}

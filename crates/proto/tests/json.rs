@@ -4,7 +4,7 @@
 use proto::api::{KeyOperation, Member, MemberStatus, ReplyLine, SendRequest};
 
 #[test]
-fn enums_travel_by_name_and_defaults_are_omitted() {
+fn enums_travel_by_name_and_every_field_appears() {
     let mut m = Member {
         name: "worker-1".into(),
         incarnation: 7,
@@ -15,8 +15,9 @@ fn enums_travel_by_name_and_defaults_are_omitted() {
     assert_eq!(json["status"], "MEMBER_STATUS_SUSPECT");
     // 64-bit integers are strings, so JavaScript clients lose no precision.
     assert_eq!(json["incarnation"], "7");
-    // Default values (empty roles, capacity 0) are left out.
-    assert!(json.get("capacity").is_none(), "{json}");
+    // Fields at their default values appear too, so readers see the whole shape.
+    assert_eq!(json["capacity"], 0, "{json}");
+    assert_eq!(json["roles"], serde_json::json!([]), "{json}");
     let back: Member = serde_json::from_value(json).unwrap();
     assert_eq!(back, m);
 }
@@ -33,7 +34,7 @@ fn requests_accept_numbers_or_strings_for_64_bit_fields_and_ignore_unknown_field
 }
 
 #[test]
-fn a_reply_line_without_error_or_flags_is_small() {
+fn a_reply_line_without_an_error_has_no_error_field() {
     let line = ReplyLine {
         id: "01J".into(),
         seq: 1,
@@ -42,7 +43,7 @@ fn a_reply_line_without_error_or_flags_is_small() {
     };
     assert_eq!(
         serde_json::to_string(&line).unwrap(),
-        r#"{"id":"01J","seq":"1","data":"hi"}"#
+        r#"{"id":"01J","seq":"1","worker":"","data":"hi","last":false,"replayed":false}"#
     );
 }
 

@@ -6,8 +6,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use node::admin::SendRequest;
 use node::client::AdminClient;
+use proto::api::{KeyOperation, SendRequest};
 use server::ServerConfig;
 
 /// Completes on Ctrl-C or SIGTERM.
@@ -126,6 +126,7 @@ pub(crate) async fn send(admin: &str, key: String, message: String, timeout: Dur
         payload: message,
         id: None,
         timeout_ms: Some(timeout.as_millis() as u64),
+        source: None,
     };
     let started = Instant::now();
     let mut out = std::io::stdout();
@@ -168,7 +169,7 @@ pub(crate) async fn gossip(admin: &str, message: String, wait: Duration) -> anyh
     let peers: BTreeMap<String, AdminClient> = members
         .members
         .iter()
-        .filter(|m| m.status == "alive" || m.status == "suspect")
+        .filter(|m| m.status().is_live())
         .filter_map(|m| Some((m.name.clone(), AdminClient::new(m.services.get("admin")?.clone()))))
         .collect();
     let mut pending: Vec<String> = peers.keys().cloned().collect();
@@ -204,14 +205,14 @@ pub(crate) async fn gossip(admin: &str, message: String, wait: Duration) -> anyh
 
 /// `rumor keys`: one step of a gossip key rotation, on one node or on every
 /// live member (through their advertised admin addresses).
-pub(crate) async fn keys(admin: &str, op: Option<(&str, String)>, all: bool) -> anyhow::Result<()> {
+pub(crate) async fn keys(admin: &str, op: Option<(KeyOperation, String)>, all: bool) -> anyhow::Result<()> {
     let c = AdminClient::new(admin);
     let targets: Vec<(String, AdminClient)> = if all {
         c.members()
             .await?
             .members
             .into_iter()
-            .filter(|m| m.status == "alive" || m.status == "suspect")
+            .filter(|m| m.status().is_live())
             .filter_map(|m| {
                 let a = m.services.get("admin")?.clone();
                 Some((m.name, AdminClient::new(a)))
@@ -223,7 +224,7 @@ pub(crate) async fn keys(admin: &str, op: Option<(&str, String)>, all: bool) -> 
     let mut failed = 0;
     for (name, t) in &targets {
         let r = match &op {
-            Some((op, key)) => t.change_key(op, key).await,
+            Some((op, key)) => t.change_key(*op, key).await,
             None => t.keys().await,
         };
         match r {

@@ -11,6 +11,7 @@ mod up;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use proto::api::KeyOperation;
 use sim::scenario;
 
 #[derive(Parser, Debug)]
@@ -285,9 +286,9 @@ fn main() -> anyhow::Result<()> {
         Command::Keys { admin, all, op } => {
             let op = match op {
                 None | Some(KeyOp::List) => None,
-                Some(KeyOp::Install { key }) => Some(("install", key)),
-                Some(KeyOp::Use { key }) => Some(("use", key)),
-                Some(KeyOp::Remove { key }) => Some(("remove", key)),
+                Some(KeyOp::Install { key }) => Some((KeyOperation::Install, key)),
+                Some(KeyOp::Use { key }) => Some((KeyOperation::Use, key)),
+                Some(KeyOp::Remove { key }) => Some((KeyOperation::Remove, key)),
             };
             runtime()?.block_on(commands::keys(&admin, op, all))?
         }

@@ -23,11 +23,11 @@ use anyhow::Context;
 use bridge::BridgeConfig;
 use events::{EventLog, MemoryLog, PublisherConfig, Topics};
 use membership::Event;
-use node::admin::SendRequest;
 use node::client::AdminClient;
 use node::crypto::Key;
 use node::{NodeConfig, Role, Roles};
 use processors::Echo;
+use proto::api::SendRequest;
 use server::{EventsConfig, Server, ServerConfig};
 
 /// What `rumor up` starts.
@@ -167,6 +167,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         payload: "hello through the mesh".into(),
         id: None,
         timeout_ms: Some(5000),
+        source: None,
     };
     let sent = Instant::now();
     let lines = AdminClient::new(gateway.clone())

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use node::admin::SendRequest;
 use node::client::AdminClient;
 use node::crypto::Key;
+use proto::api::{MemberStatus, MessageKind, SendRequest};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -168,7 +168,7 @@ async fn agree(nodes: &[Proc], names: &BTreeSet<String>, workers: usize) -> Stri
                 let alive: BTreeSet<String> = m
                     .members
                     .iter()
-                    .filter(|x| x.status == "alive")
+                    .filter(|x| x.status() == MemberStatus::Alive)
                     .map(|x| x.name.clone())
                     .collect();
                 if &alive != names || !m.joined {
@@ -234,6 +234,7 @@ async fn send_stream(gw: AdminClient, sender: usize, stop: Arc<AtomicBool>, tall
             payload: payload.clone(),
             id: None,
             timeout_ms: Some(5000),
+            ..Default::default()
         };
         match gw.send(&req, |_| {}).await {
             Ok(lines) => {
@@ -291,7 +292,7 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
             for c in &others {
                 let m = c.members().await.ok()?;
                 let w2 = m.members.iter().find(|x| x.name == "w2")?;
-                if w2.status != "dead" {
+                if w2.status() != MemberStatus::Dead {
                     return None;
                 }
             }
@@ -329,6 +330,7 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
                     payload: "still here".into(),
                     id: None,
                     timeout_ms: Some(5000),
+                    ..Default::default()
                 },
                 |_| {},
             )
@@ -341,7 +343,8 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
 
 fn metric(text: &str, name: &str) -> u64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map(|v| v as u64)
         .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
@@ -506,7 +509,7 @@ async fn sigterm_makes_a_worker_leave_gracefully_and_exit_cleanly() {
             Duration::from_secs(10),
             || async {
                 let m = gw.members().await.ok()?;
-                (m.members.iter().find(|x| x.name == "w1")?.status == "left").then_some(())
+                (m.members.iter().find(|x| x.name == "w1")?.status() == MemberStatus::Left).then_some(())
             },
         )
         .await;
@@ -589,7 +592,7 @@ async fn a_node_cut_off_is_suspected_declared_dead_and_rejoins_one_view_after_re
         for p in rest {
             let m = p.client().members().await.unwrap();
             let w3 = m.members.iter().find(|x| x.name == "w3").expect("w3 is still listed");
-            assert_eq!(w3.status, "dead", "{} has w3 dead", p.name);
+            assert_eq!(w3.status(), MemberStatus::Dead, "{} has w3 dead", p.name);
             let metrics = p.client().metrics().await.unwrap();
             assert!(
                 metric(&metrics, "rumor_membership_suspicions_total") >= 1,
@@ -601,7 +604,7 @@ async fn a_node_cut_off_is_suspected_declared_dead_and_rejoins_one_view_after_re
         let c = cut.client();
         eventually("w3 to see only itself alive", Duration::from_secs(30), || async {
             let own = c.members().await.ok()?;
-            (own.members.iter().filter(|x| x.status == "alive").count() == 1).then_some(())
+            (own.members.iter().filter(|x| x.status() == MemberStatus::Alive).count() == 1).then_some(())
         })
         .await;
         assert!(
@@ -783,6 +786,7 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
             payload: "hello kafka".into(),
             id: None,
             timeout_ms: Some(10_000),
+            ..Default::default()
         };
         let lines = nodes[0].client().send(&req, |_| {}).await.unwrap();
         let id = lines.last().unwrap().id.clone();
@@ -794,8 +798,8 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
         .await;
         assert_eq!(h.messages.len(), 2, "{h:?}");
         assert_eq!(
-            (h.messages[0].kind.as_str(), h.messages[1].kind.as_str()),
-            ("inbound", "reply")
+            (h.messages[0].kind(), h.messages[1].kind()),
+            (MessageKind::Inbound, MessageKind::Reply)
         );
         assert!(
             h.messages
@@ -825,7 +829,7 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
             h.messages.iter().all(|m| m.id == forwarded.id && m.source == "crm"),
             "{h:?}"
         );
-        assert_eq!(h.messages[1].kind, "reply");
+        assert_eq!(h.messages[1].kind(), MessageKind::Reply);
         assert_eq!(h.messages[1].payload, "from outside");
     })
     .await;
@@ -864,6 +868,7 @@ async fn a_bridge_killed_right_after_its_database_commit_restarts_with_no_duplic
                 payload: format!("m{i}"),
                 id: None,
                 timeout_ms: Some(10_000),
+                ..Default::default()
             };
             nodes[0].client().send(&req, |_| {}).await.unwrap();
         }
@@ -1026,6 +1031,7 @@ async fn send_all(gw: &AdminClient, range: std::ops::Range<usize>) -> Vec<String
             payload: format!("m{i}"),
             id: None,
             timeout_ms: Some(10_000),
+            ..Default::default()
         };
         let lines = gw
             .send(&req, |_| {})

@@ -1,5 +1,14 @@
-//! One macro, [`counters!`], used by the node, the event log and the bridge
-//! for their metrics, so the three count the same way.
+//! How rumor counts: one place for the counters of every crate and for
+//! their Prometheus exposition.
+//!
+//! - [`snapshot!`] declares a struct of `u64` counters whose doc comments
+//!   are their metric descriptions, listed by `fields()`; the pure
+//!   `membership` crate uses it for its `Stats`.
+//! - [`counters!`] adds relaxed atomics that `read()` into such a struct;
+//!   the node, the event log and the bridge count with it.
+//! - With the `prometheus` feature, [`prom::Exposition`] writes any of
+//!   them, gauges and histograms in the Prometheus text format through
+//!   `prometheus-client`.
 //!
 //! ```
 //! stats::counters! {
@@ -12,16 +21,16 @@
 //! let c = Counters::default();
 //! c.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 //! assert_eq!(c.read().done, 1);
-//! assert_eq!(c.read().fields(), vec![("done", " Things done.", 1)]);
+//! assert_eq!(c.read().fields(), vec![("done", "Things done.", 1)]);
 //! ```
 
-/// Declares a `pub` stats struct of `u64` counters with a `fields()` listing
-/// (name, description from the doc comment, value) for metrics exporters, and
-/// a crate-private `Counters` of relaxed atomics that `read()`s into it. Each
-/// counter stands alone, so relaxed ordering is enough: tasks count without
-/// coordinating and readers get a snapshot that may mix instants.
+#[cfg(feature = "prometheus")]
+pub mod prom;
+
+/// Declares a `pub` struct of `u64` counters with a `fields()` listing
+/// (name, description from the doc comment, value) for metrics exporters.
 #[macro_export]
-macro_rules! counters {
+macro_rules! snapshot {
     ($(#[doc = $sdoc:literal])* $stats:ident; $($(#[doc = $doc:literal])* $name:ident,)*) => {
         $(#[doc = $sdoc])*
         #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,10 +39,49 @@ macro_rules! counters {
         }
 
         impl $stats {
-            /// Every counter as `(name, description, value)`, for metrics exporters.
+            /// Every counter as `(name, description, value)`, for metrics
+            /// exporters; the description is the field's doc comment.
             pub fn fields(&self) -> Vec<(&'static str, &'static str, u64)> {
-                vec![$((stringify!($name), concat!($($doc),*), self.$name),)*]
+                vec![$((stringify!($name), $crate::__doc_text!($($doc),*), self.$name),)*]
             }
+        }
+    };
+}
+
+/// The text of doc comment lines: each starts with the space after `///`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __doc_text {
+    ($first:literal $(, $rest:literal)*) => {
+        $crate::__trim_start(concat!($first $(, $rest)*))
+    };
+    () => {
+        ""
+    };
+}
+
+#[doc(hidden)]
+pub const fn __trim_start(s: &'static str) -> &'static str {
+    let mut bytes = s.as_bytes();
+    while let [b' ', rest @ ..] = bytes {
+        bytes = rest;
+    }
+    // Only leading ASCII spaces were removed, so `bytes` is still UTF-8.
+    match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(_) => s,
+    }
+}
+
+/// Declares a [`snapshot!`] struct and a crate-private `Counters` of relaxed
+/// atomics that `read()`s into it. Each counter stands alone, so relaxed
+/// ordering is enough: tasks count without coordinating and readers get a
+/// snapshot that may mix instants.
+#[macro_export]
+macro_rules! counters {
+    ($(#[doc = $sdoc:literal])* $stats:ident; $($(#[doc = $doc:literal])* $name:ident,)*) => {
+        $crate::snapshot! {
+            $(#[doc = $sdoc])* $stats; $($(#[doc = $doc])* $name,)*
         }
 
         #[derive(Debug, Default)]

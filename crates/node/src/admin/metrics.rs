@@ -1,0 +1,86 @@
+//! `GET /metrics`: the node's metrics in the Prometheus text format.
+//!
+//! Every counter's description is the doc comment of its field in the
+//! crate that counts it (`membership::Stats`, the transport's, the mesh's,
+//! the worker's), so the two cannot drift apart.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use stats::prom::{CONTENT_TYPE, Exposition};
+
+use super::Shr;
+use super::cluster::status;
+
+pub(super) async fn metrics(State(s): Shr) -> Response {
+    let Ok(snap) = s.gossip.snapshot().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "gossip stopped\n").into_response();
+    };
+    let mut e = Exposition::new();
+    e.counters("rumor_membership_", snap.stats.fields());
+    e.counters("rumor_transport_", snap.transport.fields());
+    e.counters("rumor_mesh_", s.router.stats().fields());
+    if let Some(w) = s.router.worker() {
+        e.counters("rumor_worker_", w.stats().fields());
+        e.gauge(
+            "rumor_worker_in_flight",
+            "Messages queued or being processed now.",
+            w.in_flight() as i64,
+        );
+        e.gauge(
+            "rumor_worker_capacity",
+            "Messages the worker accepts at once.",
+            w.capacity() as i64,
+        );
+        for (name, help, value, is_counter) in w.sink().map(|s| s.metrics()).unwrap_or_default() {
+            if is_counter {
+                e.counter(&format!("rumor_events_{name}"), help, value);
+            } else {
+                e.gauge(&format!("rumor_events_{name}"), help, value as i64);
+            }
+        }
+    }
+    let mut by_status = [0usize; 4];
+    for m in std::iter::once(&snap.view.local).chain(&snap.view.members) {
+        by_status[m.status as usize] += 1;
+    }
+    e.gauges(
+        "rumor_members",
+        "Members this node knows, by status (itself included).",
+        membership::Status::ALL
+            .into_iter()
+            .map(|st| ([("status", status(st).short_name())], by_status[st as usize] as i64)),
+    );
+    e.gauge(
+        "rumor_health_score",
+        "Lifeguard local health multiplier (0 is healthy).",
+        i64::from(snap.health_score),
+    );
+    e.gauge(
+        "rumor_pending_broadcasts",
+        "Gossip updates waiting to be disseminated.",
+        snap.pending_broadcasts as i64,
+    );
+    e.gauge(
+        "rumor_ring_workers",
+        "Workers on this node's ring.",
+        s.router.table().ring().len() as i64,
+    );
+    e.gauge(
+        "rumor_mesh_pooled_peers",
+        "Peers with a pooled mesh channel.",
+        s.router.pooled_peers().len() as i64,
+    );
+    e.gauge(
+        "rumor_gossip_keys",
+        "Gossip keys installed (0 in plaintext mode).",
+        snap.keys.map_or(0, |k| k.len()) as i64,
+    );
+    e.gauge("rumor_ready", "1 when ready for traffic.", i64::from(s.ready().is_ok()));
+    e.gauge_f64(
+        "rumor_uptime_seconds",
+        "Seconds since the node started.",
+        s.started.elapsed().as_secs_f64(),
+    );
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], e.encode()).into_response()
+}

@@ -1,0 +1,114 @@
+//! The admin HTTP endpoint of a node (axum, HTTP/1), one module per route family:
+//!
+//! | route | module | answer |
+//! |---|---|---|
+//! | `GET /v1/members` | [`cluster`] | [`Members`](proto::api::Members): every member this node knows |
+//! | `GET /v1/ring` | [`cluster`] | [`Ring`](proto::api::Ring): checksum, workers, and the share of sampled keys each owns |
+//! | `GET /metrics` | [`metrics`] | Prometheus text: membership, transport, mesh, worker and event-log metrics |
+//! | `GET /healthz` | [`health`] | 200 while the gossip task runs |
+//! | `GET /readyz` | [`health`] | 200 once joined; 503 before, while draining, and while the event log stalls |
+//! | `POST /v1/send` | [`send`] | [`SendRequest`](proto::api::SendRequest) in; the reply streamed as NDJSON [`ReplyLine`](proto::api::ReplyLine)s |
+//! | `POST /v1/gossip` | [`gossip`] | [`GossipRequest`](proto::api::GossipRequest) in, [`GossipCreated`](proto::api::GossipCreated) out |
+//! | `GET /v1/gossip/{origin}/{seq}` | [`gossip`] | [`GossipReceipt`](proto::api::GossipReceipt): when this node received it, or 404 |
+//! | `GET /v1/keys` | [`keys`] | [`KeyIds`](proto::api::KeyIds): the gossip keys' ids, the primary first |
+//! | `POST /v1/keys/{install,use,remove}` | [`keys`] | one step of a key rotation on this node |
+//! | `POST /v1/fault/isolate` | [`fault`] | cuts or restores this node's gossip traffic; 403 unless allowed |
+//!
+//! The bodies are the types of `rumor.api.v1` (crates/proto), in the proto3
+//! JSON mapping, shared with [`crate::client`] and with clients in other
+//! languages. The endpoint changes cluster state (gossip, keys): bind it to a
+//! private interface (the default is 127.0.0.1).
+
+mod cluster;
+mod fault;
+mod gossip;
+mod health;
+mod keys;
+mod metrics;
+mod send;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+
+use crate::gossip::GossipHandle;
+use crate::mesh::Router;
+
+pub use cluster::OWNERSHIP_SAMPLE;
+
+/// State shared by the admin handlers and the node that serves them.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) gossip: GossipHandle,
+    pub(crate) router: Router,
+    started: Instant,
+    /// Set once a graceful shutdown began; readiness turns off.
+    draining: AtomicBool,
+    /// Gossip messages seen, for `rumor gossip`.
+    receipts: gossip::Receipts,
+    /// Whether `POST /v1/fault/isolate` is allowed.
+    fault_injection: bool,
+}
+
+impl Shared {
+    /// Shared state, and a task recording gossip message receipts that ends
+    /// with the gossip task.
+    pub(crate) fn new(gossip: GossipHandle, router: Router, fault_injection: bool) -> Arc<Self> {
+        let shared = Arc::new(Self {
+            gossip,
+            router,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            receipts: gossip::Receipts::default(),
+            fault_injection,
+        });
+        gossip::record_receipts(&shared);
+        shared
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// `Err(why)` while the node should not get traffic.
+    fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::Relaxed) {
+            Err("draining".into())
+        } else if !self.gossip.view().borrow().joined {
+            Err("not joined".into())
+        } else if let Some(Err(why)) = self.router.worker().and_then(|w| w.sink()).map(|s| s.health()) {
+            Err(format!("event log: {why}"))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes; requests in
+/// progress (streamed replies among them) are allowed to finish.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/v1/members", get(cluster::members))
+        .route("/v1/ring", get(cluster::ring))
+        .route("/metrics", get(metrics::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/send", post(send::send))
+        .route("/v1/gossip", post(gossip::create))
+        .route("/v1/gossip/{origin}/{seq}", get(gossip::receipt))
+        .route("/v1/keys", get(keys::list))
+        .route("/v1/keys/{op}", post(keys::change))
+        .route("/v1/fault/isolate", post(fault::isolate))
+        .with_state(shared);
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+type Shr = axum::extract::State<Arc<Shared>>;

@@ -1,0 +1,132 @@
+//! `POST /v1/send`: a message into the mesh at this node, its reply
+//! streamed back as newline-delimited JSON, one [`ReplyLine`] per chunk.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use proto::api::{ReplyError, ReplyLine, SendRequest};
+use proto::mesh::{Envelope, ReplyChunk};
+use tokio_stream::StreamExt;
+
+use super::Shr;
+use crate::mesh;
+
+/// A reply error on the wire: the gRPC code's number and name.
+fn reply_error(code: tonic::Code, message: String) -> ReplyError {
+    ReplyError {
+        code: code as u32,
+        name: format!("{code:?}"),
+        message,
+    }
+}
+
+fn line(l: &ReplyLine) -> Bytes {
+    let mut v = serde_json::to_vec(l).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+fn chunk_line(c: ReplyChunk) -> ReplyLine {
+    ReplyLine {
+        id: c.id,
+        seq: c.seq,
+        worker: c.worker,
+        data: String::from_utf8_lossy(&c.data).into_owned(),
+        last: c.last,
+        replayed: c.replayed,
+        error: c
+            .error
+            .map(|e| reply_error(tonic::Code::from(e.code as i32), e.message)),
+    }
+}
+
+fn error_line(id: String, seq: u64, status: &tonic::Status) -> ReplyLine {
+    ReplyLine {
+        id,
+        seq,
+        error: Some(reply_error(status.code(), status.message().to_owned())),
+        ..Default::default()
+    }
+}
+
+fn http_status(code: tonic::Code) -> StatusCode {
+    use tonic::Code;
+    match code {
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::AlreadyExists => StatusCode::CONFLICT,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unavailable | Code::ResourceExhausted => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn ndjson(status: StatusCode, body: Body) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+pub(super) async fn send(State(s): Shr, Json(req): Json<SendRequest>) -> Response {
+    let id = req.id.unwrap_or_else(mesh::new_message_id);
+    if req.source.is_some() {
+        let status = tonic::Status::invalid_argument("`source` is set by the node a message enters at, not by clients");
+        return ndjson(StatusCode::BAD_REQUEST, Body::from(line(&error_line(id, 0, &status))));
+    }
+    let timeout = req
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(s.router.config().default_timeout);
+    let envelope = Envelope {
+        id: id.clone(),
+        key: req.key,
+        payload: Bytes::from(req.payload),
+        deadline_unix_ms: mesh::deadline_in(timeout),
+        ..Default::default()
+    };
+    match s.router.send(envelope).await {
+        Err(status) => ndjson(
+            http_status(status.code()),
+            Body::from(line(&error_line(id, 0, &status))),
+        ),
+        Ok(stream) => {
+            // Every item becomes one line; an `Err` item (a refusal after the
+            // stream began) becomes the terminal error line. Dropping the
+            // body (the client went away) drops the stream, which cancels
+            // the message's processing.
+            let mut next_seq = 0;
+            let lines = stream.map(move |item| {
+                let l = match item {
+                    Ok(c) => {
+                        next_seq = c.seq + 1;
+                        chunk_line(c)
+                    }
+                    Err(status) => error_line(id.clone(), next_seq, &status),
+                };
+                Ok::<_, std::convert::Infallible>(line(&l))
+            });
+            ndjson(StatusCode::OK, Body::from_stream(lines))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_lines_round_trip_and_know_their_end() {
+        let l = ReplyLine {
+            id: "x".into(),
+            seq: 2,
+            worker: "w".into(),
+            data: "hi".into(),
+            last: true,
+            ..Default::default()
+        };
+        let back: ReplyLine = serde_json::from_slice(&line(&l)).unwrap();
+        assert_eq!(back, l);
+        assert!(back.is_terminal());
+    }
+}
