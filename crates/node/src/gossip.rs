@@ -37,6 +37,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until, timeout};
+use tracing::Instrument as _;
 use tracing::{debug, info, warn};
 
 use crate::crypto::{Key, KeyId, Keyring, KeyringError, OVERHEAD, OpenError};
@@ -536,12 +537,16 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
     };
     driver.publish_view(Duration::ZERO);
     let view = driver.view.subscribe();
-    tokio::spawn(async move {
-        // `run` consumes the driver: when it returns, the sockets are closed.
-        if let Some(reply) = driver.run().await {
-            let _ = reply.send(());
+    let span = tracing::info_span!("gossip", node = %driver.membership.name());
+    tokio::spawn(
+        async move {
+            // `run` consumes the driver: when it returns, the sockets are closed.
+            if let Some(reply) = driver.run().await {
+                let _ = reply.send(());
+            }
         }
-    });
+        .instrument(span),
+    );
     Ok(GossipHandle {
         name: config.name.into(),
         addr,
@@ -748,24 +753,27 @@ impl Driver {
         let limit = self.stream_timeout;
         // One short-lived task per push-pull message, so that a slow or dead
         // peer never holds up the owner task; the timeout bounds its life.
-        tokio::spawn(async move {
-            let send = async {
-                let mut stream = TcpStream::connect(t.to).await?;
-                stream.write_all(&bytes).await?;
-                stream.shutdown().await
-            };
-            match timeout(limit, send).await {
-                Ok(Ok(())) => Counters::inc(&counters.frames_out),
-                Ok(Err(e)) => {
-                    Counters::inc(&counters.stream_send_failures);
-                    debug!(to = %t.to, "push-pull not sent: {e}");
-                }
-                Err(_) => {
-                    Counters::inc(&counters.stream_send_failures);
-                    debug!(to = %t.to, "push-pull not sent: timed out");
+        tokio::spawn(
+            async move {
+                let send = async {
+                    let mut stream = TcpStream::connect(t.to).await?;
+                    stream.write_all(&bytes).await?;
+                    stream.shutdown().await
+                };
+                match timeout(limit, send).await {
+                    Ok(Ok(())) => Counters::inc(&counters.frames_out),
+                    Ok(Err(e)) => {
+                        Counters::inc(&counters.stream_send_failures);
+                        debug!(to = %t.to, "push-pull not sent: {e}");
+                    }
+                    Err(_) => {
+                        Counters::inc(&counters.stream_send_failures);
+                        debug!(to = %t.to, "push-pull not sent: timed out");
+                    }
                 }
             }
-        });
+            .in_current_span(),
+        );
     }
 
     fn on_event(&mut self, ev: Event) {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::admin::{self, Shared};
 use crate::gossip::{self, GossipConfig, GossipHandle};
@@ -206,6 +207,7 @@ impl Node {
         let shared = Shared::new(gossip, router.clone(), config.fault_injection);
         let (stop, stopped) = watch::channel(false);
 
+        let span = tracing::info_span!("node", name = %name);
         let mesh_task = tokio::spawn({
             let stopped = stopped.clone();
             async move {
@@ -213,6 +215,7 @@ impl Node {
                     tracing::error!("mesh server failed: {e}");
                 }
             }
+            .instrument(span.clone())
         });
         let admin_task = tokio::spawn({
             let shared = shared.clone();
@@ -221,6 +224,7 @@ impl Node {
                     tracing::error!("admin server failed: {e}");
                 }
             }
+            .instrument(span)
         });
         tracing::info!(%name, gossip = %addrs.gossip, mesh = %addrs.mesh, admin = %addrs.admin, "node started");
         Ok(Node {

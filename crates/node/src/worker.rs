@@ -51,6 +51,8 @@ use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status};
 
+use tracing::Instrument as _;
+
 use crate::processor::{FinalReply, ProcessError, Processor, Replies};
 
 /// A stream of reply chunks for one message.
@@ -313,7 +315,8 @@ impl Worker {
             Some(queue) => queue.push_back(job),
             None => {
                 st.lanes.insert(key.clone(), VecDeque::from([job]));
-                tokio::spawn(run_lane(self.inner.clone(), key));
+                let span = tracing::info_span!("lane", worker = %self.inner.name, key = %key);
+                tokio::spawn(run_lane(self.inner.clone(), key).instrument(span));
             }
         }
         Ok(ReceiverStream::new(rx))
@@ -419,14 +422,17 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     let panic_tx = out.tx.clone();
     let gone = out.tx.clone();
     let processor = inner.processor.clone();
-    let task = tokio::spawn(async move {
-        let outcome = tokio::select! {
-            r = processor.process(&envelope, &mut out) => Outcome::Returned(r),
-            () = gone.closed() => Outcome::Cancelled,
-            () = tokio::time::sleep_until(deadline) => Outcome::Expired,
-        };
-        (outcome, out)
-    });
+    let task = tokio::spawn(
+        async move {
+            let outcome = tokio::select! {
+                r = processor.process(&envelope, &mut out) => Outcome::Returned(r),
+                () = gone.closed() => Outcome::Cancelled,
+                () = tokio::time::sleep_until(deadline) => Outcome::Expired,
+            };
+            (outcome, out)
+        }
+        .instrument(tracing::info_span!("process", id = %id)),
+    );
     let (outcome, mut out) = match task.await {
         Ok(done) => done,
         Err(_panic) => {

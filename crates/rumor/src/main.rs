@@ -180,16 +180,44 @@ enum KeyOp {
     },
 }
 
-/// Logs to stderr; `RUMOR_LOG` sets the level (error, warn, info, debug, trace; default warn).
-fn init_logging() {
-    let level = std::env::var("RUMOR_LOG")
-        .ok()
-        .and_then(|l| l.parse::<tracing_subscriber::filter::LevelFilter>().ok())
-        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
+/// rumor's own crates, whose level a plain `RUMOR_LOG=debug` sets.
+const OWN_CRATES: [&str; 10] = [
+    "rumor",
+    "server",
+    "node",
+    "membership",
+    "events",
+    "bridge",
+    "processors",
+    "sim",
+    "proto",
+    "stats",
+];
+
+/// Logs to stderr, each line with its spans (node name, message id,
+/// conversation key). `RUMOR_LOG` is a level for rumor's own crates (error,
+/// warn, info, debug, trace; default warn, other crates stay at warn), or
+/// per-target directives such as `node=debug,sqlx=info`.
+fn init_logging() -> anyhow::Result<()> {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let spec = std::env::var("RUMOR_LOG").unwrap_or_default();
+    let filter = match spec.trim() {
+        "" => Targets::new().with_default(LevelFilter::WARN),
+        s => match s.parse::<LevelFilter>() {
+            Ok(level) => Targets::new()
+                .with_default(LevelFilter::WARN)
+                .with_targets(OWN_CRATES.map(|c| (c, level))),
+            Err(_) => s
+                .parse::<Targets>()
+                .map_err(|e| anyhow::anyhow!("RUMOR_LOG: {s:?} is neither a level nor target=level directives: {e}"))?,
+        },
+    };
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
+    Ok(())
 }
 
 /// A seed from the clock when none is given; it is printed, so the run can be replayed.
@@ -210,7 +238,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    init_logging()?;
     match cli.command {
         Command::Up {
             workers,

@@ -22,6 +22,7 @@ use proto::mesh::Envelope;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tracing::Instrument as _;
 
 // Relaxed atomics: each counter stands alone; only the forwarding task writes them.
 stats::counters! {
@@ -50,7 +51,8 @@ impl Forwarder {
         let consumer = log.consumer(group, &[&topics.forward])?;
         let (stop, stopped) = watch::channel(false);
         let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(run(router, consumer, stopped, counters.clone()));
+        let span = tracing::info_span!("forward", node = %router.name());
+        let task = tokio::spawn(run(router, consumer, stopped, counters.clone()).instrument(span));
         Ok(Forwarder { stop, task, counters })
     }
 

@@ -43,7 +43,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
-use tracing::debug;
+use tracing::{Instrument as _, debug};
 
 use super::config::MeshConfig;
 use super::envelope::{self, PROTOCOL_VERSION};
@@ -167,7 +167,8 @@ impl Router {
         if envelope.deadline_unix_ms == 0 {
             envelope.deadline_unix_ms = envelope::deadline_in(deadline - Instant::now());
         }
-        inner.deliver(envelope, deadline).await
+        let span = message_span(&inner.me, &envelope);
+        inner.deliver(envelope, deadline).instrument(span).await
     }
 
     /// Handles an envelope received from a peer: checks it, then routes it
@@ -191,7 +192,8 @@ impl Router {
         if envelope.ring_checksum != self.table().checksum() {
             count(&inner.counters.checksum_mismatch);
         }
-        inner.deliver(envelope, deadline).await
+        let span = message_span(&inner.me, &envelope);
+        inner.deliver(envelope, deadline).instrument(span).await
     }
 }
 
@@ -388,7 +390,7 @@ impl Inner {
     ) -> ReplyStream {
         let (tx, rx) = mpsc::channel(16);
         let inner = self.clone();
-        tokio::spawn(async move {
+        let relay = async move {
             let id = first.id.clone();
             let mut next_seq = first.seq + 1;
             let mut end = is_end(&first);
@@ -431,9 +433,16 @@ impl Inner {
             // GOAWAY (ENHANCE_YOUR_CALM), failing every call on it.
             let _ =
                 tokio::time::timeout_at(deadline, async { while let Ok(Some(_)) = stream.message().await {} }).await;
-        });
+        };
+        tokio::spawn(relay.in_current_span());
         ReceiverStream::new(rx)
     }
+}
+
+/// The span of one message's routing at node `me`: its logs name the node,
+/// the message and its conversation.
+fn message_span(me: &str, env: &Envelope) -> tracing::Span {
+    tracing::info_span!("message", node = %me, id = %env.id, key = %env.key)
 }
 
 fn is_end(chunk: &ReplyChunk) -> bool {
