@@ -9,8 +9,15 @@ use membership::{Config, Membership, Meta};
 
 fuzz_target!(|data: &[u8]| {
     let _ = membership::decode_packet(data, usize::MAX);
-    let mut m = Membership::new(Config::for_tests(), "me", "127.0.0.1:7946".parse().unwrap(), Meta::default(), 1, Duration::ZERO)
-        .unwrap();
+    let mut m = Membership::new(
+        Config::for_tests(),
+        "me",
+        "127.0.0.1:7946".parse().unwrap(),
+        Meta::default(),
+        1,
+        Duration::ZERO,
+    )
+    .unwrap();
     m.join(Duration::ZERO, &["127.0.0.2:7946".parse().unwrap()]);
     // Split the input into several packets on 0xff bytes so that sequences are explored too.
     let mut now = Duration::ZERO;

@@ -293,13 +293,17 @@ fn record(i: usize, payload_bytes: usize) -> MessageRecord {
     MessageRecord {
         id: events::new_message_id(),
         key: format!("conv-{}", i % CONVERSATIONS),
-        kind: (if i % 2 == 0 { Kind::Inbound } else { Kind::Reply }) as i32,
+        kind: (if i.is_multiple_of(2) {
+            Kind::Inbound
+        } else {
+            Kind::Reply
+        }) as i32,
         payload: payload.into(),
         worker: format!("worker-{}", i % 3),
         origin: "gateway-1".into(),
         source: "client".into(),
         created_unix_ms: events::unix_ms(),
-        chunks: if i % 2 == 0 { 0 } else { 3 },
+        chunks: if i.is_multiple_of(2) { 0 } else { 3 },
         ..Default::default()
     }
 }

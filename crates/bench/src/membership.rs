@@ -453,7 +453,7 @@ fn proc_status_bytes(field: &str) -> u64 {
 }
 
 /// Nodes the speed runs start every 100 ms, by N.
-fn start_pace(n: usize) -> usize {
+pub fn start_pace(n: usize) -> usize {
     // Once N is a few thousand, joins at the benchmark's usual 10 per 100 ms
     // come faster than gossip spreads them (every node sends each one
     // 4 x log10(N) times), and the updates waiting on every node pile up:

@@ -94,7 +94,7 @@ async fn history(
     }
     let (after, limit) = match page(&params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     let rows = match s.store.history(&key, after, limit).await {
         Ok(r) => r,
@@ -131,15 +131,13 @@ async fn history(
 }
 
 /// The `after` cursor and the `limit` of a paginated request.
-fn page(params: &HistoryParams) -> Result<(i64, i64), Response> {
+fn page(params: &HistoryParams) -> Result<(i64, i64), String> {
     let after = match params.after.as_deref() {
         None | Some("") => 0,
         Some(c) => match c.parse::<i64>() {
             Ok(n) if n >= 0 => n,
             _ => {
-                return Err(bad_request(format!(
-                    "`after` must be a cursor returned by this API, got {c:?}"
-                )));
+                return Err(format!("`after` must be a cursor returned by this API, got {c:?}"));
             }
         },
     };
@@ -148,9 +146,9 @@ fn page(params: &HistoryParams) -> Result<(i64, i64), Response> {
         Some(l) => match l.parse::<i64>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
-                return Err(bad_request(format!(
+                return Err(format!(
                     "`limit` must be a whole number from 1 to {MAX_LIMIT}, got {l:?}"
-                )));
+                ));
             }
         },
     };
@@ -164,7 +162,7 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
     };
     let (after, limit) = match page(&params) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(why) => return bad_request(why),
     };
     let rows = match s.store.dead_letter_page(after, limit).await {
         Ok(r) => r,

@@ -990,7 +990,7 @@ impl Driver {
                     joining: self.membership.is_joining(),
                     health_score: self.membership.health_score(),
                     pending_broadcasts: self.membership.pending_broadcasts(),
-                    stats: self.membership.stats().clone(),
+                    stats: *self.membership.stats(),
                     transport: self.counters.read(),
                     keys: self.keyring.as_ref().map(Keyring::key_ids),
                 });

@@ -36,7 +36,7 @@ stats::counters! {
     undecodable,
 }
 
-/// The running forward role; see the [module docs](self).
+/// The running forward role: consumes the forward topic and routes each request.
 #[derive(Debug)]
 pub struct Forwarder {
     stop: watch::Sender<bool>,

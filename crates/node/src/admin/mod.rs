@@ -2,17 +2,17 @@
 //!
 //! | route | module | answer |
 //! |---|---|---|
-//! | `GET /v1/members` | [`cluster`] | [`Members`](proto::api::Members): every member this node knows |
-//! | `GET /v1/ring` | [`cluster`] | [`Ring`](proto::api::Ring): checksum, workers, and the share of sampled keys each owns |
-//! | `GET /metrics` | [`metrics`] | Prometheus text: membership, transport, mesh, worker and event-log metrics |
-//! | `GET /healthz` | [`health`] | 200 while the gossip task runs |
-//! | `GET /readyz` | [`health`] | 200 once joined; 503 before, while draining, and while the event log stalls |
-//! | `POST /v1/send` | [`send`] | [`SendRequest`](proto::api::SendRequest) in; the reply streamed as NDJSON [`ReplyLine`](proto::api::ReplyLine)s |
-//! | `POST /v1/gossip` | [`gossip`] | [`GossipRequest`](proto::api::GossipRequest) in, [`GossipCreated`](proto::api::GossipCreated) out |
-//! | `GET /v1/gossip/{origin}/{seq}` | [`gossip`] | [`GossipReceipt`](proto::api::GossipReceipt): when this node received it, or 404 |
-//! | `GET /v1/keys` | [`keys`] | [`KeyIds`](proto::api::KeyIds): the gossip keys' ids, the primary first |
-//! | `POST /v1/keys/{install,use,remove}` | [`keys`] | one step of a key rotation on this node |
-//! | `POST /v1/fault/isolate` | [`fault`] | cuts or restores this node's gossip traffic; 403 unless allowed |
+//! | `GET /v1/members` | `cluster` | [`Members`](proto::api::Members): every member this node knows |
+//! | `GET /v1/ring` | `cluster` | [`Ring`](proto::api::Ring): checksum, workers, and the share of sampled keys each owns |
+//! | `GET /metrics` | `metrics` | Prometheus text: membership, transport, mesh, worker and event-log metrics |
+//! | `GET /healthz` | `health` | 200 while the gossip task runs |
+//! | `GET /readyz` | `health` | 200 once joined; 503 before, while draining, and while the event log stalls |
+//! | `POST /v1/send` | `send` | [`SendRequest`](proto::api::SendRequest) in; the reply streamed as NDJSON [`ReplyLine`](proto::api::ReplyLine)s |
+//! | `POST /v1/gossip` | `gossip` | [`GossipRequest`](proto::api::GossipRequest) in, [`GossipCreated`](proto::api::GossipCreated) out |
+//! | `GET /v1/gossip/{origin}/{seq}` | `gossip` | [`GossipReceipt`](proto::api::GossipReceipt): when this node received it, or 404 |
+//! | `GET /v1/keys` | `keys` | [`KeyIds`](proto::api::KeyIds): the gossip keys' ids, the primary first |
+//! | `POST /v1/keys/{install,use,remove}` | `keys` | one step of a key rotation on this node |
+//! | `POST /v1/fault/isolate` | `fault` | cuts or restores this node's gossip traffic; 403 unless allowed |
 //!
 //! The bodies are the types of `rumor.api.v1` (crates/proto), in the proto3
 //! JSON mapping, shared with [`crate::client`] and with clients in other

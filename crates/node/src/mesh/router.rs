@@ -148,7 +148,7 @@ impl Router {
     /// Sends a message that enters the mesh at this node (the gateway's and
     /// the forward role's entry point) and returns its reply stream.
     ///
-    /// The caller fills `id` (see [`mesh::new_message_id`]), `key`,
+    /// The caller fills `id` (see [`new_message_id`](super::new_message_id)), `key`,
     /// `payload` and optionally `deadline_unix_ms`; the router sets the
     /// version, origin, hop count and checksum. The reply stream ends with a
     /// chunk that has `last` or `error` set; an `Err` is an explicit refusal:
