@@ -61,7 +61,7 @@
 //! | build, N = 1000 | 59 µs | 3.1 ms | 4.4 ms |
 //! | memory, N = 1000 | 84 KiB | 596 KiB | 5.9 MiB |
 //!
-//! No algorithm meets every goal of issue 3, because the goals conflict: an
+//! No algorithm meets every routing goal (docs/benchmarks/routing.md), because the goals conflict: an
 //! O(1) lookup needs a precomputed table; a table that is perfectly balanced
 //! and independent of insertion order (Maglev) reshuffles some slots between
 //! unchanged members on every change; and a table with no collateral moves

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 mod bridge_cmd;
 mod commands;
-mod config;
 mod up;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use proto::api::KeyOperation;
+use server::file::{FileConfig, Overrides};
 use sim::scenario;
 
 #[derive(Parser, Debug)]
@@ -236,8 +236,25 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting tokio")
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The text of a config file.
+fn read_config(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))
+}
+
+/// Runs the command; an error is printed once, with its causes on one line
+/// and no backtrace (it is the user's input, not a bug), and the exit status
+/// is 1.
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rumor: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     init_logging()?;
     match cli.command {
         Command::Up {
@@ -269,11 +286,13 @@ fn main() -> anyhow::Result<()> {
             preset,
         } => {
             let mut file = match &config {
-                Some(path) => config::FileConfig::load(path)?,
-                None => config::FileConfig::default(),
+                Some(path) => {
+                    FileConfig::parse(&read_config(path)?).with_context(|| format!("config file {}", path.display()))?
+                }
+                None => FileConfig::default(),
             };
             file.apply_env(|k| std::env::var(k).ok())?;
-            file.apply(config::Overrides {
+            file.apply(Overrides {
                 name,
                 roles,
                 seeds,

@@ -12,6 +12,7 @@
 //! Nothing here waits for Kafka to be up: records wait in the publisher's
 //! bounded buffer, and readiness reports a stalled log.
 
+pub mod file;
 mod forward;
 mod records;
 
