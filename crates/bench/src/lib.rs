@@ -22,21 +22,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn terminated() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
+pub use server::terminated;
 
 /// The `rumor` binary that benchmarks start as separate processes: `RUMOR_BIN`
 /// when set, otherwise `rumor` next to this executable (cargo puts both in

@@ -10,28 +10,7 @@ use node::client::AdminClient;
 use proto::api::{KeyOperation, SendRequest};
 use server::ServerConfig;
 
-/// Completes on Ctrl-C or SIGTERM.
-pub(crate) async fn terminated() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-}
+pub(crate) use server::terminated;
 
 /// `rumor node`: runs one node until Ctrl-C or SIGTERM, then leaves and drains.
 /// The first stdout line says where it listens (tests read it).

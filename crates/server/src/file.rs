@@ -581,7 +581,10 @@ mod tests {
         assert!(err("name = \"a\"\n[membership]\npreset = \"moon\"").contains("membership.preset"));
         // Each error names the setting as the file spells it, once.
         assert!(err("name = \"a\"\n[membership]\nprobe_timeout_ms = 0").starts_with("membership.probe_timeout_ms: "));
-        assert_eq!(err("name = \"a\"\n[mesh]\nmax_hops = 0"), "mesh.max_hops: must be at least 1");
+        assert_eq!(
+            err("name = \"a\"\n[mesh]\nmax_hops = 0"),
+            "mesh.max_hops: must be at least 1"
+        );
         assert!(err("name = \"a\"\ncapacity = 0").contains("capacity"));
         assert!(err("name = \"a\"\ncapacty = 3").contains("capacty"));
         assert!(err("name = \"a\"\n[worker]\nprocessor = \"oracle\"").contains("worker.processor"));
