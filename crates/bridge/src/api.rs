@@ -34,6 +34,7 @@ pub use proto::api::{
     DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError,
 };
 use proto::events::ForwardRequest;
+use proto::rules;
 use serde::Deserialize;
 use stats::prom::{CONTENT_TYPE, Exposition};
 use tokio::net::TcpListener;
@@ -45,8 +46,6 @@ use crate::metrics::count;
 pub const DEFAULT_LIMIT: i64 = 100;
 /// The largest `limit`.
 pub const MAX_LIMIT: i64 = 1000;
-/// The longest conversation key accepted.
-pub const MAX_KEY_BYTES: usize = 1024;
 
 #[derive(Debug, Deserialize)]
 struct HistoryParams {
@@ -73,6 +72,40 @@ pub(crate) async fn serve(
 
 type Shr = State<Arc<Shared>>;
 
+/// The forward request an inject becomes, checked by the shared rules. The
+/// record's source says the bridge injected it, with the caller's label:
+/// `bridge`, or `bridge:<source>`.
+fn forward_request(body: SendRequest) -> Result<ForwardRequest, rules::FieldError> {
+    rules::key("key", &body.key)?;
+    let id = match body.id {
+        Some(id) => {
+            rules::message_id("id", &id)?;
+            id
+        }
+        None => events::new_message_id(),
+    };
+    let source = match body.source {
+        None => "bridge".to_owned(),
+        Some(label) => {
+            rules::name("source", &label)?;
+            format!("bridge:{label}")
+        }
+    };
+    rules::name("source", &source)?;
+    let timeout_ms = match body.timeout_ms {
+        None => 0,
+        Some(ms) => rules::timeout_ms("timeout_ms", ms)?.as_millis() as u64,
+    };
+    Ok(ForwardRequest {
+        id,
+        key: body.key,
+        payload: body.payload.into_bytes().into(),
+        source,
+        created_unix_ms: events::unix_ms(),
+        timeout_ms,
+    })
+}
+
 fn bad_request(msg: impl Into<String>) -> Response {
     (StatusCode::BAD_REQUEST, format!("{}\n", msg.into())).into_response()
 }
@@ -86,11 +119,8 @@ async fn history(
         Ok(Query(p)) => p,
         Err(e) => return bad_request(format!("invalid query string: {}", e.body_text())),
     };
-    if key.len() > MAX_KEY_BYTES {
-        return bad_request(format!(
-            "conversation key is {} bytes; at most {MAX_KEY_BYTES}",
-            key.len()
-        ));
+    if let Err(e) = rules::key("key", &key) {
+        return bad_request(e.to_string());
     }
     let (after, limit) = match page(&params) {
         Ok(p) => p,
@@ -182,6 +212,7 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
             error: d.error,
             raw_base64: b64.encode(&d.raw),
             cursor: id.to_string(),
+            ..Default::default()
         })
         .collect();
     Json(DeadLetters { dead_letters, next }).into_response()
@@ -190,31 +221,15 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
 async fn forward(State(s): Shr, body: Result<Json<SendRequest>, JsonRejection>) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
-        Err(e) => return bad_request(format!("invalid forward request: {}", e.body_text())),
+        // The same statuses as a node's admin API for the same faults:
+        // 400 bad JSON, 413 too large, 415 not JSON, 422 wrong field types.
+        Err(e) => return (e.status(), format!("invalid forward request: {}\n", e.body_text())).into_response(),
     };
-    if body.key.is_empty() {
-        return bad_request("`key` must not be empty");
-    }
-    if body.key.len() > MAX_KEY_BYTES {
-        return bad_request(format!("`key` is {} bytes; at most {MAX_KEY_BYTES}", body.key.len()));
-    }
-    let id = match body.id {
-        Some(id) if !events::is_message_id(&id) => {
-            return bad_request(format!(
-                "`id` must be a 26-character message id (Crockford base32, upper case), got {id:?}"
-            ));
-        }
-        Some(id) => id,
-        None => events::new_message_id(),
+    let req = match forward_request(body) {
+        Ok(req) => req,
+        Err(e) => return bad_request(e.to_string()),
     };
-    let req = ForwardRequest {
-        id: id.clone(),
-        key: body.key,
-        payload: body.payload.into_bytes().into(),
-        source: body.source.unwrap_or_else(|| "bridge".into()),
-        created_unix_ms: events::unix_ms(),
-        timeout_ms: body.timeout_ms.unwrap_or(0),
-    };
+    let id = req.id.clone();
     let rec = codec::forward_request(&s.topics.forward, &req);
     match s.producer.send(&rec, s.forward_timeout).await {
         Ok(d) => {

@@ -166,7 +166,7 @@ async fn the_forward_api_puts_a_forward_request_on_the_forward_topic() {
     let req = codec::decode_forward(&rec).unwrap();
     assert_eq!(
         (req.id.as_str(), req.key.as_str(), &req.payload[..], req.source.as_str()),
-        (fwd.id.as_str(), "conv-f", &b"from outside"[..], "crm")
+        (fwd.id.as_str(), "conv-f", &b"from outside"[..], "bridge:crm")
     );
     assert_eq!((rec.partition, rec.offset), (fwd.partition, fwd.offset));
 
@@ -174,6 +174,13 @@ async fn the_forward_api_puts_a_forward_request_on_the_forward_topic() {
         (r#"{"key":"","payload":"x"}"#, "`key`"),
         (r#"{"key":"k","payload":"x","id":"not-an-id"}"#, "`id`"),
         (r#"{"payload":"x"}"#, "key"),
+        (r#"{"key":"a\u0000b","payload":"x"}"#, "`key`"),
+        (
+            r#"{"key":"k","payload":"x","timeout_ms":9223372036854775807}"#,
+            "`timeout_ms`",
+        ),
+        (r#"{"key":"k","payload":"x","timeout_ms":0}"#, "`timeout_ms`"),
+        (r#"{"key":"k","payload":"x","source":"two words"}"#, "`source`"),
         ("not json", "invalid forward request"),
     ] {
         let (status, text) = http(b.addr(), "POST", "/v1/forward", Some(body)).await;

@@ -15,6 +15,7 @@ use proto::Message;
 use proto::bytes::Bytes;
 use proto::events::{Error as RecordError, ForwardRequest, MessageRecord, message_record::Kind};
 use proto::mesh::Envelope;
+use proto::rules;
 
 use crate::{OutRecord, Record};
 
@@ -152,12 +153,9 @@ pub fn decode_message(rec: &Record) -> Result<MessageRecord, DecodeError> {
         schema: S,
         reason: e.to_string(),
     })?;
-    if !crate::is_message_id(&m.id) {
-        return Err(invalid(S, format!("id {:?} is not a 26-character message id", m.id)));
-    }
-    if m.key.is_empty() {
-        return Err(invalid(S, "empty conversation key"));
-    }
+    rules::message_id("id", &m.id)
+        .and_then(|()| rules::key("key", &m.key))
+        .map_err(|e| invalid(S, e.to_string()))?;
     if let Some(k) = &rec.key
         && k[..] != *m.key.as_bytes()
     {
@@ -177,12 +175,9 @@ pub fn decode_forward(rec: &Record) -> Result<ForwardRequest, DecodeError> {
         schema: S,
         reason: e.to_string(),
     })?;
-    if !crate::is_message_id(&f.id) {
-        return Err(invalid(S, format!("id {:?} is not a 26-character message id", f.id)));
-    }
-    if f.key.is_empty() {
-        return Err(invalid(S, "empty conversation key"));
-    }
+    rules::message_id("id", &f.id)
+        .and_then(|()| rules::key("key", &f.key))
+        .map_err(|e| invalid(S, e.to_string()))?;
     Ok(f)
 }
 

@@ -335,11 +335,7 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Whether `id` looks like a [`message_id`]: 26 Crockford base32 digits
-/// (upper case), the first at most `7`.
-pub fn is_message_id(id: &str) -> bool {
-    id.len() == 26 && id.bytes().all(|b| b"0123456789ABCDEFGHJKMNPQRSTVWXYZ".contains(&b)) && id.as_bytes()[0] <= b'7'
-}
+pub use proto::rules::is_message_id;
 
 #[cfg(test)]
 mod tests {

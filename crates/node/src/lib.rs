@@ -55,6 +55,7 @@
 pub mod admin;
 pub mod client;
 pub mod crypto;
+pub mod dead_letters;
 pub mod frame;
 pub mod gossip;
 pub mod mesh;
@@ -64,6 +65,7 @@ pub mod role;
 pub mod tls;
 pub mod worker;
 
+pub use dead_letters::DeadLetters;
 pub use gossip::{GossipConfig, GossipHandle, spawn};
 pub use node::{Node, NodeConfig};
 pub use processor::{Cancelled, ProcessError, ProcessFuture, Processor, Replies};

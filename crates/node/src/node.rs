@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use crate::admin::{self, Shared};
+use crate::dead_letters::DeadLetters;
 use crate::gossip::{self, GossipConfig, GossipHandle};
 use crate::mesh::Router;
 use crate::mesh::{self, MeshConfig};
@@ -49,6 +50,12 @@ pub struct NodeConfig {
     /// Longest time a graceful shutdown waits for the leave to spread and for
     /// in-flight messages to finish. Default 5 s.
     pub drain_timeout: Duration,
+    /// What the node's readiness (`/readyz`) depends on besides joining and
+    /// draining: the forward role's consumer, for example. Default none.
+    pub readiness: Vec<Arc<dyn Readiness>>,
+    /// Where records that can never be delivered are set aside (shared with
+    /// the event-log seams the binary plugs in); the admin API lists them.
+    pub dead_letters: Arc<DeadLetters>,
     /// Allow the admin endpoint's fault injection (`POST /v1/fault/isolate`
     /// cuts the node's gossip traffic), for tests of network cuts with real
     /// processes. Default false.
@@ -69,6 +76,8 @@ impl NodeConfig {
             worker: WorkerConfig::default(),
             processor: None,
             record_sink: None,
+            readiness: Vec::new(),
+            dead_letters: Arc::default(),
             drain_timeout: Duration::from_secs(5),
             fault_injection: false,
         }
@@ -78,6 +87,13 @@ impl NodeConfig {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.has(role)
     }
+}
+
+/// A part of the process the node's readiness depends on. `ready` is called
+/// on every `/readyz` and metrics scrape, so it must not block.
+pub trait Readiness: Send + Sync + std::fmt::Debug + 'static {
+    /// `Err(why)` while the part cannot do its work.
+    fn ready(&self) -> Result<(), String>;
 }
 
 /// Why [`Node::start`] did not start. Nothing is left running.
@@ -204,7 +220,13 @@ impl Node {
             mesh: mesh_addr,
             admin: admin_addr,
         };
-        let shared = Shared::new(gossip, router.clone(), config.fault_injection);
+        let shared = Shared::new(
+            gossip,
+            router.clone(),
+            config.readiness,
+            config.dead_letters,
+            config.fault_injection,
+        );
         let (stop, stopped) = watch::channel(false);
 
         let span = tracing::info_span!("node", name = %name);
@@ -250,6 +272,11 @@ impl Node {
     /// The gossip handle.
     pub fn gossip(&self) -> &GossipHandle {
         &self.shared.gossip
+    }
+
+    /// What this node set aside because it could never be delivered.
+    pub fn dead_letters(&self) -> &Arc<DeadLetters> {
+        self.shared.dead_letters()
     }
 
     /// The router (the entry point for messages that enter at this node).

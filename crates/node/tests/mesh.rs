@@ -120,14 +120,23 @@ fn envelope(id: &str, key: &str, payload: &str) -> Envelope {
 }
 
 /// An envelope as a peer would send it.
-fn wire(id: &str, key: &str, payload: &str, hops: u32) -> Envelope {
+fn wire(label: &str, key: &str, payload: &str, hops: u32) -> Envelope {
     Envelope {
         version: PROTOCOL_VERSION,
         hops,
         origin: "test".into(),
         deadline_unix_ms: mesh::deadline_in(Duration::from_secs(5)),
-        ..envelope(id, key, payload)
+        ..envelope(&mid(label), key, payload)
     }
+}
+
+/// A valid message id named by a label, the same for the same label, for
+/// the messages that enter through a router (which checks ids).
+fn mid(label: &str) -> String {
+    let h = label.bytes().fold(0xcbf2_9ce4_8422_2325u128, |h, b| {
+        (h ^ u128::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    mesh::message_id(1_700_000_000_000, h)
 }
 
 /// A reply read to its end.
@@ -420,10 +429,10 @@ async fn an_oversized_envelope_is_rejected() {
         assert_eq!(ws[0].router.stats().oversized, 1);
 
         // The origin refuses it too, before it touches the network.
-        let err = gw.router.send(envelope("m-big2", "k", &big)).await.unwrap_err();
+        let err = gw.router.send(envelope(&mid("m-big2"), "k", &big)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
         // And the node still serves normal messages.
-        send(&gw.router, envelope("m-ok", "k", "fine")).await.unwrap();
+        send(&gw.router, envelope(&mid("m-ok"), "k", "fine")).await.unwrap();
     })
     .await;
 }
@@ -436,7 +445,7 @@ async fn a_message_that_no_owner_takes_before_its_deadline_gets_an_explicit_erro
         let mut w = ws.into_iter().next().unwrap();
         w.stop.take().unwrap().send(()).unwrap();
         sleep(Duration::from_millis(100)).await;
-        let mut env = envelope("m-late", "k", "x");
+        let mut env = envelope(&mid("m-late"), "k", "x");
         env.deadline_unix_ms = mesh::deadline_in(Duration::from_millis(400));
         let started = Instant::now();
         let err = gw.router.send(env).await.unwrap_err();
@@ -598,9 +607,9 @@ async fn an_owner_declared_dead_mid_call_is_given_up_and_the_message_rerouted_or
 
         // w1 takes both messages and hangs: one before its first chunk, one after.
         let router = gw.router.clone();
-        let silent = tokio::spawn(async move { send(&router, envelope("m-silent", &key_a, "whole")).await });
+        let silent = tokio::spawn(async move { send(&router, envelope(&mid("m-silent"), &key_a, "whole")).await });
         let router = gw.router.clone();
-        let partial = tokio::spawn(async move { send(&router, envelope("m-partial", &key_b, "partial")).await });
+        let partial = tokio::spawn(async move { send(&router, envelope(&mid("m-partial"), &key_b, "partial")).await });
         sleep(Duration::from_millis(300)).await;
         // Its gossip stops (its mesh server keeps the calls open), so the
         // others declare it dead after the failure detector's timeouts.
@@ -630,7 +639,7 @@ async fn a_caller_that_goes_away_stops_the_remote_processor() {
         wait_rings(&[&gw, &w1], 1).await;
         let mut reply = gw
             .router
-            .send(envelope("m-cancel", "k", "partial"))
+            .send(envelope(&mid("m-cancel"), "k", "partial"))
             .await
             .expect("w1 takes it");
         let first = reply.next().await.unwrap().unwrap();

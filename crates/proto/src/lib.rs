@@ -8,6 +8,8 @@
 
 pub use prost::{DecodeError, EncodeError, Message, bytes, encoding};
 
+pub mod rules;
+
 /// The gossip protocol between mesh nodes (SWIM + Lifeguard).
 pub mod gossip {
     pub mod v1 {

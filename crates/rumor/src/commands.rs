@@ -39,9 +39,6 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
     }
     println!("node {} leaving", node.name());
     let stopped = server.shutdown().await;
-    if let Some(why) = &stopped.forward_error {
-        tracing::error!("forwarding from the event log had stopped: {why}");
-    }
     if stopped.unpublished > 0 {
         tracing::error!(unpublished = stopped.unpublished, "records still unpublished at exit");
     }

@@ -826,7 +826,9 @@ async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgre
         )
         .await;
         assert!(
-            h.messages.iter().all(|m| m.id == forwarded.id && m.source == "crm"),
+            h.messages
+                .iter()
+                .all(|m| m.id == forwarded.id && m.source == "bridge:crm"),
             "{h:?}"
         );
         assert_eq!(h.messages[1].kind(), MessageKind::Reply);

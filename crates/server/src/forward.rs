@@ -4,81 +4,208 @@
 //!  bridge ── POST /v1/forward ──> forward topic ──> Forwarder ── Router::send ──> owner
 //! ```
 //!
-//! At least once: a record's offset is committed only after its reply ended
-//! (or it could not be decoded). A request redelivered after a crash keeps
-//! its id, so the owner's de-duplication window answers it without
+//! At least once: a record's offset is committed only after its reply ended,
+//! or after it was set aside for good. A request redelivered after a crash
+//! keeps its id, so the owner's de-duplication window answers it without
 //! processing it twice while the id is remembered. The worker publishes the
 //! reply, so the forwarder only drains it.
+//!
+//! Every record is checked by the shared rules (`proto::rules`) before it is
+//! routed. One that can never be routed (undecodable, a field no rule
+//! allows, refused by the mesh as invalid) is set aside with its reason (the
+//! node's dead letters) and the records behind it go on. One the mesh cannot
+//! take now (no owner, owner busy, deadline passed before an owner took it)
+//! is retried with backoff until it is taken: nothing injected is dropped
+//! because the mesh was down.
+//!
+//! A supervisor runs the loop: if it fails or panics, readiness turns off,
+//! the record it was on is set aside (so it cannot panic again), and the
+//! loop restarts with backoff.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use events::{ConsumerEvent, EventLog, LogError, Topics, codec};
-use node::mesh;
-use node::mesh::Router;
+use events::{ConsumerEvent, EventLog, LogError, Record, Topics, codec};
+use node::dead_letters::{self, DeadLetters};
+use node::mesh::{self, Router};
+use node::node::Readiness;
 use node::worker::ReplyStream;
+use proto::events::ForwardRequest;
 use proto::mesh::Envelope;
+use proto::rules::{self, FieldError};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
+use tonic::Code;
 use tracing::Instrument as _;
 
-// Relaxed atomics: each counter stands alone; only the forwarding task writes them.
+// Relaxed atomics: each counter stands alone; only the forwarding tasks write them.
 stats::counters! {
     /// What a forwarder did since it started.
     ForwardStats;
     /// Injected messages routed and answered.
     routed,
-    /// Injected messages that ended without a complete reply.
+    /// Injected messages whose reply ended in an error (the worker recorded it).
     failed,
-    /// Records of the forward topic that did not decode, skipped.
-    undecodable,
+    /// Records set aside because they can never be routed (undecodable, a
+    /// field the rules refuse, refused by the mesh as invalid).
+    set_aside,
+    /// Attempts the mesh could not take yet (no owner, busy, deadline), retried.
+    retries,
+    /// Times the forwarding loop failed or panicked and was restarted.
+    restarts,
+}
+
+/// The forward role's state, for the node's readiness.
+#[derive(Debug, Default)]
+pub struct ForwardHealth {
+    down: Mutex<Option<String>>,
+}
+
+impl ForwardHealth {
+    fn set(&self, why: Option<String>) {
+        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+}
+
+impl Readiness for ForwardHealth {
+    fn ready(&self) -> Result<(), String> {
+        match &*self.down.lock().unwrap_or_else(|e| e.into_inner()) {
+            None => Ok(()),
+            Some(why) => Err(format!("forward role: {why}")),
+        }
+    }
 }
 
 /// The running forward role: consumes the forward topic and routes each request.
 #[derive(Debug)]
 pub struct Forwarder {
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), LogError>>,
-    counters: Arc<Counters>,
+    task: JoinHandle<()>,
+    shared: Arc<Shared>,
 }
+
+/// What the loop and its supervisor share.
+#[derive(Debug)]
+struct Shared {
+    router: Router,
+    log: EventLog,
+    topics: Topics,
+    group: String,
+    counters: Counters,
+    dead_letters: Arc<DeadLetters>,
+    health: Arc<ForwardHealth>,
+    /// The record being routed now, for the supervisor to set aside if the
+    /// loop panics on it.
+    current: Mutex<Option<Record>>,
+}
+
+/// First pause before a retry or a restart; doubled up to [`MAX_BACKOFF`].
+const BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Forwarder {
     /// Starts consuming `topics.forward` in consumer group `group` and
-    /// routing each request through `router`.
-    pub fn spawn(router: Router, log: &EventLog, topics: &Topics, group: &str) -> Result<Forwarder, LogError> {
-        let consumer = log.consumer(group, &[&topics.forward])?;
+    /// routing each request through `router`. Records that can never be
+    /// routed go to `dead_letters`; `health` reports the loop's state.
+    pub fn spawn(
+        router: Router,
+        log: &EventLog,
+        topics: &Topics,
+        group: &str,
+        dead_letters: Arc<DeadLetters>,
+        health: Arc<ForwardHealth>,
+    ) -> Forwarder {
         let (stop, stopped) = watch::channel(false);
-        let counters = Arc::new(Counters::default());
         let span = tracing::info_span!("forward", node = %router.name());
-        let task = tokio::spawn(run(router, consumer, stopped, counters.clone()).instrument(span));
-        Ok(Forwarder { stop, task, counters })
+        let shared = Arc::new(Shared {
+            router,
+            log: log.clone(),
+            topics: topics.clone(),
+            group: group.to_owned(),
+            counters: Counters::default(),
+            dead_letters,
+            health,
+            current: Mutex::new(None),
+        });
+        let task = tokio::spawn(supervise(shared.clone(), stopped).instrument(span));
+        Forwarder { stop, task, shared }
     }
 
     /// What it did so far.
     pub fn stats(&self) -> ForwardStats {
-        self.counters.read()
+        self.shared.counters.read()
     }
 
-    /// Stops taking new records, lets the one in progress end, and returns
-    /// why the loop ended early, if it did.
-    pub async fn stop(self) -> (ForwardStats, Result<(), String>) {
+    /// Stops taking new records and lets the one in progress end (a record
+    /// still waiting for the mesh is left uncommitted, for the next
+    /// forwarder).
+    pub async fn stop(self) -> ForwardStats {
         let _ = self.stop.send(true);
-        let ended = match self.task.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("the event log failed: {e}")),
-            Err(e) => Err(format!("the forwarding task failed: {e}")),
-        };
-        (self.counters.read(), ended)
+        let _ = self.task.await;
+        self.shared.counters.read()
     }
 }
 
+/// Runs the loop until stopped, restarting it after a failure or a panic.
+async fn supervise(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF;
+    loop {
+        let consumer = match shared.log.consumer(&shared.group, &[&shared.topics.forward]) {
+            Ok(c) => c,
+            Err(e) => {
+                shared
+                    .health
+                    .set(Some(format!("no consumer of the forward topic: {e}")));
+                if pause(&stop, &mut backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        shared.health.set(None);
+        let run = tokio::spawn(run(shared.clone(), consumer, stop.clone()).in_current_span());
+        let why = match run.await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => format!("the event log failed: {e}"),
+            Err(e) => {
+                let why = format!("the forwarding loop panicked: {e}");
+                // Whatever it was on would panic again: set it aside.
+                let current = shared.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(rec) = current {
+                    set_aside(&shared, &rec, &why);
+                    if let Ok(consumer) = shared.log.consumer(&shared.group, &[&shared.topics.forward]) {
+                        let _ = consumer.commit(&[(rec.tp(), rec.offset + 1)]);
+                    }
+                }
+                why
+            }
+        };
+        shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("{why}; restarting in {backoff:?}");
+        shared.health.set(Some(why));
+        if pause(&stop, &mut backoff).await {
+            return;
+        }
+    }
+}
+
+/// Waits `backoff` (then doubles it) unless stopped first; true when stopped.
+async fn pause(stop: &watch::Receiver<bool>, backoff: &mut Duration) -> bool {
+    let mut stop = stop.clone();
+    let stopped = tokio::select! {
+        _ = stop.wait_for(|s| *s) => true,
+        () = tokio::time::sleep(*backoff) => false,
+    };
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    stopped
+}
+
 async fn run(
-    router: Router,
+    shared: Arc<Shared>,
     mut consumer: events::Consumer,
     mut stop: watch::Receiver<bool>,
-    counters: Arc<Counters>,
 ) -> Result<(), LogError> {
     loop {
         let event = tokio::select! {
@@ -90,49 +217,115 @@ async fn run(
             // offset (or the beginning): where this role left off.
             continue;
         };
-        let tp = rec.tp();
-        match codec::decode_forward(&rec) {
-            Ok(req) => {
-                let timeout = match req.timeout_ms {
-                    0 => router.config().default_timeout,
-                    ms => Duration::from_millis(ms),
-                };
-                let env = Envelope {
-                    id: if req.id.is_empty() {
-                        mesh::new_message_id()
-                    } else {
-                        req.id
-                    },
-                    key: req.key,
-                    payload: req.payload,
-                    deadline_unix_ms: mesh::deadline_in(timeout),
-                    source: if req.source.is_empty() {
-                        "forward".into()
-                    } else {
-                        req.source
-                    },
-                    ..Envelope::default()
-                };
-                let id = env.id.clone();
-                match drain(router.send(env).await).await {
-                    Ok(()) => counters.routed.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        tracing::warn!(message = %id, "forwarded message not answered: {e}");
-                        counters.failed.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-            Err(e) => {
-                tracing::warn!(topic = %tp.topic, partition = tp.partition, offset = rec.offset, "skipping an undecodable forward request: {e}");
-                counters.undecodable.fetch_add(1, Ordering::Relaxed);
-            }
+        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(rec.clone());
+        let done = forward(&shared, &rec, &stop).await;
+        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if !done {
+            // Stopped while the mesh could not take it: not committed, so
+            // the next forwarder of the partition routes it.
+            return Ok(());
         }
-        consumer.commit(&[(tp, rec.offset + 1)])?;
+        consumer.commit(&[(rec.tp(), rec.offset + 1)])?;
     }
 }
 
-async fn drain(reply: Result<ReplyStream, tonic::Status>) -> Result<(), String> {
-    let mut stream = reply.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
+/// The envelope a forward request becomes, by the shared rules, and the
+/// time it is given from when the mesh takes it.
+fn envelope(req: ForwardRequest, default_timeout: Duration) -> Result<(Envelope, Duration), FieldError> {
+    rules::message_id("id", &req.id)?;
+    rules::key("key", &req.key)?;
+    let source = if req.source.is_empty() {
+        "forward".to_owned()
+    } else {
+        req.source
+    };
+    rules::name("source", &source)?;
+    let timeout = match req.timeout_ms {
+        0 => default_timeout,
+        ms => rules::timeout_ms("timeout_ms", ms)?,
+    };
+    let env = Envelope {
+        id: req.id,
+        key: req.key,
+        payload: req.payload,
+        source,
+        ..Envelope::default()
+    };
+    Ok((env, timeout))
+}
+
+/// Routes one record until it is answered or set aside (true), or until
+/// the forwarder stops while the mesh cannot take it (false).
+async fn forward(shared: &Shared, rec: &Record, stop: &watch::Receiver<bool>) -> bool {
+    let c = &shared.counters;
+    let (env, timeout) = match codec::decode_forward(rec) {
+        Err(e) => return set_aside(shared, rec, &format!("undecodable forward request: {e}")),
+        Ok(req) => match envelope(req, shared.router.config().default_timeout) {
+            Err(e) => return set_aside(shared, rec, &format!("forward request refused: {e}")),
+            Ok(e) => e,
+        },
+    };
+    let mut backoff = BACKOFF;
+    loop {
+        // A fresh deadline for each attempt: the time the request was given
+        // runs from when the mesh takes it.
+        let attempt = Envelope {
+            deadline_unix_ms: mesh::deadline_in(timeout),
+            ..env.clone()
+        };
+        match shared.router.send(attempt).await {
+            Err(status) if permanent(status.code()) => {
+                return set_aside(shared, rec, &format!("the mesh refused it: {}", status.message()));
+            }
+            Err(status) if status.code() == Code::AlreadyExists => {
+                // Processed already (a redelivery); its reply is on record.
+                c.routed.fetch_add(1, Ordering::Relaxed);
+                return true;
+            }
+            Err(status) => {
+                c.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(message = %env.id, "the mesh cannot take a forwarded message yet, retrying in {backoff:?}: {}", status.message());
+                if pause(stop, &mut backoff).await {
+                    return false;
+                }
+            }
+            Ok(stream) => {
+                match drain(stream).await {
+                    Ok(()) => c.routed.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(message = %env.id, "forwarded message answered with an error: {e}");
+                        c.failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                return true;
+            }
+        }
+    }
+}
+
+/// Refusals that no retry can change.
+fn permanent(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition | Code::PermissionDenied
+    )
+}
+
+fn set_aside(shared: &Shared, rec: &Record, reason: &str) -> bool {
+    shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
+    shared.dead_letters.set_aside(
+        dead_letters::Record {
+            topic: &rec.topic,
+            position: Some((rec.partition, rec.offset)),
+            key: rec.key.as_deref(),
+            value: &rec.value,
+        },
+        reason,
+    );
+    true
+}
+
+async fn drain(mut stream: ReplyStream) -> Result<(), String> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|s| format!("{}: {}", s.code(), s.message()))?;
         if let Some(e) = chunk.error {

@@ -24,7 +24,7 @@ use events::{EventLog, LogError, Topics};
 use node::node::{NodeError, ShutdownReport};
 use node::{Node, NodeConfig, Role};
 
-pub use forward::{ForwardStats, Forwarder};
+pub use forward::{ForwardHealth, ForwardStats, Forwarder};
 pub use records::LogSink;
 
 /// Where a node's roles meet the event log.
@@ -99,14 +99,12 @@ pub struct Stopped {
     pub unpublished: usize,
     /// What the forward role did, with it.
     pub forwarded: Option<ForwardStats>,
-    /// Why the forward role had stopped early, if it had.
-    pub forward_error: Option<String>,
 }
 
 impl Stopped {
     /// True when everything in flight was finished and recorded.
     pub fn clean(&self) -> bool {
-        self.node.drained && self.unpublished == 0 && self.forward_error.is_none()
+        self.node.drained && self.unpublished == 0
     }
 }
 
@@ -134,14 +132,23 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
     {
         tracing::warn!("creating topics on {}: {e}", ev.log.describe());
     }
+    let forward_health = Arc::new(ForwardHealth::default());
+    let forwards = events.as_ref().filter(|_| roles.has(Role::Forward));
+    if forwards.is_some() {
+        config.node.readiness.push(forward_health.clone());
+    }
+    let dead_letters = config.node.dead_letters.clone();
     let node = Node::start(config.node).await?;
-    let forwarder = match &events {
-        Some(ev) if roles.has(Role::Forward) => Some(
-            Forwarder::spawn(node.router().clone(), &ev.log, &ev.topics, &ev.forward_group)
-                .map_err(|e| log_error(ev, e))?,
-        ),
-        _ => None,
-    };
+    let forwarder = forwards.map(|ev| {
+        Forwarder::spawn(
+            node.router().clone(),
+            &ev.log,
+            &ev.topics,
+            &ev.forward_group,
+            dead_letters,
+            forward_health,
+        )
+    });
     Ok(Server {
         node,
         publisher,
@@ -165,12 +172,9 @@ impl Server {
     /// and finishes the one in progress, the node leaves the cluster and
     /// drains its worker, and the worker's records are flushed to the log.
     pub async fn shutdown(self) -> Stopped {
-        let (forwarded, forward_error) = match self.forwarder {
-            Some(f) => {
-                let (stats, ended) = f.stop().await;
-                (Some(stats), ended.err())
-            }
-            None => (None, None),
+        let forwarded = match self.forwarder {
+            Some(f) => Some(f.stop().await),
+            None => None,
         };
         let node = self.node.shutdown().await;
         let unpublished = match self.publisher {
@@ -181,7 +185,6 @@ impl Server {
             node,
             unpublished,
             forwarded,
-            forward_error,
         }
     }
 }

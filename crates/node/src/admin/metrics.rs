@@ -40,6 +40,11 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             }
         }
     }
+    e.counter(
+        "rumor_dead_letters",
+        "Records this node set aside because they could never be delivered (GET /v1/dead-letters lists them).",
+        s.dead_letters.total(),
+    );
     let mut by_status = [0usize; 4];
     for m in std::iter::once(&snap.view.local).chain(&snap.view.members) {
         by_status[m.status as usize] += 1;

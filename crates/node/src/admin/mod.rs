@@ -6,7 +6,8 @@
 //! | `GET /v1/ring` | `cluster` | [`Ring`](proto::api::Ring): checksum, workers, and the share of sampled keys each owns |
 //! | `GET /metrics` | `metrics` | Prometheus text: membership, transport, mesh, worker and event-log metrics |
 //! | `GET /healthz` | `health` | 200 while the gossip task runs |
-//! | `GET /readyz` | `health` | 200 once joined; 503 before, while draining, and while the event log stalls |
+//! | `GET /readyz` | `health` | 200 once joined; 503 before, while draining, while the event log stalls, and while a role's task is down |
+//! | `GET /v1/dead-letters?after=&limit=` | `health` | [`DeadLetters`](proto::api::DeadLetters): what this node set aside, with the reasons |
 //! | `POST /v1/send` | `send` | [`SendRequest`](proto::api::SendRequest) in; the reply streamed as NDJSON [`ReplyLine`](proto::api::ReplyLine)s |
 //! | `POST /v1/gossip` | `gossip` | [`GossipRequest`](proto::api::GossipRequest) in, [`GossipCreated`](proto::api::GossipCreated) out |
 //! | `GET /v1/gossip/{origin}/{seq}` | `gossip` | [`GossipReceipt`](proto::api::GossipReceipt): when this node received it, or 404 |
@@ -35,8 +36,10 @@ use std::time::Instant;
 use axum::routing::{get, post};
 use tokio::net::TcpListener;
 
+use crate::dead_letters::DeadLetters;
 use crate::gossip::GossipHandle;
 use crate::mesh::Router;
+use crate::node::Readiness;
 
 pub use cluster::OWNERSHIP_SAMPLE;
 
@@ -50,6 +53,10 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Gossip messages seen, for `rumor gossip`.
     receipts: gossip::Receipts,
+    /// What readiness depends on besides gossip and the event log.
+    readiness: Vec<Arc<dyn Readiness>>,
+    /// Records set aside, for `GET /v1/dead-letters`.
+    dead_letters: Arc<DeadLetters>,
     /// Whether `POST /v1/fault/isolate` is allowed.
     fault_injection: bool,
 }
@@ -57,17 +64,29 @@ pub(crate) struct Shared {
 impl Shared {
     /// Shared state, and a task recording gossip message receipts that ends
     /// with the gossip task.
-    pub(crate) fn new(gossip: GossipHandle, router: Router, fault_injection: bool) -> Arc<Self> {
+    pub(crate) fn new(
+        gossip: GossipHandle,
+        router: Router,
+        readiness: Vec<Arc<dyn Readiness>>,
+        dead_letters: Arc<DeadLetters>,
+        fault_injection: bool,
+    ) -> Arc<Self> {
         let shared = Arc::new(Self {
             gossip,
             router,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             receipts: gossip::Receipts::default(),
+            readiness,
+            dead_letters,
             fault_injection,
         });
         gossip::record_receipts(&shared);
         shared
+    }
+
+    pub(crate) fn dead_letters(&self) -> &Arc<DeadLetters> {
+        &self.dead_letters
     }
 
     pub(crate) fn set_draining(&self) {
@@ -83,7 +102,7 @@ impl Shared {
         } else if let Some(Err(why)) = self.router.worker().and_then(|w| w.sink()).map(|s| s.health()) {
             Err(format!("event log: {why}"))
         } else {
-            Ok(())
+            self.readiness.iter().try_for_each(|r| r.ready())
         }
     }
 }
@@ -106,6 +125,7 @@ pub(crate) async fn serve(
         .route("/v1/gossip/{origin}/{seq}", get(gossip::receipt))
         .route("/v1/keys", get(keys::list))
         .route("/v1/keys/{op}", post(keys::change))
+        .route("/v1/dead-letters", get(health::dead_letters))
         .route("/v1/fault/isolate", post(fault::isolate))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await

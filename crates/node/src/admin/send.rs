@@ -1,8 +1,6 @@
 //! `POST /v1/send`: a message into the mesh at this node, its reply
 //! streamed back as newline-delimited JSON, one [`ReplyLine`] per chunk.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -10,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use proto::api::{ReplyError, ReplyLine, SendRequest};
 use proto::mesh::{Envelope, ReplyChunk};
+use proto::rules;
 use tokio_stream::StreamExt;
 
 use super::Shr;
@@ -70,14 +69,23 @@ fn ndjson(status: StatusCode, body: Body) -> Response {
 
 pub(super) async fn send(State(s): Shr, Json(req): Json<SendRequest>) -> Response {
     let id = req.id.unwrap_or_else(mesh::new_message_id);
+    let refuse = |why: String| {
+        let status = tonic::Status::invalid_argument(why);
+        ndjson(
+            StatusCode::BAD_REQUEST,
+            Body::from(line(&error_line(id.clone(), 0, &status))),
+        )
+    };
     if req.source.is_some() {
-        let status = tonic::Status::invalid_argument("`source` is set by the node a message enters at, not by clients");
-        return ndjson(StatusCode::BAD_REQUEST, Body::from(line(&error_line(id, 0, &status))));
+        return refuse("`source` is set by the node a message enters at, not by clients".into());
     }
-    let timeout = req
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(s.router.config().default_timeout);
+    // The key and id are checked where every message enters the mesh
+    // (`Router::send`); the timeout is this API's own field.
+    let timeout = match req.timeout_ms.map(|ms| rules::timeout_ms("timeout_ms", ms)) {
+        None => s.router.config().default_timeout,
+        Some(Ok(t)) => t,
+        Some(Err(e)) => return refuse(e.to_string()),
+    };
     let envelope = Envelope {
         id: id.clone(),
         key: req.key,

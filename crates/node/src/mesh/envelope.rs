@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proto::Message as _;
 use proto::mesh::{Envelope, ReplyChunk};
+use proto::rules;
 use tokio::time::Instant;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
@@ -28,24 +29,25 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The `deadline_unix_ms` for a message that must be answered within `timeout`.
+/// The timeout is clamped to [`MAX_TIMEOUT`](proto::rules::MAX_TIMEOUT).
 pub fn deadline_in(timeout: Duration) -> u64 {
-    unix_ms(SystemTime::now() + timeout)
+    unix_ms(SystemTime::now() + timeout.min(rules::MAX_TIMEOUT))
 }
 
 /// The local instant of an envelope's deadline: the earliest of its absolute
-/// deadline, `now + grpc_timeout`, and (when it has none) `now + default`.
+/// deadline, `now + grpc_timeout`, and (when it has none) `now + default`,
+/// and never more than [`MAX_TIMEOUT`](proto::rules::MAX_TIMEOUT) away,
+/// whatever the envelope or header says.
 pub(crate) fn deadline_of(env: &Envelope, grpc_timeout: Option<Duration>, default: Duration) -> Instant {
-    let now = Instant::now();
-    let mut deadline = if env.deadline_unix_ms == 0 {
-        now + default
+    let mut left = if env.deadline_unix_ms == 0 {
+        default
     } else {
-        let left = env.deadline_unix_ms.saturating_sub(unix_ms(SystemTime::now()));
-        now + Duration::from_millis(left)
+        rules::time_left(env.deadline_unix_ms, unix_ms(SystemTime::now()))
     };
     if let Some(t) = grpc_timeout {
-        deadline = deadline.min(now + t);
+        left = left.min(t);
     }
-    deadline
+    Instant::now() + left.min(rules::MAX_TIMEOUT)
 }
 
 /// Parses a `grpc-timeout` header (`1234m`: up to 8 digits and a unit of
@@ -85,7 +87,8 @@ pub(crate) fn check_envelope(env: &Envelope, config: &MeshConfig, counters: &Cou
             env.id, env.hops, config.max_hops
         )));
     }
-    check_fields(env, counters)
+    check_fields(env, counters)?;
+    check_provenance(env, counters)
 }
 
 pub(crate) fn check_size(env: &Envelope, config: &MeshConfig, counters: &Counters) -> Result<(), Status> {
@@ -100,12 +103,29 @@ pub(crate) fn check_size(env: &Envelope, config: &MeshConfig, counters: &Counter
     Ok(())
 }
 
+/// The fields every envelope carries into the mesh, by the shared rules
+/// (`proto::rules`): what a store cannot keep is refused before anything
+/// is processed.
 pub(crate) fn check_fields(env: &Envelope, counters: &Counters) -> Result<(), Status> {
-    if env.id.is_empty() || env.key.is_empty() {
-        count(&counters.malformed);
-        return Err(Status::invalid_argument("envelope needs a non-empty id and key"));
-    }
-    Ok(())
+    rules::message_id("id", &env.id)
+        .and_then(|()| rules::key("key", &env.key))
+        .map_err(|e| malformed(env, e, counters))
+}
+
+/// The fields a peer fills in: who accepted the message into the mesh, and
+/// where it came from.
+fn check_provenance(env: &Envelope, counters: &Counters) -> Result<(), Status> {
+    rules::name("origin", &env.origin)
+        .and_then(|()| match env.source.as_str() {
+            "" => Ok(()),
+            source => rules::name("source", source),
+        })
+        .map_err(|e| malformed(env, e, counters))
+}
+
+fn malformed(env: &Envelope, e: rules::FieldError, counters: &Counters) -> Status {
+    count(&counters.malformed);
+    Status::invalid_argument(format!("message {:?}: {e}", env.id))
 }
 
 /// A reply chunk that ends a stream with an explicit error.

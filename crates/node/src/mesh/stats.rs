@@ -14,7 +14,7 @@ stats::counters! {
     oversized,
     /// Envelopes refused because their hop count is over the limit.
     hops_over_limit,
-    /// Envelopes refused for an empty id or key.
+    /// Envelopes refused for a field the shared rules refuse (id, key, origin, source).
     malformed,
     /// Envelopes whose deadline had passed on arrival.
     expired_on_arrival,
