@@ -92,7 +92,7 @@ macro_rules! push_messages {
                 .push_bind(r.partition)
                 .push_bind(r.offset);
         });
-        $q.push(" ON CONFLICT (message_id, kind) DO NOTHING");
+        $q.push(" ON CONFLICT (conversation_key, message_id, kind) DO NOTHING");
     }};
 }
 
@@ -523,7 +523,7 @@ impl InsertRows for sqlx::PgConnection {
         let sql = format!(
             "{INSERT_MESSAGES} SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[], \
              $6::text[], $7::text[], $8::int4[], $9::text[], $10::int8[], $11::bool[], $12::int8[], $13::int8[], \
-             $14::text[], $15::int4[], $16::int8[]) ON CONFLICT (message_id, kind) DO NOTHING"
+             $14::text[], $15::int4[], $16::int8[]) ON CONFLICT (conversation_key, message_id, kind) DO NOTHING"
         );
         let r = sqlx::query(&sql)
             .bind(col(rows, |r| r.message_id.clone()))

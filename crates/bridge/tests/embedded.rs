@@ -191,6 +191,29 @@ async fn the_forward_api_puts_a_forward_request_on_the_forward_topic() {
 }
 
 #[tokio::test]
+async fn the_same_message_id_in_two_conversations_is_stored_in_both() {
+    let env = Embedded::new();
+    let b = bridge::start(env.config()).await.unwrap();
+    let topic = env.config().topics.messages;
+    let a = inbound("conv-a", "for a");
+    let other = proto::events::MessageRecord {
+        key: "conv-b".into(),
+        payload: "for b".into(),
+        ..a.clone()
+    };
+    // A redelivery of the first is still stored once.
+    send_all(&env.producer(), &topic, &[a.clone(), other, a]).await;
+    let rows = wait_for_rows(b.store(), 2).await;
+    for key in ["conv-a", "conv-b"] {
+        let (status, body) = http(b.addr(), "GET", &format!("/v1/conversations/{key}/messages"), None).await;
+        assert_eq!(status, 200, "{body}");
+        let h: bridge::api::History = serde_json::from_str(&body).unwrap();
+        assert_eq!(h.messages.len(), 1, "{key}: {h:?} (rows {rows:?})");
+    }
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn undecodable_records_become_dead_letters_and_the_bridge_keeps_going() {
     let env = Embedded::new();
     let b = bridge::start(env.config()).await.unwrap();

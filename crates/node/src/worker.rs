@@ -21,8 +21,10 @@
 //!
 //! # De-duplication
 //!
-//! The window remembers the ids of the last [`WorkerConfig::dedup_window`]
-//! completed messages, with their reply when it is at most
+//! A message is its id within its conversation: the same id in two
+//! conversations names two messages (as in the bridge's unique key). The
+//! window remembers the last [`WorkerConfig::dedup_window`] completed
+//! messages, with their reply when it is at most
 //! [`WorkerConfig::max_cached_reply_bytes`]. A duplicate id is never processed
 //! twice:
 //! - of a completed message with a cached reply: the reply is replayed, each
@@ -191,19 +193,28 @@ enum Seen {
     Done(Option<Arc<[ReplyChunk]>>),
 }
 
-/// Recent message ids. In-flight ids are bounded by the capacity; completed
-/// ids by `dedup_window`, oldest evicted first.
+/// A message's identity: its id within its conversation. The same id in
+/// two conversations names two messages, as in the bridge's unique key
+/// (conversation key, message id, kind).
+type MessageKey = (String, String);
+
+fn message_key(env: &Envelope) -> MessageKey {
+    (env.key.clone(), env.id.clone())
+}
+
+/// Recent messages. In-flight ones are bounded by the capacity; completed
+/// ones by `dedup_window`, oldest evicted first.
 #[derive(Default)]
 struct Window {
-    ids: HashMap<String, Seen>,
-    completed: VecDeque<String>,
+    ids: HashMap<MessageKey, Seen>,
+    completed: VecDeque<MessageKey>,
 }
 
 impl Window {
-    fn complete(&mut self, id: &str, reply: Option<Arc<[ReplyChunk]>>, limit: usize) {
+    fn complete(&mut self, id: &MessageKey, reply: Option<Arc<[ReplyChunk]>>, limit: usize) {
         if let Some(seen) = self.ids.get_mut(id) {
             *seen = Seen::Done(reply);
-            self.completed.push_back(id.to_owned());
+            self.completed.push_back(id.clone());
         }
         while self.completed.len() > limit {
             if let Some(old) = self.completed.pop_front() {
@@ -277,7 +288,7 @@ impl Worker {
     pub fn submit(&self, envelope: Envelope, deadline: Instant) -> Result<ReplyStream, Status> {
         let inner = &self.inner;
         let mut st = inner.lock();
-        match st.window.ids.get(&envelope.id) {
+        match st.window.ids.get(&message_key(&envelope)) {
             Some(Seen::Done(Some(reply))) => {
                 inner.counters.duplicates_replayed.fetch_add(1, Ordering::Relaxed);
                 return Ok(replay(reply));
@@ -307,7 +318,7 @@ impl Worker {
         }
         let (tx, rx) = mpsc::channel(inner.config.chunk_buffer.max(1));
         st.in_flight += 1;
-        st.window.ids.insert(envelope.id.clone(), Seen::InFlight);
+        st.window.ids.insert(message_key(&envelope), Seen::InFlight);
         inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let key = envelope.key.clone();
         let job = Job { envelope, deadline, tx };
@@ -331,7 +342,7 @@ impl Inner {
     }
 
     /// Ends a job: frees its capacity and records (or forgets) its id.
-    fn finish(&self, id: &str, reply: Option<Option<Arc<[ReplyChunk]>>>) {
+    fn finish(&self, id: &MessageKey, reply: Option<Option<Arc<[ReplyChunk]>>>) {
         let mut st = self.lock();
         st.in_flight -= 1;
         match reply {
@@ -384,9 +395,10 @@ enum Outcome {
 async fn run_job(inner: &Arc<Inner>, job: Job) {
     let Job { envelope, deadline, tx } = job;
     let id = envelope.id.clone();
+    let mkey = message_key(&envelope);
     if Instant::now() >= deadline {
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
-        inner.finish(&id, None);
+        inner.finish(&mkey, None);
         let _ = tx
             .send(Err(Status::deadline_exceeded(format!(
                 "message {id}: deadline passed while queued at {}",
@@ -398,7 +410,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     if tx.is_closed() {
         // The caller left while the message was queued: nothing to do.
         inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-        inner.finish(&id, None);
+        inner.finish(&mkey, None);
         return;
     }
     let record = inner.sink.as_ref().map(|_| inner.config.max_recorded_reply_bytes);
@@ -443,7 +455,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
                     inner.name
                 ))))
                 .await;
-            inner.finish(&id, None);
+            inner.finish(&mkey, None);
             if let (Some(sink), Some(env)) = (&inner.sink, &recorded_env) {
                 let reply = FinalReply {
                     error: Some((Code::Internal as u32, "the processor panicked".into())),
@@ -464,7 +476,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         Outcome::Cancelled => {
             // Forgotten, so a retry under the same id is processed afresh.
             inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
-            inner.finish(&id, None);
+            inner.finish(&mkey, None);
             if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
                 reply.error = Some((Code::Cancelled as u32, "cancelled: the caller went away".into()));
                 sink.reply(&inner.name, env, &reply);
@@ -479,12 +491,12 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             let last = out.terminal(None);
             out.keep(&last);
             inner.counters.completed.fetch_add(1, Ordering::Relaxed);
-            inner.finish(&id, Some(out.kept.take().map(Arc::from)));
+            inner.finish(&mkey, Some(out.kept.take().map(Arc::from)));
             last
         }
         Err(e) => {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-            inner.finish(&id, None);
+            inner.finish(&mkey, None);
             out.terminal(Some(WireError {
                 code: e.code as u32,
                 message: e.message,

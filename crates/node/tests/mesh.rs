@@ -316,6 +316,31 @@ async fn per_conversation_order_is_kept_under_concurrent_sends() {
 }
 
 #[tokio::test]
+async fn the_same_id_in_two_conversations_is_two_messages() {
+    within(async {
+        let recorder = Arc::new(Recorder::default());
+        let worker = Worker::new("w", WorkerConfig::default(), recorder.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let id = mesh::new_message_id();
+        let a = collect(worker.submit(envelope(&id, "conv-a", "for a"), deadline).unwrap())
+            .await
+            .unwrap();
+        let b = collect(worker.submit(envelope(&id, "conv-b", "for b"), deadline).unwrap())
+            .await
+            .unwrap();
+        assert!(!a.replayed && !b.replayed, "neither is a duplicate of the other");
+        assert_eq!((a.data.as_slice(), b.data.as_slice()), (&b"for a"[..], &b"for b"[..]));
+        assert_eq!(recorder.processed.lock().unwrap()[&id], 2);
+        // Within one conversation the id still names one message.
+        let again = collect(worker.submit(envelope(&id, "conv-b", "for b"), deadline).unwrap())
+            .await
+            .unwrap();
+        assert!(again.replayed);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_duplicate_id_is_not_processed_twice() {
     within(async {
         let recorder = Arc::new(Recorder::default());
