@@ -216,3 +216,27 @@ async fn only_envelopes_routed_with_another_table_count_as_checksum_mismatches()
     deliver(&n, other).await.unwrap();
     assert_eq!(n.router().stats().checksum_mismatch, 1);
 }
+
+#[tokio::test]
+async fn the_node_not_the_caller_says_where_a_message_came_from() {
+    let (gw, w) = pair().await;
+    // An origin that is no member of the cluster.
+    let mut stranger = peer_envelope(&node::mesh::new_message_id(), "k");
+    stranger.origin = "intruder".into();
+    let status = deliver(&w, stranger).await.expect_err("refused");
+    assert_eq!(status.code(), Code::Aborted, "{status:?}");
+    assert!(status.message().contains("`origin`"), "{status:?}");
+    // A member that is not a forward node cannot say the bridge injected it.
+    let mut posing = peer_envelope(&node::mesh::new_message_id(), "k");
+    posing.origin = "gw".into();
+    posing.source = "bridge".into();
+    let status = deliver(&w, posing).await.expect_err("refused");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("`source`"), "{status:?}");
+    // As the gateway sends it, with no source, it is answered.
+    let mut honest = peer_envelope(&node::mesh::new_message_id(), "k");
+    honest.origin = "gw".into();
+    assert_eq!(deliver(&w, honest).await.unwrap(), "hello");
+    assert_eq!(w.router().stats().unknown_origin, 2);
+    drop(gw);
+}

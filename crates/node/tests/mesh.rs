@@ -124,7 +124,7 @@ fn wire(label: &str, key: &str, payload: &str, hops: u32) -> Envelope {
     Envelope {
         version: PROTOCOL_VERSION,
         hops,
-        origin: "test".into(),
+        origin: "gw".into(),
         deadline_unix_ms: mesh::deadline_in(Duration::from_secs(5)),
         ..envelope(&mid(label), key, payload)
     }

@@ -136,7 +136,8 @@ async fn raw_deliver(node: &Node, with_identity: bool) -> Result<(), tonic::Stat
     let mut env = envelope(Duration::from_secs(5));
     env.version = PROTOCOL_VERSION;
     env.hops = 1;
-    env.origin = "raw".into();
+    // A member of the cluster, as a peer node would be.
+    env.origin = "gw".into();
     let mut stream = MeshClient::new(channel).deliver(env).await?.into_inner();
     while let Some(chunk) = stream.next().await {
         if chunk?.last {

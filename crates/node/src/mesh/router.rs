@@ -50,6 +50,7 @@ use super::envelope::{self, PROTOCOL_VERSION};
 use super::stats::{Counters, MeshStats, count};
 use super::table::Table;
 use crate::gossip::View;
+use crate::role::Role;
 use crate::worker::{ReplyStream, Worker};
 
 /// Routes messages to the owners of their keys. Cheap to clone.
@@ -180,6 +181,7 @@ impl Router {
     ) -> Result<ReplyStream, Status> {
         let inner = &self.inner;
         envelope::check_envelope(&envelope, &inner.config, &inner.counters)?;
+        inner.check_origin(&envelope)?;
         let deadline = envelope::deadline_of(&envelope, grpc_timeout, inner.config.default_timeout);
         if Instant::now() >= deadline {
             count(&inner.counters.expired_on_arrival);
@@ -199,6 +201,35 @@ impl Router {
 }
 
 impl Inner {
+    /// Provenance is the node's word, not the caller's: a peer's envelope
+    /// must name as its origin a live member of this node's view, and only a
+    /// forward node may say where an injected message came from (`source`). Anyone who
+    /// can reach the mesh port can still claim to be such a member; run the
+    /// mesh with mutual TLS where untrusted hosts can reach it.
+    fn check_origin(&self, env: &Envelope) -> Result<(), Status> {
+        if env.origin == self.me {
+            return Ok(());
+        }
+        let view = self.view.borrow();
+        let Some(origin) = view.member(&env.origin).filter(|m| m.status.is_live()) else {
+            count(&self.counters.unknown_origin);
+            // Views may lag behind a member that has just joined: the
+            // sender waits and tries again rather than skipping this owner.
+            return Err(Status::aborted(format!(
+                "message {}: `origin` {:?} is not a live member in {}'s view",
+                env.id, env.origin, self.me
+            )));
+        };
+        if !env.source.is_empty() && !origin.meta.has_role(Role::Forward.as_str()) {
+            count(&self.counters.unknown_origin);
+            return Err(Status::permission_denied(format!(
+                "message {}: `source` may be set only by a forward node, not by {:?}",
+                env.id, env.origin
+            )));
+        }
+        Ok(())
+    }
+
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Channel)>> {
         self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }

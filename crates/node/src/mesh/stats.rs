@@ -16,6 +16,9 @@ stats::counters! {
     hops_over_limit,
     /// Envelopes refused for a field the shared rules refuse (id, key, origin, source).
     malformed,
+    /// Envelopes refused because their origin is not a live member, or
+    /// because an origin without the forward role set a source.
+    unknown_origin,
     /// Envelopes whose deadline had passed on arrival.
     expired_on_arrival,
     /// Envelopes routed by a sender whose ring checksum differs from ours.
