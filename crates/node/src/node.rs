@@ -289,37 +289,54 @@ impl Node {
         self.shared.gossip.wait_joined().await
     }
 
-    /// Leaves gracefully: readiness turns off, the leave is gossiped (so
-    /// routers elsewhere stop choosing this node), in-flight messages finish,
-    /// then both servers stop accepting and the gossip task stops. Everything
-    /// together is bounded by the drain timeout.
+    /// Leaves gracefully, all within the drain timeout: readiness turns off;
+    /// a worker refuses new messages and advertises no capacity (routers
+    /// take them to the next owner, unprocessed) and finishes the ones it
+    /// holds; replies relayed for this node's callers end; then the leave is
+    /// gossiped, both servers stop and the gossip task stops. A message is
+    /// processed twice only when its owner truly died.
     pub async fn shutdown(self) -> ShutdownReport {
         let deadline = Instant::now() + self.drain_timeout;
+        let until_deadline = || deadline.saturating_duration_since(Instant::now());
         self.shared.set_draining();
-        let left = match self.shared.gossip.leave(self.drain_timeout / 2).await {
-            Ok(out) => out.drained,
-            Err(gossip::Stopped) => false,
-        };
+        let gossip = &self.shared.gossip;
         let mut abandoned = 0;
         if let Some(worker) = self.shared.router.worker() {
-            while worker.in_flight() > 0 && Instant::now() < deadline {
+            // Take no new conversations: refuse new messages (a router tries
+            // the next owner, nothing processed) and advertise no capacity,
+            // so routers elsewhere stop choosing this node.
+            worker.drain();
+            let mut meta = gossip.view().borrow().local.meta.clone();
+            meta.capacity = 0;
+            let _ = gossip.set_meta(meta).await;
+            // Finish what it holds; the replies stream back to their callers.
+            while worker.in_flight() > 0 && !until_deadline().is_zero() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             abandoned = worker.in_flight();
         }
+        // Replies this node relays for its own callers end too.
+        while self.shared.router.relays() > 0 && !until_deadline().is_zero() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Only then leave: a member that left has nothing in flight, so its
+        // peers can forget it at once.
+        let left = match gossip.leave(until_deadline().max(Duration::from_millis(100)) / 2).await {
+            Ok(out) => out.drained,
+            Err(gossip::Stopped) => false,
+        };
         let _ = self.stop.send(true);
         let mut drained = abandoned == 0;
         for task in [self.mesh_task, self.admin_task] {
-            let left_time = deadline.saturating_duration_since(Instant::now());
             let abort = task.abort_handle();
-            if tokio::time::timeout(left_time, task).await.is_err() {
+            if tokio::time::timeout(until_deadline(), task).await.is_err() {
                 // Connections still open at the deadline (for example idle
                 // pooled channels from peers) are cut.
                 abort.abort();
                 drained = false;
             }
         }
-        let _ = self.shared.gossip.shutdown().await;
+        let _ = gossip.shutdown().await;
         ShutdownReport {
             left,
             drained,

@@ -44,7 +44,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
@@ -142,6 +142,8 @@ stats::counters! {
     duplicates_refused,
     /// Messages refused because the worker was at capacity.
     over_capacity,
+    /// Messages refused because the worker was leaving (routed to the next owner).
+    refused_draining,
 }
 
 /// A handle to one worker. Cheap to clone; all clones share the queues.
@@ -164,6 +166,8 @@ struct Inner {
     config: WorkerConfig,
     processor: Arc<dyn Processor>,
     sink: Option<Arc<dyn RecordSink>>,
+    /// Set when the node leaves: new messages are refused.
+    draining: AtomicBool,
     /// Guards the queues, the in-flight count and the window together, so
     /// that the duplicate check, the capacity check and the enqueue are one
     /// atomic step. Held only for map operations, never across an await.
@@ -235,6 +239,7 @@ impl Worker {
                 config,
                 processor,
                 sink: None,
+                draining: AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
             }),
@@ -269,6 +274,12 @@ impl Worker {
         self.inner.config.capacity
     }
 
+    /// Refuses every new message from now on (`UNAVAILABLE`, so a router
+    /// tries the next owner) while the ones it holds finish.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
     /// Messages queued or being processed now.
     pub fn in_flight(&self) -> usize {
         self.inner.lock().in_flight
@@ -288,6 +299,13 @@ impl Worker {
     pub fn submit(&self, envelope: Envelope, deadline: Instant) -> Result<ReplyStream, Status> {
         let inner = &self.inner;
         let mut st = inner.lock();
+        if inner.draining.load(Ordering::Relaxed) {
+            inner.counters.refused_draining.fetch_add(1, Ordering::Relaxed);
+            return Err(Status::unavailable(format!(
+                "worker {} is leaving and takes no new messages; try the next owner",
+                inner.name
+            )));
+        }
         match st.window.ids.get(&message_key(&envelope)) {
             Some(Seen::Done(Some(reply))) => {
                 inner.counters.duplicates_replayed.fetch_add(1, Ordering::Relaxed);

@@ -46,6 +46,8 @@ struct Proc {
     child: Child,
     gossip: String,
     admin: String,
+    /// The stdout lines after the first, as they come.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Proc {
@@ -100,7 +102,25 @@ impl Proc {
             gossip: field("gossip="),
             admin: field("admin="),
             child,
+            lines: rx,
         }
+    }
+
+    /// Waits up to `limit` for the process to exit; its status and the
+    /// stdout lines it printed after the first.
+    async fn wait_exit(&mut self, limit: Duration) -> (Option<std::process::ExitStatus>, Vec<String>) {
+        let deadline = Instant::now() + limit;
+        let mut exited = None;
+        while Instant::now() < deadline {
+            exited = self.child.try_wait().unwrap();
+            if exited.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The reader thread sends the last lines before the pipe closes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (exited, self.lines.try_iter().collect())
     }
 
     fn pid(&self) -> u32 {
@@ -514,6 +534,103 @@ async fn sigterm_makes_a_worker_leave_gracefully_and_exit_cleanly() {
         )
         .await;
         assert_eq!(gw.ring().await.unwrap().workers.len(), 1);
+        nodes.remove(w1);
+    })
+    .await;
+}
+
+/// Workers whose replies take about a second: five chunks 200 ms apart.
+const ONE_SECOND_REPLIES: &str = "[worker.echo]\nchunks = 5\ndelay_ms = 200\n";
+
+/// Sends `payload` for `key` through `gw`, collecting the reply's lines;
+/// `first` hears when the first line arrived.
+async fn send_collect(
+    gw: AdminClient,
+    key: String,
+    payload: &str,
+    first: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Vec<proto::api::ReplyLine> {
+    let req = SendRequest {
+        key,
+        payload: payload.into(),
+        timeout_ms: Some(20_000),
+        ..Default::default()
+    };
+    let mut first = first;
+    gw.with_timeout(Duration::from_secs(25))
+        .send(&req, |_| {
+            if let Some(tx) = first.take() {
+                let _ = tx.send(());
+            }
+        })
+        .await
+        .unwrap()
+}
+
+fn worker_accepted(metrics: &str) -> u64 {
+    metric(metrics, "rumor_worker_accepted_total")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_sent_sigterm_finishes_its_replies_and_its_next_messages_go_elsewhere_once() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let mut nodes = cluster(2, &key, Some(ONE_SECOND_REPLIES)).await;
+        let gw = nodes[0].client();
+        let w1 = nodes.iter().position(|p| p.name == "w1").unwrap();
+        let w2 = nodes.iter().position(|p| p.name == "w2").unwrap();
+        // A conversation that w1 owns (one-byte probes take one chunk).
+        let mut conversation = None;
+        for i in 0..50 {
+            let k = format!("drain-{i}");
+            let lines = send_collect(gw.clone(), k.clone(), "?", None).await;
+            if lines.last().unwrap().worker == "w1" {
+                conversation = Some(k);
+                break;
+            }
+        }
+        let conversation = conversation.expect("w1 owns one of 50 conversations");
+        let w2_before = worker_accepted(&nodes[w2].client().metrics().await.unwrap());
+
+        // A streams for about a second; w1 gets SIGTERM after its first chunk.
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let a = tokio::spawn(send_collect(
+            gw.clone(),
+            conversation.clone(),
+            "abcdefghij",
+            Some(first_tx),
+        ));
+        first_rx.await.unwrap();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &nodes[w1].pid().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        // B, for the same conversation, arrives while w1 drains.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let b = send_collect(gw.clone(), conversation.clone(), "after", None).await;
+
+        let a = a.await.unwrap();
+        let a_end = a.last().unwrap();
+        assert!(a_end.last && a_end.error.is_none(), "A was cut: {a:?}");
+        assert_eq!(a.iter().map(|l| l.data.as_str()).collect::<String>(), "abcdefghij");
+        assert!(a.iter().all(|l| l.worker == "w1"), "{a:?}");
+        let b_end = b.last().unwrap();
+        assert!(b_end.last && b_end.error.is_none() && !b_end.replayed, "{b:?}");
+        assert_eq!(b_end.worker, "w2", "the leaving worker took no new message");
+
+        let (status, lines) = nodes[w1].wait_exit(Duration::from_secs(10)).await;
+        assert!(status.is_some_and(|s| s.success()), "w1 exits 0: {status:?} {lines:?}");
+        let summary = lines
+            .iter()
+            .find(|l| l.starts_with("node stopped"))
+            .expect("a summary line");
+        assert!(summary.contains("drained true, abandoned 0"), "{summary}");
+        // w2 processed B and nothing else: A was not processed twice.
+        let w2_after = worker_accepted(&nodes[w2].client().metrics().await.unwrap());
+        assert_eq!(w2_after - w2_before, 1, "w2 took exactly one message");
         nodes.remove(w1);
     })
     .await;

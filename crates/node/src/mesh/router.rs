@@ -32,6 +32,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -78,6 +79,9 @@ struct Inner {
     /// The current table. A watch channel rather than a lock: the table task
     /// replaces it whole and readers take the `Arc` without blocking it.
     table: watch::Receiver<Arc<Table>>,
+    /// Relay tasks streaming a remote reply to a caller of this node; a
+    /// graceful shutdown waits for them.
+    relays: AtomicUsize,
     /// One lazily connected channel per peer, keyed by name with the address
     /// it was made for. tonic multiplexes calls over it, so this is the whole
     /// pool. A plain mutex: held only to look up or insert.
@@ -108,6 +112,7 @@ impl Router {
             view: view.clone(),
             table: table_rx,
             peers: Mutex::new(HashMap::new()),
+            relays: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         tokio::spawn(maintain_table(Arc::downgrade(&inner), view, table_tx));
@@ -137,6 +142,11 @@ impl Router {
     /// A snapshot of the data plane's counters (server and router).
     pub fn stats(&self) -> MeshStats {
         self.inner.counters.read()
+    }
+
+    /// Remote replies being relayed to callers of this node now.
+    pub fn relays(&self) -> usize {
+        self.inner.relays.load(Ordering::Relaxed)
     }
 
     /// Peers with a pooled channel now.
@@ -350,8 +360,13 @@ impl Inner {
                 count(&self.counters.local);
                 Ok(stream)
             }
-            // Over capacity: the next owner may have room, if a hop is left.
-            Err(s) if s.code() == Code::ResourceExhausted && env.hops < self.config.max_hops => Err(Attempt::Retry(s)),
+            // Over capacity, or leaving: the next owner may take it, if a hop is left.
+            Err(s)
+                if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable)
+                    && env.hops < self.config.max_hops =>
+            {
+                Err(Attempt::Retry(s))
+            }
             Err(s) => Err(Attempt::Fail(s)),
         }
     }
@@ -422,7 +437,10 @@ impl Inner {
     ) -> ReplyStream {
         let (tx, rx) = mpsc::channel(16);
         let inner = self.clone();
+        inner.relays.fetch_add(1, Ordering::Relaxed);
         let relay = async move {
+            // Counted down however the relay ends.
+            let _relaying = Relaying(inner.clone());
             let id = first.id.clone();
             let mut next_seq = first.seq + 1;
             let mut end = is_end(&first);
@@ -471,6 +489,15 @@ impl Inner {
     }
 }
 
+/// One relay in progress, for [`Router::relays`].
+struct Relaying(Arc<Inner>);
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        self.0.relays.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The span of one message's routing at node `me`: its logs name the node,
 /// the message and its conversation.
 fn message_span(me: &str, env: &Envelope) -> tracing::Span {
@@ -502,11 +529,14 @@ async fn pause(backoff: &mut Duration, deadline: Instant, config: &MeshConfig) {
     *backoff = (*backoff * 2).min(config.max_retry_backoff);
 }
 
-/// Completes once `name` is no longer live in the view. Never completes when
-/// the gossip task has stopped: then nothing new is known about anyone.
+/// Completes once `name` is declared dead (failed) in the view, or is gone
+/// from it. A member that left is not dead: it leaves only after finishing
+/// what it held, and a reply it still streams is read to its end. Never
+/// completes when the gossip task has stopped: then nothing new is known
+/// about anyone.
 async fn declared_dead(view: &mut watch::Receiver<View>, name: &str) {
     let dead = view
-        .wait_for(|v| !v.member(name).is_some_and(|m| m.status.is_live()))
+        .wait_for(|v| v.member(name).is_none_or(|m| m.status == membership::Status::Dead))
         .await
         .is_ok();
     if !dead {
