@@ -54,6 +54,11 @@ pub struct KafkaConfig {
     pub session_timeout: Duration,
     /// Time limit of blocking requests (topic creation, seek, watermarks). Default 10 s.
     pub request_timeout: Duration,
+    /// The largest record the producer sends (`message.max.bytes`); the
+    /// brokers' own `message.max.bytes` must be at least this. A larger
+    /// record is refused for good and set aside. Default 1,000,000, Kafka's
+    /// default.
+    pub max_record_bytes: usize,
     /// Extra librdkafka properties for every client (security settings, for example).
     pub properties: BTreeMap<String, String>,
     /// Extra librdkafka properties for producers (`linger.ms`, `compression.type`, ...).
@@ -73,6 +78,7 @@ impl KafkaConfig {
             message_timeout: Duration::from_secs(30),
             session_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            max_record_bytes: crate::DEFAULT_MAX_RECORD_BYTES,
             properties: BTreeMap::new(),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
@@ -165,9 +171,14 @@ impl std::fmt::Debug for KafkaProducer {
 impl KafkaProducer {
     /// A producer for `cfg` (connects lazily).
     pub fn new(cfg: &KafkaConfig) -> Result<Self, LogError> {
-        KafkaConfig::check_fixed(&cfg.producer, &["enable.idempotence", "acks"], "producer")?;
+        KafkaConfig::check_fixed(
+            &cfg.producer,
+            &["enable.idempotence", "acks", "message.max.bytes"],
+            "producer",
+        )?;
         let mut c = cfg.base();
         c.set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
+            .set("message.max.bytes", cfg.max_record_bytes.to_string())
             .set("linger.ms", "5");
         for (k, v) in &cfg.producer {
             c.set(k, v);

@@ -189,6 +189,16 @@ impl Topics {
     }
 }
 
+/// The largest record a log takes by default: Kafka's own default
+/// `message.max.bytes`.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// Bytes a record needs beyond its payload: the other fields of a message
+/// record (an id, a key of up to `proto::rules::MAX_KEY_BYTES`, names,
+/// numbers), its headers and Kafka's record framing. A payload of
+/// `max_record_bytes - RECORD_OVERHEAD` always fits.
+pub const RECORD_OVERHEAD: usize = 4096;
+
 /// An error of the event log. Every variant names what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -211,11 +221,46 @@ pub enum LogError {
     /// The partition is not assigned to this consumer (or the topic does not exist).
     #[error("{0} is not assigned to this consumer")]
     NotAssigned(TopicPartition),
+    /// The record is larger than the log takes.
+    #[error("record of {size} bytes is over the log's limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
 }
 
 impl LogError {
+    /// True when retrying cannot help: the log refused this record for good
+    /// (too large, invalid). Such a record is set aside, not retried.
+    pub fn is_permanent(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        match self {
+            Self::TooLarge { .. } => true,
+            Self::Kafka {
+                source: rdkafka::error::KafkaError::MessageProduction(code),
+                ..
+            } => matches!(
+                code,
+                C::MessageSizeTooLarge
+                    | C::InvalidMessageSize
+                    | C::InvalidMessage
+                    | C::MessageBatchTooLarge
+                    | C::InvalidRecord
+                    | C::InvalidRequiredAcks
+            ),
+            _ => false,
+        }
+    }
+
     pub(crate) fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| Self::Kafka { op, source }
+    }
+}
+
+impl EventLog {
+    /// The largest record this log takes.
+    pub fn max_record_bytes(&self) -> usize {
+        match self {
+            EventLog::Memory(m) => m.max_record_bytes(),
+            EventLog::Kafka(k) => k.max_record_bytes,
+        }
     }
 }
 
@@ -281,7 +326,7 @@ impl Producer {
     /// within a partition.
     pub fn enqueue(&self, rec: &OutRecord) -> Result<Pending, LogError> {
         match self {
-            Self::Memory(log) => Ok(Pending::Ready(Some(Ok(log.append(rec))))),
+            Self::Memory(log) => Ok(Pending::Ready(Some(log.produce(rec)))),
             Self::Kafka(p) => p.enqueue(rec).map(Pending::Kafka),
         }
     }

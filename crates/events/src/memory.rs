@@ -34,6 +34,9 @@ pub struct MemoryLog {
 
 #[derive(Debug, Default)]
 struct Inner {
+    /// The largest record appended, like a broker's `message.max.bytes`;
+    /// 0 stands for the default, [`crate::DEFAULT_MAX_RECORD_BYTES`].
+    max_record_bytes: std::sync::atomic::AtomicUsize,
     state: Mutex<State>,
     /// Wakes consumers waiting for a record; they register before scanning,
     /// so an append between their scan and their wait is not missed.
@@ -60,6 +63,34 @@ impl MemoryLog {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The largest record it takes (key, value and headers).
+    pub fn max_record_bytes(&self) -> usize {
+        match self.inner.max_record_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => crate::DEFAULT_MAX_RECORD_BYTES,
+            n => n,
+        }
+    }
+
+    /// Sets the largest record it takes, as a broker's `message.max.bytes`
+    /// does (shared by every clone).
+    pub fn set_max_record_bytes(&self, limit: usize) {
+        self.inner
+            .max_record_bytes
+            .store(limit.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Appends a record unless it is larger than [`MemoryLog::max_record_bytes`].
+    pub fn produce(&self, rec: &OutRecord) -> Result<Delivered, crate::LogError> {
+        let limit = self.max_record_bytes();
+        if rec.size() > limit {
+            return Err(crate::LogError::TooLarge {
+                size: rec.size(),
+                limit,
+            });
+        }
+        Ok(self.append(rec))
     }
 
     fn state(&self) -> MutexGuard<'_, State> {

@@ -11,7 +11,14 @@
 //!
 //! A record leaves the buffer only when the log acknowledged it, so while
 //! Kafka is unreachable records accumulate up to the bound and are then
-//! refused; callers never block on Kafka. [`Publisher::healthy`] is false
+//! refused; callers never block on Kafka. A record the log refuses for good
+//! (larger than it takes, say: [`LogError::is_permanent`]) is set aside at
+//! once: counted, handed to the set-aside hook with the reason, and never
+//! retried, so it cannot hold up the records behind it.
+//!
+//! [`Publisher::publish`] returns a [`Delivery`], a future that resolves
+//! when the log has the record (or it was set aside): a caller that must
+//! not answer before its record is durable awaits it. [`Publisher::healthy`] is false
 //! while deliveries fail or the oldest record has waited longer than
 //! [`PublisherConfig::stall_after`]: readiness reports it.
 //!
@@ -72,6 +79,8 @@ stats::counters! {
     retried,
     /// Records refused because the buffer was full or the publisher stopped.
     refused,
+    /// Records the log refused for good (too large, invalid), set aside and not retried.
+    set_aside,
 }
 
 /// Why [`Publisher::publish`] refused a record. The record was not taken.
@@ -95,14 +104,33 @@ pub enum PublishError {
 }
 
 enum Msg {
-    Record(OutRecord),
+    Record(OutRecord, oneshot::Sender<Result<(), String>>),
     /// Answered once every record published before it is delivered.
     Flush(oneshot::Sender<()>),
 }
 
+/// Called with a record the log refused for good and the reason.
+pub type SetAside = Arc<dyn Fn(&OutRecord, &str) + Send + Sync>;
+
+/// Whether a published record is in the log: resolves `Ok` once the log
+/// acknowledged it, `Err(why)` when it was set aside or the publisher
+/// stopped first. Dropping it changes nothing about the delivery.
 #[derive(Debug)]
+pub struct Delivery(oneshot::Receiver<Result<(), String>>);
+
+impl std::future::Future for Delivery {
+    type Output = Result<(), String>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err("the publisher stopped before the record was delivered".into())))
+    }
+}
+
 struct Shared {
     cfg: PublisherConfig,
+    set_aside: SetAside,
     counters: Counters,
     buffered: AtomicUsize,
     buffered_bytes: AtomicUsize,
@@ -110,6 +138,12 @@ struct Shared {
     failing: Mutex<Option<String>>,
     /// Since when the oldest record in flight has been waiting.
     oldest: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("cfg", &self.cfg).finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -138,13 +172,27 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// Starts the delivery task on the current tokio runtime.
+    /// Starts the delivery task on the current tokio runtime; records the
+    /// log refuses for good are logged and dropped.
     pub fn spawn(producer: Producer, cfg: PublisherConfig) -> Self {
+        Self::spawn_with(
+            producer,
+            cfg,
+            Arc::new(|rec: &OutRecord, why: &str| {
+                tracing::error!(topic = %rec.topic, key = %rec.key, bytes = rec.size(), "record set aside: {why}");
+            }),
+        )
+    }
+
+    /// [`Publisher::spawn`], handing records the log refuses for good to
+    /// `set_aside` with the reason.
+    pub fn spawn_with(producer: Producer, cfg: PublisherConfig, set_aside: SetAside) -> Self {
         // Unbounded, because the bound is enforced by `publish` in records
         // and bytes before sending, which a bounded channel cannot do.
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             cfg,
+            set_aside,
             counters: Counters::default(),
             buffered: AtomicUsize::new(0),
             buffered_bytes: AtomicUsize::new(0),
@@ -156,8 +204,9 @@ impl Publisher {
     }
 
     /// Takes `rec` for delivery, or refuses it at once when the buffer is
-    /// full; a refusal is counted and logged.
-    pub fn publish(&self, rec: OutRecord) -> Result<(), PublishError> {
+    /// full; a refusal is counted and logged. The [`Delivery`] says when the
+    /// log has it.
+    pub fn publish(&self, rec: OutRecord) -> Result<Delivery, PublishError> {
         let s = &self.shared;
         let size = rec.size();
         let records = s.buffered.fetch_add(1, Ordering::Relaxed);
@@ -172,15 +221,16 @@ impl Publisher {
                 max_bytes: s.cfg.max_buffered_bytes,
             }));
         }
-        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Record(rec)) {
+        let (done, delivery) = oneshot::channel();
+        if let Err(mpsc::error::SendError(msg)) = self.tx.send(Msg::Record(rec, done)) {
             s.release(size);
             let topic = match msg {
-                Msg::Record(rec) => rec.topic,
+                Msg::Record(rec, _) => rec.topic,
                 Msg::Flush(_) => String::new(),
             };
             return Err(self.refuse(PublishError::Stopped { topic }));
         }
-        Ok(())
+        Ok(Delivery(delivery))
     }
 
     fn refuse(&self, e: PublishError) -> PublishError {
@@ -248,6 +298,8 @@ impl Publisher {
 
 struct InFlight {
     rec: OutRecord,
+    /// Told when the record is delivered or set aside.
+    done: oneshot::Sender<Result<(), String>>,
     /// Position in publish order, for flushes.
     seq: u64,
     since: Instant,
@@ -297,12 +349,22 @@ async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, share
                 if let Some(f) = in_flight.pop_front() {
                     shared.release(f.rec.size());
                     shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                    let _ = f.done.send(Ok(()));
                 }
                 if backoff != cfg.retry_backoff {
                     tracing::info!("event log deliveries succeed again");
                 }
                 *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 backoff = cfg.retry_backoff;
+            }
+            Step::Done(Err(e)) if e.is_permanent() => {
+                // Never deliverable: set aside, and on to the next record.
+                let Some(f) = in_flight.pop_front() else { continue };
+                shared.release(f.rec.size());
+                shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
+                let why = format!("the event log refused it for good: {e}");
+                (shared.set_aside)(&f.rec, &why);
+                let _ = f.done.send(Err(why));
             }
             Step::Done(Err(e)) => {
                 let Some(mut f) = in_flight.pop_front() else { continue };
@@ -317,11 +379,12 @@ async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, share
             }
             Step::Msg(None) => closed = true,
             Step::Msg(Some(Msg::Flush(tx))) => flushes.push((accepted, tx)),
-            Step::Msg(Some(Msg::Record(rec))) => {
+            Step::Msg(Some(Msg::Record(rec, done))) => {
                 accepted += 1;
                 in_flight.push_back(InFlight {
                     pending: enqueue(&producer, &rec),
                     rec,
+                    done,
                     seq: accepted,
                     since: Instant::now(),
                 });

@@ -138,3 +138,55 @@ async fn the_publisher_delivers_through_kafka_and_stays_healthy() {
     let want: Vec<Bytes> = (0..50).map(|i| Bytes::from(format!("{i}"))).collect();
     assert_eq!(got, want, "one partition: publish order");
 }
+
+#[tokio::test]
+async fn a_record_the_broker_refuses_for_good_is_set_aside_and_the_records_behind_it_are_delivered() {
+    use std::sync::{Arc, Mutex};
+
+    use events::{Publisher, PublisherConfig};
+
+    let log = kafka();
+    let topic = unique("events-poison");
+    log.create_topics(&[TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        replication: 1,
+    }])
+    .await
+    .unwrap();
+    let set_aside: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hook = set_aside.clone();
+    let publisher = Publisher::spawn_with(
+        log.producer().unwrap(),
+        PublisherConfig::default(),
+        Arc::new(move |rec: &OutRecord, why: &str| hook.lock().unwrap().push(format!("{} {why}", rec.key))),
+    );
+    let record = |key: &str, bytes: usize| OutRecord {
+        topic: topic.clone(),
+        key: key.into(),
+        value: Bytes::from(vec![b'x'; bytes]),
+        headers: Vec::new(),
+    };
+    // Over Kafka's default record limit (1,000,000 bytes), as a reply of
+    // 1,040,000 bytes once was: never deliverable.
+    let big = publisher.publish(record("big", 1_040_000)).unwrap();
+    let small: Vec<_> = (0..10)
+        .map(|i| publisher.publish(record(&format!("small-{i}"), 100)).unwrap())
+        .collect();
+    let refused = timeout(LIMIT, big).await.expect("an answer for the big record");
+    assert!(refused.unwrap_err().contains("refused it for good"));
+    for d in small {
+        timeout(LIMIT, d).await.expect("delivered in time").expect("delivered");
+    }
+    assert!(publisher.flush(LIMIT).await, "nothing left behind");
+    assert!(publisher.healthy(), "{:?}", publisher.health());
+    let stats = publisher.stats();
+    assert_eq!(
+        (stats.published, stats.set_aside, stats.retried),
+        (10, 1, 0),
+        "{stats:?}"
+    );
+    let set_aside = set_aside.lock().unwrap();
+    assert_eq!(set_aside.len(), 1);
+    assert!(set_aside[0].starts_with("big "), "{set_aside:?}");
+}

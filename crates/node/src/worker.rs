@@ -105,7 +105,8 @@ pub struct WorkerConfig {
     /// caller to read. Default 16.
     pub chunk_buffer: usize,
     /// Largest reply handed whole to the [`RecordSink`]; a longer one is
-    /// reported truncated. Default 1 MiB.
+    /// reported truncated. Default 960 KiB, which fits in a Kafka record of
+    /// Kafka's default size limit with the record's other fields.
     pub max_recorded_reply_bytes: usize,
 }
 
@@ -116,7 +117,7 @@ impl Default for WorkerConfig {
             dedup_window: 10_000,
             max_cached_reply_bytes: 64 * 1024,
             chunk_buffer: 16,
-            max_recorded_reply_bytes: 1024 * 1024,
+            max_recorded_reply_bytes: 960 * 1024,
         }
     }
 }

@@ -240,3 +240,78 @@ async fn the_node_not_the_caller_says_where_a_message_came_from() {
     assert_eq!(w.router().stats().unknown_origin, 2);
     drop(gw);
 }
+
+/// Sends raw bytes as a `Deliver` request, as a broken or hostile client
+/// would; tonic's own codec could not produce them.
+mod raw {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Debug, Default, Clone)]
+    pub(super) struct RawCodec;
+
+    #[derive(Debug, Default)]
+    pub(super) struct RawEncoder;
+
+    #[derive(Debug, Default)]
+    pub(super) struct ChunkDecoder;
+
+    impl Codec for RawCodec {
+        type Encode = Vec<u8>;
+        type Decode = proto::mesh::ReplyChunk;
+        type Encoder = RawEncoder;
+        type Decoder = ChunkDecoder;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            RawEncoder
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ChunkDecoder
+        }
+    }
+
+    impl Encoder for RawEncoder {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            use bytes::BufMut as _;
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+
+    impl Decoder for ChunkDecoder {
+        type Item = proto::mesh::ReplyChunk;
+        type Error = tonic::Status;
+
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, tonic::Status> {
+            use proto::Message as _;
+            proto::mesh::ReplyChunk::decode(src)
+                .map(Some)
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        }
+    }
+}
+
+#[tokio::test]
+async fn bytes_that_are_no_envelope_get_invalid_argument_and_are_counted() {
+    let n = node().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", n.addrs().mesh))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/rumor.mesh.v1.Mesh/Deliver");
+    let garbage = vec![0xff; 64];
+    let status = grpc
+        .server_streaming(tonic::Request::new(garbage), path, raw::RawCodec)
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("undecodable"), "{status:?}");
+    assert_eq!(n.router().stats().malformed, 1);
+    still_serves(&n).await;
+}

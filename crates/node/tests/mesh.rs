@@ -446,12 +446,23 @@ async fn a_peer_speaking_another_protocol_version_gets_a_status_naming_both_vers
 async fn an_oversized_envelope_is_rejected() {
     within(async {
         let (gw, ws) = cluster(1, Arc::new(Echo::default())).await;
-        let big = "x".repeat(1024 * 1024 + 1);
+        let limit = MeshConfig::for_tests().max_envelope_bytes;
+        let big = "x".repeat(limit + 1);
         let mut client = ws[0].client().await;
         let err = client.deliver(wire("m-big", "k", &big, 1)).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("over the limit of 1048576 bytes"), "{err}");
+        assert!(
+            err.message().contains(&format!("over the limit of {limit} bytes")),
+            "{err}"
+        );
         assert_eq!(ws[0].router.stats().oversized, 1);
+        // Far over it, tonic's decoder refuses it before it is buffered; it
+        // is answered and counted the same way.
+        let huge = "x".repeat(8 * 1024 * 1024);
+        let err = client.deliver(wire("m-huge", "k", &huge, 1)).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.message().contains("over the size limit"), "{err}");
+        assert_eq!(ws[0].router.stats().oversized, 2);
 
         // The origin refuses it too, before it touches the network.
         let err = gw.router.send(envelope(&mid("m-big2"), "k", &big)).await.unwrap_err();

@@ -128,6 +128,7 @@ pub struct EventsSection {
     pub forward_group: String,
     pub max_buffered: usize,
     pub max_buffered_bytes: usize,
+    pub max_record_bytes: usize,
 }
 
 impl Default for EventsSection {
@@ -144,6 +145,7 @@ impl Default for EventsSection {
             forward_group: "rumor-forward".into(),
             max_buffered: p.max_buffered,
             max_buffered_bytes: p.max_buffered_bytes,
+            max_record_bytes: events::DEFAULT_MAX_RECORD_BYTES,
         }
     }
 }
@@ -166,8 +168,13 @@ impl EventsSection {
         if self.forward_group.is_empty() {
             return bad("events.forward_group", "must not be empty");
         }
+        if self.max_record_bytes < 64 * 1024 {
+            return bad("events.max_record_bytes", "must be at least 65536");
+        }
+        let mut kafka = events::KafkaConfig::new(self.brokers.trim());
+        kafka.max_record_bytes = self.max_record_bytes;
         Ok(Some(EventsConfig {
-            log: events::EventLog::Kafka(events::KafkaConfig::new(self.brokers.trim())),
+            log: events::EventLog::Kafka(kafka),
             topics: events::Topics {
                 messages: self.messages_topic.clone(),
                 forward: self.forward_topic.clone(),

@@ -19,8 +19,8 @@ mod records;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::publisher::{Publisher, PublisherConfig};
-use events::{EventLog, LogError, Topics};
+use events::publisher::{Publisher, PublisherConfig, SetAside};
+use events::{EventLog, LogError, OutRecord, Topics};
 use node::node::{NodeError, ShutdownReport};
 use node::{Node, NodeConfig, Role};
 
@@ -71,6 +71,23 @@ pub enum StartError {
     /// The node did not start.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A message or reply the node accepts would not fit in a record the
+    /// event log takes, so it could be answered and never stored.
+    #[error(
+        "{setting} ({value} bytes) and the record's other fields ({overhead} bytes) do not fit in a record \
+         of the event log (at most {limit} bytes): lower {setting}, or raise events.max_record_bytes \
+         together with the brokers' message.max.bytes"
+    )]
+    Limits {
+        /// The setting that is too large.
+        setting: &'static str,
+        /// Its value.
+        value: usize,
+        /// Bytes a record needs beyond the payload.
+        overhead: usize,
+        /// The log's record limit.
+        limit: usize,
+    },
     /// The event log could not be set up (a client could not be made).
     #[error("event log ({log}): {source}")]
     Log {
@@ -118,10 +135,25 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
         log: ev.log.describe(),
         source,
     };
+    if let Some(ev) = &events {
+        check_limits(&config.node, ev)?;
+    }
     let publisher = match &events {
         Some(ev) if roles.has(Role::Worker) => {
             let producer = ev.log.producer().map_err(|e| log_error(ev, e))?;
-            let publisher = Publisher::spawn(producer, ev.publisher.clone());
+            let dead_letters = config.node.dead_letters.clone();
+            let set_aside: SetAside = Arc::new(move |rec: &OutRecord, why: &str| {
+                dead_letters.set_aside(
+                    node::dead_letters::Record {
+                        topic: &rec.topic,
+                        position: None,
+                        key: Some(rec.key.as_bytes()),
+                        value: &rec.value,
+                    },
+                    why,
+                );
+            });
+            let publisher = Publisher::spawn_with(producer, ev.publisher.clone(), set_aside);
             config.node.record_sink = Some(Arc::new(LogSink::new(publisher.clone(), &ev.topics)));
             Some(publisher)
         }
@@ -155,6 +187,28 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
         forwarder,
         flush_timeout: config.flush_timeout,
     })
+}
+
+/// The limits agree end to end: every message the mesh accepts, and every
+/// reply the worker records, fits in a record the event log takes.
+fn check_limits(node: &NodeConfig, ev: &EventsConfig) -> Result<(), StartError> {
+    let limit = ev.log.max_record_bytes();
+    let overhead = events::RECORD_OVERHEAD;
+    let mut sizes = vec![("mesh.max_envelope_bytes", node.mesh.max_envelope_bytes)];
+    if node.roles.has(Role::Worker) {
+        sizes.push(("worker.max_recorded_reply_bytes", node.worker.max_recorded_reply_bytes));
+    }
+    for (setting, value) in sizes {
+        if value.saturating_add(overhead) > limit {
+            return Err(StartError::Limits {
+                setting,
+                value,
+                overhead,
+                limit,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Server {

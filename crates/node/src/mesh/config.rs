@@ -8,7 +8,9 @@ use crate::tls::MeshTls;
 /// the binary fills it from the config file. See [`MeshConfig::check`].
 #[derive(Debug, Clone)]
 pub struct MeshConfig {
-    /// Largest encoded envelope accepted or sent. Default 1 MiB.
+    /// Largest encoded envelope accepted or sent. Default 960 KiB, so that
+    /// a message and its record fit in a Kafka record of Kafka's default
+    /// size limit (1,000,000 bytes).
     pub max_envelope_bytes: usize,
     /// Most node-to-node sends one envelope may take, the origin's included:
     /// 2 lets a receiver whose view disagrees with the sender's forward once
@@ -35,7 +37,7 @@ pub struct MeshConfig {
 impl Default for MeshConfig {
     fn default() -> Self {
         Self {
-            max_envelope_bytes: 1024 * 1024,
+            max_envelope_bytes: 960 * 1024,
             max_hops: 2,
             default_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),

@@ -27,14 +27,17 @@
 //! | `version` other than [`PROTOCOL_VERSION`] | `FAILED_PRECONDITION` naming both versions |
 //! | encoded envelope over [`MeshConfig::max_envelope_bytes`] | `INVALID_ARGUMENT` with both sizes |
 //! | `hops` over [`MeshConfig::max_hops`] | `INVALID_ARGUMENT` with the count and the limit |
-//! | empty `id` or `key` | `INVALID_ARGUMENT` |
+//! | `id`, `key`, `origin` or `source` against the shared rules (`proto::rules`) | `INVALID_ARGUMENT` naming the field |
+//! | bytes that are not an envelope | `INVALID_ARGUMENT` |
+//! | `origin` not a live member; `source` set by a member without the forward role | `ABORTED`; `PERMISSION_DENIED` |
 //! | deadline already passed on arrival | `DEADLINE_EXCEEDED` |
 //!
 //! `RESOURCE_EXHAUSTED` is kept for "this worker is at capacity, try the next
 //! owner", which is why an oversized envelope is `INVALID_ARGUMENT`: retrying
 //! it elsewhere cannot help. An envelope more than twice the limit is refused
-//! by tonic's decoder before it reaches the handler (`OUT_OF_RANGE`), so the
-//! server never buffers more than that.
+//! by tonic's decoder before it is buffered, and bytes that do not decode
+//! never reach the handler either; a layer over the server answers both
+//! `INVALID_ARGUMENT` and counts them (`oversized`, `malformed`).
 //!
 //! # Deadlines
 //!

@@ -48,7 +48,7 @@ use tracing::{Instrument as _, debug};
 
 use super::config::MeshConfig;
 use super::envelope::{self, PROTOCOL_VERSION};
-use super::stats::{Counters, MeshStats, count};
+use super::stats::{Counters, DecoderRefusal, MeshStats, count};
 use super::table::Table;
 use crate::gossip::View;
 use crate::role::Role;
@@ -142,6 +142,15 @@ impl Router {
     /// A snapshot of the data plane's counters (server and router).
     pub fn stats(&self) -> MeshStats {
         self.inner.counters.read()
+    }
+
+    /// Counts an envelope tonic's decoder refused before `Deliver` ran.
+    pub(crate) fn count_decoder_refusal(&self, kind: DecoderRefusal) {
+        let c = &self.inner.counters;
+        count(match kind {
+            DecoderRefusal::Oversized => &c.oversized,
+            DecoderRefusal::Undecodable => &c.malformed,
+        });
     }
 
     /// Remote replies being relayed to callers of this node now.

@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::envelope::grpc_timeout;
 use super::router::Router;
+use super::stats::DecoderRefusal;
 use crate::worker::ReplyStream;
 
 /// The `Mesh` gRPC service over a [`Router`].
@@ -57,9 +58,47 @@ pub async fn serve(
     if let Some(tls) = &router.config().tls {
         builder = builder.tls_config(tls.server_config())?;
     }
+    let refusals = router.clone();
     // The mesh is the only service on its port, so it is served without
     // tonic's (axum-based) router.
     builder
+        .layer(tower::util::MapResponseLayer::new(move |res| {
+            answer_decoder_refusals(res, &refusals)
+        }))
         .serve_with_incoming_shutdown(MeshService::new(router).into_server(), incoming, shutdown)
         .await
+}
+
+/// Refusals made by tonic's decoder, before `Deliver` runs, are counted and
+/// answered like the handler's own: an envelope over the decoder's limit
+/// (tonic says `OUT_OF_RANGE`) or one that is not a valid protobuf message
+/// (tonic says `INTERNAL`) is the sender's mistake, `INVALID_ARGUMENT`.
+fn answer_decoder_refusals(
+    mut res: http::Response<tonic::body::Body>,
+    router: &Router,
+) -> http::Response<tonic::body::Body> {
+    let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (Some(status), message) = (header("grpc-status"), header("grpc-message")) else {
+        return res;
+    };
+    // tonic percent-encodes the message.
+    let message = percent_encoding::percent_decode_str(&message.unwrap_or_default())
+        .decode_utf8_lossy()
+        .into_owned();
+    let refusal = match status.as_str() {
+        "11" => Some((DecoderRefusal::Oversized, "envelope over the size limit")),
+        "13" if message.starts_with("failed to decode") => Some((DecoderRefusal::Undecodable, "undecodable envelope")),
+        _ => None,
+    };
+    if let Some((kind, what)) = refusal {
+        router.count_decoder_refusal(kind);
+        let headers = res.headers_mut();
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        let text = format!("{what}: {message}");
+        let text = percent_encoding::utf8_percent_encode(&text, percent_encoding::CONTROLS).to_string();
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            headers.insert("grpc-message", v);
+        }
+    }
+    res
 }

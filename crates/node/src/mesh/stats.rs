@@ -48,3 +48,12 @@ stats::counters! {
 pub(crate) fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
+
+/// What tonic's decoder refused.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DecoderRefusal {
+    /// Over the decoder's size limit.
+    Oversized,
+    /// Not a valid protobuf message.
+    Undecodable,
+}
