@@ -44,8 +44,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
 use tokio::sync::mpsc;
@@ -65,17 +68,30 @@ use crate::processor::{FinalReply, ProcessError, Processor, Replies};
 /// the processor panicked.
 pub type ReplyStream = ReceiverStream<Result<ReplyChunk, Status>>;
 
+/// Resolves when a record is in the event log (`Ok`), or will never be
+/// (`Err(why)`: set aside, or the log's publisher stopped).
+pub type Recorded = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A record that is durable at once (a sink that keeps nothing).
+pub fn recorded() -> Recorded {
+    Box::pin(std::future::ready(Ok(())))
+}
+
 /// Where a worker reports what it processed: the seam to the event log
 /// (Kafka, or the embedded log of `rumor up`), which the binary plugs in.
 ///
 /// Both calls happen on the lane task, in conversation order, and must not
 /// block: an implementation queues the record (bounded) and counts what it
-/// cannot queue, it never waits for a broker.
+/// cannot queue, it never waits for a broker. The [`Recorded`] they return
+/// says when the record is durable; the worker holds a reply's final chunk
+/// until the message's and the reply's records are (see
+/// [`WorkerConfig::wait_for_records`]), so a message that was answered is
+/// never missing from the log after this node crashes.
 pub trait RecordSink: Send + Sync + fmt::Debug + 'static {
     /// Processing of `msg` is starting (it was not expired in the queue).
-    fn inbound(&self, worker: &str, msg: &Envelope);
+    fn inbound(&self, worker: &str, msg: &Envelope) -> Recorded;
     /// Processing of `msg` ended with `reply`.
-    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply);
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply) -> Recorded;
     /// `Err(why)` while records cannot be delivered (the log is unreachable
     /// or its buffer is stalled): the node reports not ready, though it keeps
     /// serving. Default: always healthy.
@@ -104,6 +120,16 @@ pub struct WorkerConfig {
     /// Reply chunks buffered per message before the processor waits for the
     /// caller to read. Default 16.
     pub chunk_buffer: usize,
+    /// How long a reply's final chunk waits for the message's and the
+    /// reply's records to be in the event log, while the log is healthy:
+    /// then a message that was answered survives a crash of this node (the
+    /// cost is one acknowledgement of the log per reply; see
+    /// docs/benchmarks/dataplane.md). A reply whose records take longer is
+    /// sent anyway, and later replies do not wait until a record gets
+    /// through again; while the log is unreachable no reply waits. Those
+    /// replies' records stay buffered and are counted in
+    /// `replies_unrecorded`. `None` never waits. Default 1 s.
+    pub wait_for_records: Option<Duration>,
     /// Largest reply handed whole to the [`RecordSink`]; a longer one is
     /// reported truncated. Default 960 KiB, which fits in a Kafka record of
     /// Kafka's default size limit with the record's other fields.
@@ -118,6 +144,7 @@ impl Default for WorkerConfig {
             max_cached_reply_bytes: 64 * 1024,
             chunk_buffer: 16,
             max_recorded_reply_bytes: 960 * 1024,
+            wait_for_records: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -145,6 +172,12 @@ stats::counters! {
     over_capacity,
     /// Messages refused because the worker was leaving (routed to the next owner).
     refused_draining,
+    /// Replies whose final chunk waited for their records to be in the event log.
+    replies_recorded_first,
+    /// Replies sent before their records were in the event log (the log was
+    /// unhealthy or slower than `wait_for_records`); a crash of this node
+    /// then could lose the records.
+    replies_unrecorded,
 }
 
 /// A handle to one worker. Cheap to clone; all clones share the queues.
@@ -169,6 +202,9 @@ struct Inner {
     sink: Option<Arc<dyn RecordSink>>,
     /// Set when the node leaves: new messages are refused.
     draining: AtomicBool,
+    /// Set when a reply's records took longer than `wait_for_records`;
+    /// replies do not wait until a record gets through again.
+    records_slow: Arc<AtomicBool>,
     /// Guards the queues, the in-flight count and the window together, so
     /// that the duplicate check, the capacity check and the enqueue are one
     /// atomic step. Held only for map operations, never across an await.
@@ -241,6 +277,7 @@ impl Worker {
                 processor,
                 sink: None,
                 draining: AtomicBool::new(false),
+                records_slow: Arc::default(),
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
             }),
@@ -440,9 +477,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         inner.config.max_cached_reply_bytes,
         record,
     );
-    if let Some(sink) = &inner.sink {
-        sink.inbound(&inner.name, &envelope);
-    }
+    let inbound_recorded = inner.sink.as_ref().map(|sink| sink.inbound(&inner.name, &envelope));
     // Kept for the sink's reply record; the processor task gets its own copy
     // (an `Envelope` clone shares the payload's bytes).
     let recorded_env = inner.sink.as_ref().map(|_| envelope.clone());
@@ -480,7 +515,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
                     error: Some((Code::Internal as u32, "the processor panicked".into())),
                     ..FinalReply::default()
                 };
-                sink.reply(&inner.name, env, &reply);
+                drop(sink.reply(&inner.name, env, &reply));
             }
             return;
         }
@@ -498,7 +533,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             inner.finish(&mkey, None);
             if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
                 reply.error = Some((Code::Cancelled as u32, "cancelled: the caller went away".into()));
-                sink.reply(&inner.name, env, &reply);
+                drop(sink.reply(&inner.name, env, &reply));
             }
             return;
         }
@@ -524,7 +559,57 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     };
     if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
         reply.error = terminal.error.as_ref().map(|e| (e.code, e.message.clone()));
-        sink.reply(&inner.name, env, &reply);
+        let reply_recorded = sink.reply(&inner.name, env, &reply);
+        wait_for_records(inner, sink.as_ref(), inbound_recorded, reply_recorded, deadline).await;
     }
     let _ = out.tx.send(Ok(terminal)).await;
+}
+
+/// Holds the final chunk until the message's and the reply's records are
+/// in the event log, while the log is healthy and for at most
+/// [`WorkerConfig::wait_for_records`] (and never past the deadline).
+async fn wait_for_records(
+    inner: &Inner,
+    sink: &dyn RecordSink,
+    inbound: Option<Recorded>,
+    reply: Recorded,
+    deadline: Instant,
+) {
+    let c = &inner.counters;
+    let Some(limit) = inner.config.wait_for_records else {
+        return;
+    };
+    let slow = &inner.records_slow;
+    if sink.health().is_err() || slow.load(Ordering::Relaxed) {
+        // The log is down or slow: answering now beats answering late. The
+        // first record that gets through again ends the slow spell.
+        c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
+        let slow = slow.clone();
+        tokio::spawn(async move {
+            if reply.await.is_ok() {
+                slow.store(false, Ordering::Relaxed);
+            }
+        });
+        return;
+    }
+    let both = async {
+        let inbound = match inbound {
+            Some(r) => r.await,
+            None => Ok(()),
+        };
+        inbound.and(reply.await)
+    };
+    let until = deadline.min(Instant::now() + limit);
+    match tokio::time::timeout_at(until, both).await {
+        Ok(Ok(())) => {
+            c.replies_recorded_first.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Err(_)) => {
+            c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(_) => {
+            c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
+            slow.store(true, Ordering::Relaxed);
+        }
+    }
 }

@@ -706,16 +706,82 @@ struct Sink {
 }
 
 impl node::worker::RecordSink for Sink {
-    fn inbound(&self, worker: &str, msg: &Envelope) {
+    fn inbound(&self, worker: &str, msg: &Envelope) -> node::worker::Recorded {
         self.seen
             .lock()
             .unwrap()
             .push(format!("in {} {} at {worker}", msg.id, msg.key));
+        node::worker::recorded()
     }
-    fn reply(&self, worker: &str, msg: &Envelope, reply: &node::processor::FinalReply) {
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &node::processor::FinalReply) -> node::worker::Recorded {
         self.seen.lock().unwrap().push(format!("reply {} at {worker}", msg.id));
         self.replies.lock().unwrap().push(reply.clone());
+        node::worker::recorded()
     }
+}
+
+/// A sink whose reply records become durable only when the test says so,
+/// and that can report the log as down.
+#[derive(Debug, Default)]
+struct SlowLog {
+    durable: Mutex<Vec<oneshot::Sender<Result<(), String>>>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl node::worker::RecordSink for SlowLog {
+    fn inbound(&self, _: &str, _: &Envelope) -> node::worker::Recorded {
+        node::worker::recorded()
+    }
+    fn reply(&self, _: &str, _: &Envelope, _: &node::processor::FinalReply) -> node::worker::Recorded {
+        let (tx, rx) = oneshot::channel();
+        self.durable.lock().unwrap().push(tx);
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err("dropped".into())) })
+    }
+    fn health(&self) -> Result<(), String> {
+        if self.down.load(Ordering::SeqCst) {
+            Err("down".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_final_chunk_waits_until_the_records_are_in_the_log_while_the_log_is_up() {
+    within(async {
+        let log = Arc::new(SlowLog::default());
+        let worker = Worker::new("w", WorkerConfig::default(), Arc::new(Echo::default())).with_sink(log.clone());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut reply = worker.submit(envelope("m1", "k", "abc"), deadline).unwrap();
+        let mut data = Vec::new();
+        loop {
+            // Every data chunk arrives; the final one waits for the log.
+            match timeout(Duration::from_millis(300), reply.next()).await {
+                Ok(Some(Ok(c))) => {
+                    assert!(!c.last, "the final chunk came before the record was durable");
+                    data.extend_from_slice(&c.data);
+                }
+                Err(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(data, b"abc");
+        for tx in log.durable.lock().unwrap().drain(..) {
+            tx.send(Ok(())).unwrap();
+        }
+        let last = reply.next().await.unwrap().unwrap();
+        assert!(last.last);
+        assert_eq!(worker.stats().replies_recorded_first, 1);
+
+        // With the log down, nobody waits: the reply goes out at once.
+        log.down.store(true, Ordering::SeqCst);
+        let answer = collect(worker.submit(envelope("m2", "k", "abc"), deadline).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(answer.data, b"abc");
+        assert_eq!(worker.stats().replies_unrecorded, 1);
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -1186,6 +1186,60 @@ async fn assert_stored_once(db_url: &str, ids: &[String]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answered_message_is_in_postgresql_even_when_its_worker_is_killed_the_moment_it_answered() {
+    within(async {
+        let db = TestDb::create().await;
+        let topics = format!("t{}", nanos());
+        // With `[worker] wait_for_records_ms = 0` this fails: the records of
+        // the last replies are lost with the process.
+        let events = event_config(&topics);
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let seed = gw.gossip.clone();
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let mut nodes = vec![gw, Proc::start_with("w1", "worker", &[&seed], &key, Some(&events))];
+        let _bridge = BridgeProc::start(&db, &topics, &[]);
+        let mut ids = Vec::new();
+        for round in 0..5 {
+            agree(&nodes, &names, 1).await;
+            let req = SendRequest {
+                key: format!("conv-kill-{round}"),
+                payload: format!("answered {round}"),
+                timeout_ms: Some(10_000),
+                ..Default::default()
+            };
+            let pid = nodes[1].pid().to_string();
+            // kill -9 the worker as soon as the final chunk is here: the
+            // message was answered, so its records must be in Kafka already.
+            let lines = nodes[0]
+                .client()
+                .send(&req, |l| {
+                    if l.is_terminal() {
+                        let _ = Command::new("kill").args(["-9", &pid]).status();
+                    }
+                })
+                .await
+                .unwrap();
+            let last = lines.last().unwrap();
+            assert!(last.last && last.error.is_none(), "{last:?}");
+            ids.push(last.id.clone());
+            let _ = nodes[1].child.wait();
+            // Restarted under the same name, it rejoins.
+            nodes[1] = Proc::start_with("w1", "worker", &[&seed], &key, Some(&events));
+        }
+        eventually(
+            "every answered message and its reply in PostgreSQL",
+            Duration::from_secs(30),
+            || async { (count(&db, "SELECT count(*) FROM messages").await as usize >= 2 * ids.len()).then_some(()) },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&db.url(), &ids).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
     within(async {
         let kafka = PrivateKafka::start().await;

@@ -204,6 +204,8 @@ pub struct DebugSection {
 #[serde(deny_unknown_fields, default)]
 pub struct WorkerSection {
     pub dedup_window: usize,
+    /// How long a reply's final chunk waits for its records; 0: never.
+    pub wait_for_records_ms: u64,
     /// One of [`processors::NAMES`].
     pub processor: String,
     pub echo: EchoSection,
@@ -279,8 +281,10 @@ impl Default for MeshSection {
 
 impl Default for WorkerSection {
     fn default() -> Self {
+        let w = node::worker::WorkerConfig::default();
         Self {
-            dedup_window: node::worker::WorkerConfig::default().dedup_window,
+            dedup_window: w.dedup_window,
+            wait_for_records_ms: w.wait_for_records.map_or(0, |d| d.as_millis() as u64),
             processor: "echo".into(),
             echo: EchoSection::default(),
         }
@@ -464,6 +468,10 @@ impl FileConfig {
         c.fault_injection = self.debug.fault_injection;
         c.mesh.check().map_err(mesh_error)?;
         c.worker.dedup_window = self.worker.dedup_window;
+        c.worker.wait_for_records = match self.worker.wait_for_records_ms {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
         if c.has_role(node::Role::Worker) {
             c.processor = Some(self.worker.processor()?);
         }

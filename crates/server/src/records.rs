@@ -11,7 +11,7 @@ use events::Topics;
 use events::codec;
 use events::publisher::Publisher;
 use node::processor::FinalReply;
-use node::worker::RecordSink;
+use node::worker::{RecordSink, Recorded};
 use proto::events::MessageRecord;
 use proto::mesh::Envelope;
 
@@ -32,11 +32,14 @@ impl LogSink {
         }
     }
 
-    fn publish(&self, rec: MessageRecord) {
-        let id = rec.id.clone();
-        // The publisher counts a refusal (buffer full); say which message.
-        if let Err(e) = self.publisher.publish(codec::message_record(&self.topic, &rec)) {
-            tracing::error!(message = %id, kind = ?rec.kind(), "record not published: {e}");
+    fn publish(&self, rec: MessageRecord) -> Recorded {
+        match self.publisher.publish(codec::message_record(&self.topic, &rec)) {
+            Ok(delivery) => Box::pin(delivery),
+            Err(e) => {
+                // The publisher counts a refusal (buffer full); say which message.
+                tracing::error!(message = %rec.id, kind = ?rec.kind(), "record not published: {e}");
+                Box::pin(std::future::ready(Err(e.to_string())))
+            }
         }
     }
 }
@@ -50,14 +53,14 @@ fn source_of(msg: &Envelope) -> String {
 }
 
 impl RecordSink for LogSink {
-    fn inbound(&self, worker: &str, msg: &Envelope) {
+    fn inbound(&self, worker: &str, msg: &Envelope) -> Recorded {
         self.publish(MessageRecord {
             source: source_of(msg),
             ..codec::inbound(worker, msg)
-        });
+        })
     }
 
-    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply) {
+    fn reply(&self, worker: &str, msg: &Envelope, reply: &FinalReply) -> Recorded {
         let rec = codec::reply(
             worker,
             msg,
@@ -69,7 +72,7 @@ impl RecordSink for LogSink {
         self.publish(MessageRecord {
             source: source_of(msg),
             ..rec
-        });
+        })
     }
 
     fn health(&self) -> Result<(), String> {
