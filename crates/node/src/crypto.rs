@@ -164,6 +164,7 @@ pub enum OpenError {
 #[error("plaintext too long to encrypt")]
 pub struct SealError;
 
+#[derive(Clone)]
 struct Entry {
     key: Key,
     id: KeyId,
@@ -171,6 +172,7 @@ struct Entry {
 }
 
 /// The keys of one node: the first is the primary, which encrypts; all decrypt.
+#[derive(Clone)]
 pub struct Keyring {
     /// `entries[0]` is the primary. Never empty.
     entries: Vec<Entry>,

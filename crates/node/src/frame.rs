@@ -49,6 +49,12 @@ pub fn encode(body: &[u8]) -> Option<Vec<u8>> {
 /// arrive rather than by the announced length, so a peer that announces a
 /// large frame and sends nothing costs no memory.
 pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Vec<u8>, FrameError> {
+    let len = read_header(r, limit).await?;
+    read_body(r, len).await
+}
+
+/// Reads a frame's header: the body length, at most `limit`.
+pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<usize, FrameError> {
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -62,6 +68,11 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: usize) -> Result<Vec<u
     if len > limit {
         return Err(FrameError::TooLarge { len: len as u64, limit });
     }
+    Ok(len)
+}
+
+/// Reads a body of `len` bytes, after its header.
+pub async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8>, FrameError> {
     let mut body = Vec::with_capacity(len.min(64 * 1024));
     r.take(len as u64).read_to_end(&mut body).await?;
     if body.len() < len {

@@ -4,20 +4,36 @@
 //! ```text
 //!            UDP socket ──datagrams──┐
 //!                                    │
-//!  TCP listener ─accept─> reader task per connection ─frames (mpsc)─┐
-//!                                    │                             │
-//!  GossipHandle ──commands (mpsc)──> owner task: Membership, Keyring
+//!  TCP listener ─accept─> reader task per connection: header within first_frame_timeout,
+//!                         body, decrypt (a snapshot of the keyring) ─plaintext frames (mpsc)─┐
+//!                                    │                                                       │
+//!  GossipHandle ──commands (mpsc)──> owner task: Membership, Keyring <───────────────────────┘
 //!       ^                            │
 //!       └── view (watch), events (broadcast), counters (atomics)
 //! ```
 //!
 //! The owner task is the only code that touches the state machine and the
-//! keyring, so neither needs a lock. It loops over a `select!` of: a datagram
-//! on the UDP socket, a frame body from a connection reader, a new TCP
+//! only one that changes the keyring, so neither needs a lock; connection
+//! readers decrypt with an immutable snapshot of the keyring that the owner
+//! publishes whenever it changes. It loops over a `select!` of: a datagram
+//! on the UDP socket, a frame from a connection reader, a new TCP
 //! connection, a command from a [`GossipHandle`], and the state machine's next
 //! deadline. After each input it drains the machine's outputs: datagrams are
 //! sent from the owner task; each reliable (push-pull) message is sent by a
 //! short-lived task that connects to the peer, writes one frame and closes.
+//!
+//! # Who may hold a push-pull connection
+//!
+//! The TCP port is open to anyone who can reach it, so an unauthenticated
+//! peer must not be able to starve the members that need it (a joining node
+//! pulls the seed's state through it). A connection must send its frame's
+//! header within [`GossipConfig::first_frame_timeout`], one source address
+//! may hold at most [`GossipConfig::max_streams_per_peer`] idle connections
+//! (no header yet), all sources together at most
+//! [`GossipConfig::max_pending_streams`] connections that have not delivered
+//! an authentic frame, and only frames that decrypt under
+//! the cluster's keys count against the shared limit
+//! ([`GossipConfig::max_inbound_streams`]) on their way to the owner task.
 //!
 //! UDP and TCP share one port number. With port 0 the OS picks a free UDP
 //! port and the TCP listener takes the same number.
@@ -25,11 +41,12 @@
 //! Everything dropped is counted: see [`TransportStats`] for the transport's
 //! own counters and [`membership::Stats`] for the protocol's.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use membership::{Bytes, Event, Member, Membership, Meta, MetaTooLarge, NewError, Status, Transmit};
@@ -70,9 +87,19 @@ pub struct GossipConfig {
     /// Deadline for connecting and writing an outgoing push-pull frame, and for
     /// reading a whole incoming one. Default: 10 s.
     pub stream_timeout: Duration,
-    /// Incoming push-pull connections read at the same time; further ones are
-    /// closed at once and counted (`streams_rejected`). Default: 64.
+    /// Authenticated push-pull frames on their way to the owner task at
+    /// once (frames that decrypt under the cluster's keys, or any frame in
+    /// plaintext mode); further ones wait. Default: 64.
     pub max_inbound_streams: usize,
+    /// Time a new connection has to send its frame's header; an idle one is
+    /// closed after it. Default: 1 s.
+    pub first_frame_timeout: Duration,
+    /// Idle connections (no frame header yet) from one source address, at
+    /// most; further ones are closed at once and counted
+    /// (`streams_rejected`). Default: 8.
+    pub max_streams_per_peer: usize,
+    /// Such connections from all sources, at most. Default: 256.
+    pub max_pending_streams: usize,
 }
 
 impl GossipConfig {
@@ -88,6 +115,9 @@ impl GossipConfig {
             meta: Meta::default(),
             stream_timeout: Duration::from_secs(10),
             max_inbound_streams: 64,
+            first_frame_timeout: Duration::from_secs(1),
+            max_streams_per_peer: 8,
+            max_pending_streams: 256,
         }
     }
 }
@@ -229,9 +259,11 @@ stats::counters! {
     /// Incoming connections closed before a whole frame arrived, or failing
     /// with a socket error.
     stream_errors,
-    /// Incoming connections that did not deliver a frame within `stream_timeout`.
+    /// Incoming connections that did not send a frame header within
+    /// `first_frame_timeout`, or the whole frame within `stream_timeout`.
     stream_timeouts,
-    /// Incoming connections refused because `max_inbound_streams` were busy.
+    /// Incoming connections refused because their source address (or all
+    /// sources together) held too many unauthenticated ones.
     streams_rejected,
     /// Outgoing push-pull frames that failed (connect, write or timeout).
     stream_send_failures,
@@ -457,8 +489,11 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
     if config.stream_timeout.is_zero() {
         return Err(StartError::Invalid("stream_timeout must be positive"));
     }
-    if config.max_inbound_streams == 0 {
-        return Err(StartError::Invalid("max_inbound_streams must be positive"));
+    if config.max_inbound_streams == 0 || config.max_streams_per_peer == 0 || config.max_pending_streams == 0 {
+        return Err(StartError::Invalid("the stream limits must be positive"));
+    }
+    if config.first_frame_timeout.is_zero() {
+        return Err(StartError::Invalid("first_frame_timeout must be positive"));
     }
     let keyring = Keyring::from_base64(&config.keys)?;
     config.membership.validate().map_err(NewError::from)?;
@@ -503,10 +538,11 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
     info!(node = %config.name, %addr, %bound, seeds = ?config.seeds, seed, "gossip started");
 
     let (commands_tx, commands) = mpsc::channel(64);
-    // Connection readers hand complete frame bodies to the owner task, the only
-    // one allowed to decrypt and feed the state machine. Bounded so that a burst
-    // of connections waits (holding its slot) instead of buffering without limit.
-    let (frames_tx, frames) = mpsc::channel(16);
+    // Connection readers hand authentic frames, decrypted, to the owner task,
+    // the only one that feeds the state machine. Bounded by the shared
+    // limit, so a burst of them waits instead of buffering without limit.
+    let (frames_tx, frames) = mpsc::channel(config.max_inbound_streams);
+    let keys = watch::Sender::new(keyring.clone().map(Arc::new));
     let (events, _) = broadcast::channel(1024);
     let counters = Arc::new(Counters::default());
     let isolated = Arc::new(AtomicBool::new(false));
@@ -522,7 +558,13 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         commands,
         frames,
         frames_tx,
-        stream_slots: Arc::new(Semaphore::new(config.max_inbound_streams)),
+        keys,
+        first_frame_timeout: config.first_frame_timeout,
+        pending: Arc::new(Pending {
+            slots: Arc::new(Semaphore::new(config.max_pending_streams)),
+            by_peer: Mutex::default(),
+            per_peer: config.max_streams_per_peer,
+        }),
         counters: counters.clone(),
         isolated: isolated.clone(),
         events: events.clone(),
@@ -602,6 +644,60 @@ async fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), StartError> 
     Err(last.expect("at least one attempt"))
 }
 
+/// Connections that have not delivered an authentic frame yet: at most
+/// `slots` from all sources together, and at most `per_peer` idle ones (no
+/// header yet) from one source address, so a flood of idle or bogus
+/// connections costs a bounded number of tasks and buffers and cannot shut
+/// the members out. A plain mutex: held only to add or remove one count.
+#[derive(Debug)]
+struct Pending {
+    slots: Arc<Semaphore>,
+    by_peer: Mutex<HashMap<IpAddr, usize>>,
+    per_peer: usize,
+}
+
+/// A connection that has not sent its frame's header yet, counted against
+/// its source address until dropped. Members send the header at once, so
+/// only idle connections stay counted: co-located members (one address)
+/// are not held back by each other.
+struct IdleSlot {
+    pending: Arc<Pending>,
+    peer: IpAddr,
+}
+
+impl Pending {
+    /// A slot among all pending connections, and one of the source's idle
+    /// slots; `None` when either is full.
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<(tokio::sync::OwnedSemaphorePermit, IdleSlot)> {
+        let slot = self.slots.clone().try_acquire_owned().ok()?;
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let n = by_peer.entry(peer).or_default();
+        if *n >= self.per_peer {
+            return None;
+        }
+        *n += 1;
+        Some((
+            slot,
+            IdleSlot {
+                pending: self.clone(),
+                peer,
+            },
+        ))
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        let mut by_peer = self.pending.by_peer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                by_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
 struct Leaving {
     deadline: Duration,
     waiters: Vec<oneshot::Sender<LeaveOutcome>>,
@@ -624,9 +720,14 @@ struct Driver {
     /// Cloned into each connection reader. Holding one here also means
     /// `frames.recv()` never reports a closed channel.
     frames_tx: mpsc::Sender<Vec<u8>>,
-    /// Bounds the connection readers alive at once, so a flood of idle
-    /// connections costs a bounded number of tasks and buffers.
-    stream_slots: Arc<Semaphore>,
+    /// The keyring as connection readers see it: a snapshot the owner
+    /// replaces whenever the keyring changes (a watch: readers only need the
+    /// newest one).
+    keys: watch::Sender<Option<Arc<Keyring>>>,
+    /// Time a connection has to send its frame's header.
+    first_frame_timeout: Duration,
+    /// Connections that have not delivered an authentic frame yet.
+    pending: Arc<Pending>,
     counters: Arc<Counters>,
     /// Fault injection: while set, every datagram and frame in or out is
     /// dropped, as if the node's network were cut.
@@ -865,40 +966,17 @@ impl Driver {
         }
     }
 
-    fn on_frame(&mut self, body: &[u8]) {
+    /// A push-pull frame that a connection reader read and decrypted.
+    fn on_frame(&mut self, plain: &[u8]) {
         if self.is_isolated() {
             return;
         }
         let now = self.now();
-        match &self.keyring {
-            None => self.membership.handle_stream(now, body),
-            Some(ring) => match ring.open_into(body, &mut self.plain_buf) {
-                Ok(()) => {
-                    self.membership.handle_stream(now, &self.plain_buf);
-                    // Do not keep a push-pull-sized buffer around.
-                    if self.plain_buf.capacity() > 64 * 1024 {
-                        self.plain_buf = Vec::new();
-                    }
-                }
-                Err(e) => self.decrypt_failed("push-pull frame", None, e),
-            },
-        }
+        self.membership.handle_stream(now, plain);
     }
 
     fn decrypt_failed(&self, what: &str, from: Option<SocketAddr>, e: OpenError) {
-        let before = self.counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
-        let node = self.membership.name();
-        let from = from.map(|a| a.to_string()).unwrap_or_default();
-        // The first failure is worth an operator's attention (a peer with the
-        // wrong key, or without encryption); the rest show in the counter.
-        if before == 0 {
-            warn!(
-                node,
-                from, "dropped a {what} that does not decrypt ({e}); a peer may use another gossip key or none"
-            );
-        } else {
-            debug!(node, from, "dropped a {what}: {e}");
-        }
+        decrypt_failed(&self.counters, self.membership.name(), what, from, e);
     }
 
     fn on_accept(&mut self, r: io::Result<(TcpStream, SocketAddr)>) {
@@ -911,36 +989,65 @@ impl Driver {
                 return;
             }
         };
-        let Ok(permit) = self.stream_slots.clone().try_acquire_owned() else {
+        let Some((slot, idle)) = self.pending.take(peer.ip()) else {
             Counters::inc(&self.counters.streams_rejected);
-            debug!(%peer, "push-pull connection refused: too many open");
+            debug!(%peer, "push-pull connection refused: too many unauthenticated ones from it or overall");
             return;
         };
         let frames = self.frames_tx.clone();
         let counters = self.counters.clone();
-        let (limit, deadline) = (self.max_frame, self.stream_timeout);
+        let keys = self.keys.subscribe();
+        let node = self.membership.name().to_owned();
+        let (limit, first, deadline) = (self.max_frame, self.first_frame_timeout, self.stream_timeout);
         // One reader per connection so that a slow sender delays only itself.
         tokio::spawn(async move {
-            let _permit = permit;
-            match timeout(deadline, frame::read(&mut stream, limit)).await {
-                Ok(Ok(body)) => {
-                    Counters::inc(&counters.frames_in);
-                    // Fails only when the owner task has stopped.
-                    let _ = frames.send(body).await;
+            let header = timeout(first, frame::read_header(&mut stream, limit)).await;
+            // It spoke: no longer idle.
+            drop(idle);
+            let body = match header {
+                Ok(Ok(len)) => timeout(deadline, frame::read_body(&mut stream, len)).await,
+                Ok(Err(e)) => Ok(Err(e)),
+                Err(_) => {
+                    Counters::inc(&counters.stream_timeouts);
+                    debug!(%peer, "push-pull connection closed: no frame header within {first:?}");
+                    return;
                 }
+            };
+            let body = match body {
+                Ok(Ok(body)) => body,
                 Ok(Err(e @ FrameError::TooLarge { .. })) => {
                     Counters::inc(&counters.oversized_frames);
                     debug!(%peer, "push-pull frame dropped: {e}");
+                    return;
                 }
                 Ok(Err(e)) => {
                     Counters::inc(&counters.stream_errors);
                     debug!(%peer, "push-pull frame dropped: {e}");
+                    return;
                 }
                 Err(_) => {
                     Counters::inc(&counters.stream_timeouts);
                     debug!(%peer, "push-pull frame dropped: no complete frame within {deadline:?}");
+                    return;
                 }
-            }
+            };
+            let ring = keys.borrow().clone();
+            let plain = match ring {
+                None => body,
+                Some(ring) => match ring.open(&body) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        decrypt_failed(&counters, &node, "push-pull frame", Some(peer), e);
+                        return;
+                    }
+                },
+            };
+            // Authentic: it no longer counts as pending, and waits its turn
+            // for the owner task under the shared limit.
+            drop(slot);
+            Counters::inc(&counters.frames_in);
+            // Fails only when the owner task has stopped.
+            let _ = frames.send(plain).await;
         });
     }
 
@@ -1019,8 +1126,28 @@ impl Driver {
                 ring.remove(&k)?;
                 info!(node, key = %k.id(), "gossip key removed");
             }
-            KeyOp::List => {}
+            KeyOp::List => return Ok(ring.key_ids()),
         }
-        Ok(ring.key_ids())
+        let ids = ring.key_ids();
+        // Connection readers decrypt with the new keys from now on.
+        self.keys.send_replace(self.keyring.clone().map(Arc::new));
+        Ok(ids)
+    }
+}
+
+/// Counts a packet or frame that did not decrypt; the first failure is
+/// logged as a warning.
+fn decrypt_failed(counters: &Counters, node: &str, what: &str, from: Option<SocketAddr>, e: OpenError) {
+    let before = counters.decrypt_failures.fetch_add(1, Ordering::Relaxed);
+    let from = from.map(|a| a.to_string()).unwrap_or_default();
+    // The first failure is worth an operator's attention (a peer with the
+    // wrong key, or without encryption); the rest show in the counter.
+    if before == 0 {
+        warn!(
+            node,
+            from, "dropped a {what} that does not decrypt ({e}); a peer may use another gossip key or none"
+        );
+    } else {
+        debug!(node, from, "dropped a {what}: {e}");
     }
 }

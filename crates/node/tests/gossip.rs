@@ -263,7 +263,8 @@ async fn garbage_datagrams_and_bad_frames_are_counted_and_do_not_crash_the_node(
         let key = Key::generate();
         let mut cfg = config("n0", &[], &[&key]);
         cfg.stream_timeout = Duration::from_millis(300);
-        cfg.max_inbound_streams = 1;
+        cfg.first_frame_timeout = Duration::from_millis(300);
+        cfg.max_streams_per_peer = 1;
         let target = gossip::spawn(cfg).await.unwrap();
         let peer = gossip::spawn(config("n1", &[target.addr()], &[&key])).await.unwrap();
         let pair = names(&[target.clone(), peer.clone()]);
@@ -296,8 +297,8 @@ async fn garbage_datagrams_and_bad_frames_are_counted_and_do_not_crash_the_node(
         s.write_all(&node::frame::encode(&[7u8; 100]).unwrap()).await.unwrap();
         drop(s);
         wait_counters(&target, |s| s.decrypt_failures >= 21).await;
-        // An idle connection holds the only reader slot until it times out;
-        // a second one meanwhile is refused.
+        // An idle connection holds its source's only slot until it times
+        // out; a second one from the same source meanwhile is refused.
         let idle = TcpStream::connect(addr).await.unwrap();
         let _second = TcpStream::connect(addr).await.unwrap();
         wait_counters(&target, |s| s.streams_rejected >= 1).await;
@@ -313,6 +314,60 @@ async fn garbage_datagrams_and_bad_frames_are_counted_and_do_not_crash_the_node(
         assert_eq!(snap.transport.decrypt_failures, 0);
     })
     .await;
+}
+
+/// A TCP connection to `to` from source address `from` (another loopback
+/// address stands for another host).
+async fn connect_from(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn idle_connections_from_outside_cannot_keep_a_new_node_from_joining() {
+    within(async {
+        let key = Key::generate();
+        let seed = gossip::spawn(config("seed", &[], &[&key])).await.unwrap();
+        let addr = seed.addr();
+        // Someone without the key opens 80 connections and sends nothing,
+        // and keeps opening new ones as they are closed.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flood = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let mut held = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    while held.len() < 80 {
+                        held.push(connect_from("127.0.0.2", addr).await);
+                    }
+                    sleep(Duration::from_millis(50)).await;
+                    // Keep the ones still open; replace the closed ones.
+                    held.retain(|s: &TcpStream| s.peer_addr().is_ok() && !peer_closed(s));
+                }
+            }
+        });
+        sleep(Duration::from_millis(200)).await;
+        // A new node joins through the seed's push-pull, from another address.
+        let joiner = gossip::spawn(config("joiner", &[addr], &[&key])).await.unwrap();
+        let pair = names(&[seed.clone(), joiner.clone()]);
+        wait_view(&joiner, |v| all_alive(v, &pair)).await;
+        wait_view(&seed, |v| all_alive(v, &pair)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flood.await.unwrap();
+        let t = seed.transport_stats();
+        assert!(
+            t.streams_rejected > 0,
+            "the flood was refused beyond its source's limit: {t:?}"
+        );
+    })
+    .await;
+}
+
+/// True when the peer has closed `s` (a read would return end of file).
+fn peer_closed(s: &TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    matches!(s.try_read(&mut buf), Ok(0))
 }
 
 #[tokio::test]
