@@ -231,19 +231,43 @@ impl Node {
 
         let span = tracing::info_span!("node", name = %name);
         let mesh_task = tokio::spawn({
-            let stopped = stopped.clone();
+            let (stopped, shared) = (stopped.clone(), shared.clone());
             async move {
-                if let Err(e) = mesh::serve(mesh_listener, router, wait_true(stopped)).await {
-                    tracing::error!("mesh server failed: {e}");
+                let why = match mesh::serve(mesh_listener, router, wait_true(stopped.clone())).await {
+                    Ok(()) => "the mesh server stopped".to_owned(),
+                    Err(e) => format!("the mesh server failed: {e}"),
+                };
+                if !*stopped.borrow() {
+                    shared.fail(why);
                 }
             }
             .instrument(span.clone())
         });
         let admin_task = tokio::spawn({
-            let shared = shared.clone();
+            let (stopped, shared) = (stopped.clone(), shared.clone());
             async move {
-                if let Err(e) = admin::serve(admin_listener, shared, wait_true(stopped)).await {
-                    tracing::error!("admin server failed: {e}");
+                let why = match admin::serve(admin_listener, shared.clone(), wait_true(stopped.clone())).await {
+                    Ok(()) => "the admin server stopped".to_owned(),
+                    Err(e) => format!("the admin server failed: {e}"),
+                };
+                if !*stopped.borrow() {
+                    shared.fail(why);
+                }
+            }
+            .instrument(span.clone())
+        });
+        // The gossip task owns the membership: if it ends unbidden, the node
+        // is deaf and blind.
+        // (A weak reference: this watch must not keep the node, and with it
+        // the gossip task, alive.)
+        tokio::spawn({
+            let (mut view, stopped, shared) = (shared.gossip.view(), stopped, Arc::downgrade(&shared));
+            async move {
+                while view.changed().await.is_ok() {}
+                if let Some(shared) = shared.upgrade()
+                    && !*stopped.borrow()
+                {
+                    shared.fail("the gossip task ended".to_owned());
                 }
             }
             .instrument(span)
@@ -272,6 +296,18 @@ impl Node {
     /// The gossip handle.
     pub fn gossip(&self) -> &GossipHandle {
         &self.shared.gossip
+    }
+
+    /// Completes when a task the node cannot work without (gossip, the mesh
+    /// server, the admin server) ended unbidden, with why; readiness is off
+    /// from then on. The process should exit so that its supervisor
+    /// (systemd) restarts it.
+    pub async fn failed(&self) -> String {
+        let mut failure = self.shared.failure();
+        match failure.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// What this node set aside because it could never be delivered.

@@ -172,6 +172,9 @@ stats::counters! {
     over_capacity,
     /// Messages refused because the worker was leaving (routed to the next owner).
     refused_draining,
+    /// Conversation lanes that failed (a bug outside the processor); their
+    /// queued messages were failed with an error and the lane restarted.
+    lane_failures,
     /// Replies whose final chunk waited for their records to be in the event log.
     replies_recorded_first,
     /// Replies sent before their records were in the event log (the log was
@@ -423,6 +426,11 @@ fn replay(reply: &[ReplyChunk]) -> ReplyStream {
 
 /// Processes one conversation's queue in order until it is empty.
 async fn run_lane(inner: Arc<Inner>, key: String) {
+    let mut guard = LaneGuard {
+        inner: inner.clone(),
+        key: key.clone(),
+        current: None,
+    };
     loop {
         let job = {
             let mut st = inner.lock();
@@ -430,11 +438,53 @@ async fn run_lane(inner: Arc<Inner>, key: String) {
                 Some(job) => job,
                 None => {
                     st.lanes.remove(&key);
+                    guard.key.clear();
                     return;
                 }
             }
         };
+        guard.current = Some((message_key(&job.envelope), job.tx.clone()));
         run_job(&inner, job).await;
+        guard.current = None;
+    }
+}
+
+/// Cleans up after a lane task that panicked (a bug outside the processor,
+/// whose panics are caught in its own task): the message it was on and the
+/// ones queued behind it are failed with an explicit error and their
+/// capacity freed, and the lane is removed, so the conversation's next
+/// message starts a fresh lane instead of waiting forever.
+struct LaneGuard {
+    inner: Arc<Inner>,
+    /// Empty once the lane ended normally.
+    key: String,
+    /// The message being processed, and its caller.
+    current: Option<(MessageKey, mpsc::Sender<Result<ReplyChunk, Status>>)>,
+}
+
+impl Drop for LaneGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() || self.key.is_empty() {
+            return;
+        }
+        self.inner.counters.lane_failures.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(worker = %self.inner.name, key = %self.key, "a conversation's lane failed; its queued messages are failed");
+        let fail = |tx: &mpsc::Sender<Result<ReplyChunk, Status>>, id: &str| {
+            let _ = tx.try_send(Err(Status::internal(format!(
+                "message {id}: the worker's lane for its conversation failed; it was not answered"
+            ))));
+        };
+        if let Some((current, tx)) = self.current.take() {
+            self.inner.finish(&current, None);
+            self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            fail(&tx, &current.1);
+        }
+        let queued = self.inner.lock().lanes.remove(&self.key).unwrap_or_default();
+        for job in queued {
+            self.inner.finish(&message_key(&job.envelope), None);
+            self.inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+            fail(&job.tx, &job.envelope.id);
+        }
     }
 }
 

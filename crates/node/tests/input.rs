@@ -315,3 +315,14 @@ async fn bytes_that_are_no_envelope_get_invalid_argument_and_are_counted() {
     assert_eq!(n.router().stats().malformed, 1);
     still_serves(&n).await;
 }
+
+#[tokio::test]
+async fn a_node_whose_gossip_task_ends_unbidden_turns_unready_and_says_why() {
+    let n = node().await;
+    let admin = node::client::AdminClient::new(n.addrs().admin.to_string());
+    assert!(admin.ready().await.unwrap());
+    n.gossip().shutdown().await.unwrap();
+    let why = timeout(LIMIT, n.failed()).await.expect("the failure is noticed");
+    assert!(why.contains("gossip"), "{why}");
+    assert!(!admin.ready().await.unwrap(), "not ready once failed");
+}

@@ -850,3 +850,52 @@ async fn thousands_of_forwarded_replies_on_one_pooled_connection_all_arrive_with
     })
     .await;
 }
+
+/// A sink that panics on its first report: a bug outside the processor.
+#[derive(Debug, Default)]
+struct FaultySink {
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+impl node::worker::RecordSink for FaultySink {
+    fn inbound(&self, _: &str, _: &Envelope) -> node::worker::Recorded {
+        if !self.panicked.swap(true, Ordering::SeqCst) {
+            panic!("a bug in the sink");
+        }
+        node::worker::recorded()
+    }
+    fn reply(&self, _: &str, _: &Envelope, _: &node::processor::FinalReply) -> node::worker::Recorded {
+        node::worker::recorded()
+    }
+}
+
+#[tokio::test]
+async fn a_lane_that_fails_fails_its_queued_messages_and_the_conversation_goes_on() {
+    within(async {
+        let worker = Worker::new(
+            "w",
+            WorkerConfig::default(),
+            Arc::new(Echo {
+                chunks: 1,
+                delay: Duration::from_millis(50),
+            }),
+        )
+        .with_sink(Arc::new(FaultySink::default()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = worker.submit(envelope("m1", "k", "one"), deadline).unwrap();
+        let queued = worker.submit(envelope("m2", "k", "two"), deadline).unwrap();
+        // Both end with an explicit error.
+        for reply in [first, queued] {
+            let err = collect(reply).await.unwrap_err();
+            assert_eq!(err.code(), Code::Internal, "{err}");
+        }
+        assert_eq!(worker.stats().lane_failures, 1);
+        assert_eq!(worker.in_flight(), 0, "their capacity is free again");
+        // The conversation's next message starts a fresh lane.
+        let next = collect(worker.submit(envelope("m3", "k", "three"), deadline).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(next.data, b"three");
+    })
+    .await;
+}

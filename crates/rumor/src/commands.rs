@@ -27,16 +27,17 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
         a.admin
     );
     let _ = std::io::stdout().flush();
-    tokio::select! {
-        joined = node.wait_joined() => {
-            if joined.is_ok() {
-                println!("node {} joined", node.name());
-                let _ = std::io::stdout().flush();
-            }
-            terminated().await;
+    let waited = async {
+        if node.wait_joined().await.is_ok() {
+            println!("node {} joined", node.name());
+            let _ = std::io::stdout().flush();
         }
-        () = terminated() => {}
-    }
+        terminated().await;
+    };
+    let failure = tokio::select! {
+        () = waited => None,
+        why = node.failed() => Some(why),
+    };
     println!("node {} leaving", node.name());
     let stopped = server.shutdown().await;
     if stopped.unpublished > 0 {
@@ -49,7 +50,11 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
         stopped.node.abandoned,
         stopped.unpublished
     );
-    Ok(())
+    match failure {
+        // A non-zero exit, so that the supervisor restarts the process.
+        Some(why) => bail!("the node failed: {why}"),
+        None => Ok(()),
+    }
 }
 
 /// `rumor status`: the members table and the ring as one node sees them.

@@ -58,6 +58,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let topics = Topics::default();
     log.create_topics(&topics.specs()).await?;
     let db = std::env::temp_dir().join(format!("rumor-up-{}.db", std::process::id()));
+    let _db_files = Scratch(db.clone());
     let mut bridge_cfg = BridgeConfig::embedded(&db, memlog);
     bridge_cfg.http_bind = SocketAddr::from(([127, 0, 0, 1], opts.bridge_port));
     let bridge = bridge::start(bridge_cfg)
@@ -284,4 +285,18 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     bridge.shutdown().await.context("stopping the bridge")?;
     println!("stopped");
     Ok(())
+}
+
+/// The embedded bridge's SQLite files, removed when `rumor up` ends however
+/// it ends (the database, its write-ahead log and its shared memory).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }

@@ -449,6 +449,13 @@ fn up_prints_members_and_the_demo_reply_then_exits_cleanly() {
     assert!(out.contains("reply \"hello through the mesh\" from worker-"), "{out}");
     assert!(out.contains("gossip message forward-1#"), "{out}");
     assert!(out.trim_end().ends_with("stopped"), "{out}");
+    // Its embedded database is gone with it.
+    let db = out
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(')'))
+        .find(|w| w.contains("rumor-up-") && w.ends_with(".db"))
+        .expect("the database path is printed");
+    assert!(!std::path::Path::new(db).exists(), "{db} left behind");
 }
 
 #[test]

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     dead_letters: Arc<DeadLetters>,
     /// Whether `POST /v1/fault/isolate` is allowed.
     fault_injection: bool,
+    /// Why a task the node cannot work without ended, once one did.
+    failure: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Shared {
@@ -80,6 +82,7 @@ impl Shared {
             readiness,
             dead_letters,
             fault_injection,
+            failure: tokio::sync::watch::Sender::new(None),
         });
         gossip::record_receipts(&shared);
         shared
@@ -89,13 +92,32 @@ impl Shared {
         &self.dead_letters
     }
 
+    /// Records that a task the node cannot work without ended: readiness
+    /// turns off for good, the failure is counted and logged.
+    pub(crate) fn fail(&self, why: String) {
+        tracing::error!("{why}; the node is not ready and should be restarted");
+        self.failure.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why);
+            }
+            first
+        });
+    }
+
+    pub(crate) fn failure(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failure.subscribe()
+    }
+
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
     /// `Err(why)` while the node should not get traffic.
     fn ready(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::Relaxed) {
+        if let Some(why) = self.failure.borrow().as_ref() {
+            Err(format!("failed: {why}"))
+        } else if self.draining.load(Ordering::Relaxed) {
             Err("draining".into())
         } else if !self.gossip.view().borrow().joined {
             Err("not joined".into())
