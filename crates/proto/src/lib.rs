@@ -9,6 +9,7 @@
 pub use prost::{DecodeError, EncodeError, Message, bytes, encoding};
 
 pub mod rules;
+pub mod text;
 
 /// The gossip protocol between mesh nodes (SWIM + Lifeguard).
 pub mod gossip {

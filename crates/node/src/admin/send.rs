@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use proto::api::{ReplyError, ReplyLine, SendRequest};
 use proto::mesh::{Envelope, ReplyChunk};
 use proto::rules;
+use proto::text::Utf8Chunks;
 use tokio_stream::StreamExt;
 
 use super::Shr;
@@ -29,12 +30,17 @@ fn line(l: &ReplyLine) -> Bytes {
     Bytes::from(v)
 }
 
-fn chunk_line(c: ReplyChunk) -> ReplyLine {
+/// A reply chunk as a line; `text` carries characters split across chunks.
+fn chunk_line(c: ReplyChunk, text: &mut Utf8Chunks) -> ReplyLine {
+    let mut data = text.push(&c.data);
+    if c.last || c.error.is_some() {
+        data.push_str(&text.finish());
+    }
     ReplyLine {
         id: c.id,
         seq: c.seq,
         worker: c.worker,
-        data: String::from_utf8_lossy(&c.data).into_owned(),
+        data,
         last: c.last,
         replayed: c.replayed,
         error: c
@@ -104,11 +110,12 @@ pub(super) async fn send(State(s): Shr, Json(req): Json<SendRequest>) -> Respons
             // body (the client went away) drops the stream, which cancels
             // the message's processing.
             let mut next_seq = 0;
+            let mut text = Utf8Chunks::default();
             let lines = stream.map(move |item| {
                 let l = match item {
                     Ok(c) => {
                         next_seq = c.seq + 1;
-                        chunk_line(c)
+                        chunk_line(c, &mut text)
                     }
                     Err(status) => error_line(id.clone(), next_seq, &status),
                 };
