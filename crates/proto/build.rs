@@ -35,6 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let descriptors = prost::Message::encode_to_vec(&fds);
+    // Kept for the OpenAPI documents, whose schemas come from these types.
+    std::fs::write(out.join("descriptors.bin"), &descriptors)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
         .out_dir(&out)

@@ -8,6 +8,7 @@
 //! | `GET /healthz` | 200 while the consume loop runs |
 //! | `GET /readyz` | 200 while the consume loop runs and the database answers |
 //! | `GET /metrics` | Prometheus text: counters, batch histograms, lag per partition |
+//! | `GET /openapi.json` | the OpenAPI document of these routes ([`ROUTES`]) |
 //!
 //! ```text
 //!  GET history ── after = cursor of the last message of the previous page (absent: from the start)
@@ -34,6 +35,7 @@ pub use proto::api::{
     DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError,
 };
 use proto::events::ForwardRequest;
+use proto::openapi::{Body, Param, Route};
 use proto::rules;
 use serde::Deserialize;
 use stats::prom::{CONTENT_TYPE, Exposition};
@@ -66,11 +68,100 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 type Shr = State<Arc<Shared>>;
+
+/// The bridge API's routes, for its OpenAPI document (`GET /openapi.json`).
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "get",
+        path: "/v1/conversations/{key}/messages",
+        summary: "A conversation's stored messages and replies, in order, a page at a time",
+        params: &[CONVERSATION, PAGE_AFTER, PAGE_LIMIT],
+        request: Body::None,
+        ok: (200, Body::Json("History")),
+        errors: &[400, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/forward",
+        summary: "Inject a message into the mesh through the forward topic",
+        params: &[],
+        request: Body::Json("SendRequest"),
+        ok: (202, Body::Json("Forwarded")),
+        errors: &[400, 413, 415, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/dead-letters",
+        summary: "Records that could not be decoded or stored, with the reasons",
+        params: &[PAGE_AFTER, PAGE_LIMIT],
+        request: Body::None,
+        ok: (200, Body::Json("DeadLetters")),
+        errors: &[400, 503],
+    },
+    Route {
+        method: "get",
+        path: "/healthz",
+        summary: "200 while the consume loop runs",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        summary: "200 while the consume loop runs and the database answers",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[],
+    },
+];
+
+const CONVERSATION: Param = Param {
+    name: "key",
+    location: "path",
+    kind: "string",
+    description: "The conversation key",
+    values: &[],
+};
+const PAGE_AFTER: Param = Param {
+    name: "after",
+    location: "query",
+    kind: "integer",
+    description: "The cursor of the last entry of the previous page",
+    values: &[],
+};
+const PAGE_LIMIT: Param = Param {
+    name: "limit",
+    location: "query",
+    kind: "integer",
+    description: "Entries per page, 1 to 1000",
+    values: &[],
+};
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(proto::openapi::document(
+        "rumor bridge API",
+        "Conversation history from the database, messages injected into the mesh, and dead letters.",
+        ROUTES,
+    ))
+}
 
 /// The forward request an inject becomes, checked by the shared rules. The
 /// record's source says the bridge injected it, with the caller's label:

@@ -8,6 +8,7 @@
 
 pub use prost::{DecodeError, EncodeError, Message, bytes, encoding};
 
+pub mod openapi;
 pub mod rules;
 pub mod text;
 

@@ -14,6 +14,7 @@
 //! | `GET /v1/keys` | `keys` | [`KeyIds`](proto::api::KeyIds): the gossip keys' ids, the primary first |
 //! | `POST /v1/keys/{install,use,remove}` | `keys` | one step of a key rotation on this node |
 //! | `POST /v1/fault/isolate` | `fault` | cuts or restores this node's gossip traffic; 403 unless allowed |
+//! | `GET /openapi.json` | | the OpenAPI document of these routes ([`ROUTES`]) |
 //!
 //! The bodies are the types of `rumor.api.v1` (crates/proto), in the proto3
 //! JSON mapping, shared with [`crate::client`] and with clients in other
@@ -34,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::routing::{get, post};
+use proto::openapi::{Body, Param, Route};
 use tokio::net::TcpListener;
 
 use crate::dead_letters::DeadLetters;
@@ -149,8 +151,165 @@ pub(crate) async fn serve(
         .route("/v1/keys/{op}", post(keys::change))
         .route("/v1/dead-letters", get(health::dead_letters))
         .route("/v1/fault/isolate", post(fault::isolate))
+        .route("/openapi.json", get(openapi))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 }
 
 type Shr = axum::extract::State<Arc<Shared>>;
+
+/// The admin API's routes, for its OpenAPI document (`GET /openapi.json`).
+pub const ROUTES: &[Route] = &[
+    Route {
+        method: "get",
+        path: "/v1/members",
+        summary: "Every member this node knows",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Json("Members")),
+        errors: &[],
+    },
+    Route {
+        method: "get",
+        path: "/v1/ring",
+        summary: "The ring as this node sees it, and each worker's share",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Json("Ring")),
+        errors: &[],
+    },
+    Route {
+        method: "get",
+        path: "/metrics",
+        summary: "Prometheus metrics",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/healthz",
+        summary: "200 while the gossip task runs",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[503],
+    },
+    Route {
+        method: "get",
+        path: "/readyz",
+        summary: "200 while the node should get traffic",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Text),
+        errors: &[503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/send",
+        summary: "Send a message into the mesh; the reply streams as NDJSON lines",
+        params: &[],
+        request: Body::Json("SendRequest"),
+        ok: (200, Body::Ndjson("ReplyLine")),
+        errors: &[400, 409, 415, 422, 500, 503, 504],
+    },
+    Route {
+        method: "post",
+        path: "/v1/gossip",
+        summary: "Create a gossip message",
+        params: &[],
+        request: Body::Json("GossipRequest"),
+        ok: (200, Body::Json("GossipCreated")),
+        errors: &[400, 415, 422],
+    },
+    Route {
+        method: "get",
+        path: "/v1/gossip/{origin}/{seq}",
+        summary: "When this node received a gossip message",
+        params: &[GOSSIP_ORIGIN, GOSSIP_SEQ],
+        request: Body::None,
+        ok: (200, Body::Json("GossipReceipt")),
+        errors: &[400, 404],
+    },
+    Route {
+        method: "get",
+        path: "/v1/keys",
+        summary: "The gossip keys' ids, the primary first",
+        params: &[],
+        request: Body::None,
+        ok: (200, Body::Json("KeyIds")),
+        errors: &[400, 503],
+    },
+    Route {
+        method: "post",
+        path: "/v1/keys/{op}",
+        summary: "One step of a key rotation: install, use or remove",
+        params: &[KEY_OP],
+        request: Body::Json("KeyRequest"),
+        ok: (200, Body::Json("KeyIds")),
+        errors: &[400, 404, 415, 422, 503],
+    },
+    Route {
+        method: "get",
+        path: "/v1/dead-letters",
+        summary: "What this node set aside, with the reasons",
+        params: &[PAGE_AFTER, PAGE_LIMIT],
+        request: Body::None,
+        ok: (200, Body::Json("DeadLetters")),
+        errors: &[400],
+    },
+    Route {
+        method: "post",
+        path: "/v1/fault/isolate",
+        summary: "Cut or restore this node's gossip (tests only)",
+        params: &[],
+        request: Body::Json("Isolate"),
+        ok: (200, Body::Json("Isolate")),
+        errors: &[400, 403, 415, 422],
+    },
+];
+
+const GOSSIP_ORIGIN: Param = Param {
+    name: "origin",
+    location: "path",
+    kind: "string",
+    description: "The node that created it",
+    values: &[],
+};
+const GOSSIP_SEQ: Param = Param {
+    name: "seq",
+    location: "path",
+    kind: "integer",
+    description: "Its sequence number there",
+    values: &[],
+};
+const KEY_OP: Param = Param {
+    name: "op",
+    location: "path",
+    kind: "string",
+    description: "install, use or remove",
+    values: &["install", "use", "remove"],
+};
+const PAGE_AFTER: Param = Param {
+    name: "after",
+    location: "query",
+    kind: "integer",
+    description: "The cursor of the last entry of the previous page",
+    values: &[],
+};
+const PAGE_LIMIT: Param = Param {
+    name: "limit",
+    location: "query",
+    kind: "integer",
+    description: "Entries per page, 1 to 1000",
+    values: &[],
+};
+
+async fn openapi() -> axum::Json<serde_json::Value> {
+    axum::Json(proto::openapi::document(
+        "rumor node admin API",
+        "A node's admin API: cluster state, messages into the mesh, gossip messages, gossip keys.",
+        ROUTES,
+    ))
+}
