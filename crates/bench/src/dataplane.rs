@@ -81,11 +81,15 @@ pub struct Options {
     pub out: PathBuf,
     /// The command line, as written in the report.
     pub command: String,
+    /// The Kafka-protocol broker for the cost of answering after the
+    /// records are in the log; that step is skipped, and says so, when
+    /// nothing answers there.
+    pub brokers: String,
 }
 
 impl Options {
     /// The settings of the command line: `--quick` shrinks every phase to a smoke run of a few seconds.
-    pub fn new(duration_s: f64, rounds: usize, quick: bool, out: PathBuf) -> anyhow::Result<Self> {
+    pub fn new(duration_s: f64, rounds: usize, quick: bool, out: PathBuf, brokers: String) -> anyhow::Result<Self> {
         if !(duration_s > 0.0 && duration_s <= 3600.0) {
             bail!("--duration must be between 0 and 3600 seconds, got {duration_s}");
         }
@@ -112,6 +116,7 @@ impl Options {
                 idle: Duration::from_secs(2),
                 out,
                 command,
+                brokers: brokers.clone(),
             }
         } else {
             Self {
@@ -123,6 +128,7 @@ impl Options {
                 idle: Duration::from_secs(30),
                 out,
                 command,
+                brokers,
             }
         })
     }
@@ -586,6 +592,8 @@ struct Results {
     wall: Duration,
     /// The gateway's data-plane counters after the load.
     gateway: node::mesh::MeshStats,
+    /// Answering after the records are in the event log, or why not measured.
+    records: Option<Result<Vec<crate::records::Step>, String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -727,6 +735,13 @@ async fn measure(o: &Options) -> anyhow::Result<Results> {
     res.gateway = gateway.router().stats();
     gateway.shutdown().await;
     drop(peer);
+
+    // The cost of answering after the records are in the event log.
+    res.records = Some(
+        crate::records::measure(&o.brokers, o.rounds, o.duration)
+            .await
+            .map_err(|e| format!("{e:#}")),
+    );
 
     // Idle footprint of a 5-node cluster.
     let (nodes, secs) = idle_cluster(&exe, o, ticks_per_s).await?;
@@ -1123,6 +1138,8 @@ fn render(o: &Options, r: &Results) -> String {
     }
     let _ = writeln!(w);
 
+    render_records(w, r);
+
     let _ = writeln!(w, "## Idle footprint, 5-node cluster\n");
     let _ = writeln!(w, "| node | role | CPU (% of a core) | RSS | peak RSS |");
     let _ = writeln!(w, "|---|---|---:|---:|---:|");
@@ -1145,6 +1162,55 @@ fn render(o: &Options, r: &Results) -> String {
         let _ = writeln!(w, "\nFirst errors seen: {}", errors.join("; "));
     }
     s
+}
+
+/// The section on answering after the records are in the event log.
+fn render_records(w: &mut String, r: &Results) {
+    use crate::records::{Wait, med};
+    let _ = writeln!(w, "## Answering after the records are in the event log\n");
+    let _ = writeln!(
+        w,
+        "A worker holds a reply's final chunk until the broker acknowledged the message's and the reply's \
+         records (`worker.wait_for_records_ms`, default 1000), so a message that was answered is never \
+         missing from the database after its worker is killed (tested in \
+         `an_answered_message_is_in_postgresql_even_when_its_worker_is_killed_the_moment_it_answered`). \
+         Measured here with a gateway and a worker in one process and the event log on the tansu broker on \
+         loopback, the wait off and on in alternating rounds; medians over rounds.\n"
+    );
+    match &r.records {
+        None => {
+            let _ = writeln!(w, "Not measured in this run.\n");
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(w, "Not measured: {e}.\n");
+        }
+        Some(Ok(steps)) => {
+            let _ = writeln!(
+                w,
+                "| conversations | wait | replies/s | p50 | p99 | replies sent unrecorded |"
+            );
+            let _ = writeln!(w, "|---:|---|---:|---:|---:|---:|");
+            for conv in [1, 16] {
+                for wait in [Wait::Off, Wait::On] {
+                    let _ = writeln!(
+                        w,
+                        "| {conv} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.0} |",
+                        if wait == Wait::On { "on (default)" } else { "off" },
+                        med(steps, wait, conv, |s| s.rate),
+                        med(steps, wait, conv, |s| s.p50_ms),
+                        med(steps, wait, conv, |s| s.p99_ms),
+                        med(steps, wait, conv, |s| s.unrecorded as f64),
+                    );
+                }
+            }
+            let cost = med(steps, Wait::On, 1, |s| s.p50_ms) - med(steps, Wait::Off, 1, |s| s.p50_ms);
+            let _ = writeln!(
+                w,
+                "\nThe guarantee costs {cost:.2} ms at the median for one conversation: one acknowledgement of \
+                 the broker (`acks=all`; the producer lingers 1 ms to batch).\n"
+            );
+        }
+    }
 }
 
 /// Plain sentences on each goal, with the reason when one is missed.

@@ -16,6 +16,7 @@ pub mod bridge;
 pub mod dataplane;
 pub mod foca;
 pub mod membership;
+pub mod records;
 pub mod report;
 
 use std::path::PathBuf;

@@ -44,6 +44,9 @@ enum Command {
         /// Where to write the report.
         #[arg(long, default_value = "docs/benchmarks/dataplane.md")]
         out: PathBuf,
+        /// The Kafka-protocol broker for the cost of answering after the records are in the log.
+        #[arg(long, env = "RUMOR_TEST_KAFKA", default_value = "127.0.0.1:9092")]
+        brokers: String,
     },
     /// Kafka into PostgreSQL through the bridge at batch sizes 100/1,000/5,000 against COPY, and produce-to-row latency (~9 min).
     Bridge {
@@ -146,8 +149,9 @@ fn main() -> anyhow::Result<()> {
             rounds,
             quick,
             out,
+            brokers,
         } => runtime()?.block_on(bench::dataplane::run(bench::dataplane::Options::new(
-            duration, rounds, quick, out,
+            duration, rounds, quick, out, brokers,
         )?))?,
         Command::Bridge {
             records,

@@ -71,6 +71,7 @@ fn quick_dataplane_bench_writes_every_table_and_leaves_no_process_behind() {
         "| conversations | baseline msg/s | mesh msg/s |",
         "## Open loop at half the peak mesh rate",
         "| mesh (gateway -> worker) |",
+        "## Answering after the records are in the event log",
         "## Idle footprint, 5-node cluster",
         "| worker-3 | worker |",
         "| **median** |",

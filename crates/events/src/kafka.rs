@@ -177,9 +177,12 @@ impl KafkaProducer {
             "producer",
         )?;
         let mut c = cfg.base();
+        // A worker answers once its records are acknowledged, so a record
+        // waits at most 1 ms for others to batch with (under load, records
+        // batch anyway while earlier requests are in flight).
         c.set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
             .set("message.max.bytes", cfg.max_record_bytes.to_string())
-            .set("linger.ms", "5");
+            .set("linger.ms", "1");
         for (k, v) in &cfg.producer {
             c.set(k, v);
         }
