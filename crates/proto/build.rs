@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/rumor/mesh/v1/mesh.proto",
         "proto/rumor/events/v1/events.proto",
         "proto/rumor/api/v1/api.proto",
+        "proto/rumor/edge/v1/edge.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
@@ -49,5 +50,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // binary encoding.
         .ignore_unknown_fields()
         .build(&[".rumor.api"])?;
+    // The client edge's frames travel as JSON to every client, many per
+    // reply: fields at their default values are left out.
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptors)?
+        .out_dir(&out)
+        .preserve_proto_field_names()
+        .ignore_unknown_fields()
+        .build(&[".rumor.edge"])?;
     Ok(())
 }

@@ -58,7 +58,7 @@ const GOAL_IDLE_RSS_MIB: f64 = 30.0;
 /// Name of the worker node in the peer process (stamped on reply chunks).
 const PEER_WORKER: &str = "bench-worker";
 /// The variable that hands the peer its gossip key (not a flag: flags show in `ps`).
-const KEY_VAR: &str = "RUMOR_BENCH_KEY";
+pub(crate) const KEY_VAR: &str = "RUMOR_BENCH_KEY";
 /// Time the mesh gives each message (the router's default).
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -171,6 +171,19 @@ impl Mesh for BareEcho {
         out.push(Ok(chunk(out.len() as u64, Bytes::new(), true)));
         Ok(Response::new(tokio_stream::iter(out)))
     }
+
+    type WatchStream = tokio_stream::Empty<Result<proto::mesh::ConversationEvent, Status>>;
+
+    async fn watch(&self, _: Request<proto::mesh::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        Err(Status::unimplemented("the bare echo keeps no conversations"))
+    }
+
+    async fn cancel(
+        &self,
+        _: Request<proto::mesh::CancelRequest>,
+    ) -> Result<Response<proto::mesh::CancelReply>, Status> {
+        Err(Status::unimplemented("the bare echo keeps no messages"))
+    }
 }
 
 /// `rumor-bench dataplane-peer` (hidden): a worker node and the bare echo on
@@ -216,7 +229,7 @@ pub async fn peer(chunks: usize) -> anyhow::Result<()> {
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
 #[derive(Debug)]
-struct Proc {
+pub(crate) struct Proc {
     name: String,
     child: std::process::Child,
     /// Held open so the peer can notice the bench is gone (EOF).
@@ -227,7 +240,7 @@ struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with piped stdio and waits up to 20 s for its first stdout line.
-    async fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
+    pub(crate) async fn spawn(name: &str, mut cmd: Command) -> anyhow::Result<Proc> {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -256,12 +269,12 @@ impl Proc {
         Ok(proc)
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// The value of `key=` in the first stdout line.
-    fn field(&self, key: &str) -> anyhow::Result<String> {
+    pub(crate) fn field(&self, key: &str) -> anyhow::Result<String> {
         let prefix = format!("{key}=");
         self.first_line
             .split_whitespace()

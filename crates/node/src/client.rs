@@ -210,7 +210,9 @@ impl AdminClient {
             .unwrap_or_else(|_| Err(self.timeout_err()))
     }
 
-    async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    /// GETs `path` and decodes its JSON body. Works with any rumor HTTP API
+    /// (a bridge's too), not only the admin API.
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         let (status, body) = self.text(Method::GET, path, None).await?;
         let body = self.expect_ok(status, body)?;
         self.decode(&body)

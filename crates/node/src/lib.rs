@@ -54,6 +54,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod conversation;
 pub mod crypto;
 pub mod dead_letters;
 pub mod frame;

@@ -203,6 +203,12 @@ impl Node {
         } else {
             0
         };
+        if let Some(p) = &processor {
+            let models = p.models();
+            if !models.is_empty() {
+                meta.tags.insert("models".into(), models.join(","));
+            }
+        }
         meta.services.insert(config.mesh.service.clone(), mesh_addr.to_string());
         meta.services.insert("admin".into(), admin_addr.to_string());
 
@@ -313,6 +319,13 @@ impl Node {
     /// What this node set aside because it could never be delivered.
     pub fn dead_letters(&self) -> &Arc<DeadLetters> {
         self.shared.dead_letters()
+    }
+
+    /// Whether the node should get traffic now, as `/readyz` answers: a
+    /// check other servers of the process (the client edge) share.
+    pub fn readiness(&self) -> Arc<dyn Fn() -> Result<(), String> + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move || shared.ready())
     }
 
     /// The router (the entry point for messages that enter at this node).

@@ -24,12 +24,17 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use proto::bytes::Bytes;
-use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
+use proto::mesh::conversation_event::Event as EventKind;
+use proto::mesh::{Envelope, Error as WireError, EventChunk, ReplyChunk, Usage};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tonic::{Code, Status};
+
+use crate::conversation::Log;
 
 /// A future returned by [`Processor::process`].
 pub type ProcessFuture<'a> = Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>>;
@@ -42,6 +47,13 @@ pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
     /// returned future may be dropped at any await point: that is how the
     /// worker cancels it.
     fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a>;
+
+    /// The models this processor answers with, advertised in gossip (the
+    /// member's `models` tag) for gateways to list and route by. The first
+    /// is the default. Empty for a processor that is not a model.
+    fn models(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Why a [`Processor`] failed; sent to the caller as the reply's error chunk.
@@ -110,6 +122,15 @@ pub struct Replies {
     /// The whole reply for the record sink; `None` without one.
     pub(crate) recorded: Option<FinalReply>,
     max_recorded_bytes: usize,
+    /// The conversation's events, where every chunk is numbered for watchers.
+    log: Arc<Log>,
+    /// What the answer cost, when the processor says so.
+    pub(crate) usage: Option<Usage>,
+    /// How long the reply goes on after its caller has gone, for the client
+    /// to come back and watch the rest.
+    grace: Duration,
+    /// When this reply first found its caller gone.
+    gone: OnceLock<Instant>,
 }
 
 impl Replies {
@@ -119,6 +140,8 @@ impl Replies {
         tx: mpsc::Sender<Result<ReplyChunk, Status>>,
         max_kept_bytes: usize,
         record: Option<usize>,
+        log: Arc<Log>,
+        grace: Duration,
     ) -> Self {
         Self {
             id,
@@ -130,6 +153,10 @@ impl Replies {
             max_kept_bytes,
             recorded: record.map(|_| FinalReply::default()),
             max_recorded_bytes: record.unwrap_or(0),
+            log,
+            usage: None,
+            grace,
+            gone: OnceLock::new(),
         }
     }
 
@@ -138,33 +165,55 @@ impl Replies {
         &self.id
     }
 
-    /// Sends one chunk of reply data, waiting while the caller's buffer is
-    /// full. `Err(Cancelled)` when the caller has gone: stop then (the
-    /// worker is about to drop the processor anyway).
+    /// Sends one chunk of reply data to the caller and to the
+    /// conversation's watchers, waiting while the caller's buffer is full.
+    /// `Err(Cancelled)` when nobody reads any more (the caller has gone and
+    /// nobody watches): stop then (the worker is about to drop the
+    /// processor anyway).
     pub async fn send(&mut self, data: Bytes) -> Result<(), Cancelled> {
-        if self.tx.is_closed() {
+        if self.is_cancelled() {
             return Err(Cancelled);
         }
+        let position = self.log.append(EventKind::Chunk(EventChunk {
+            id: self.id.clone(),
+            data: data.clone(),
+            worker: self.worker.to_string(),
+        }));
         let chunk = ReplyChunk {
             id: self.id.clone(),
             seq: self.seq,
             data,
             worker: self.worker.to_string(),
+            position: Some(position),
             ..Default::default()
         };
         self.keep(&chunk);
-        self.tx.send(Ok(chunk)).await.map_err(|_| Cancelled)
+        if self.tx.send(Ok(chunk)).await.is_err() && self.is_cancelled() {
+            return Err(Cancelled);
+        }
+        Ok(())
     }
 
-    /// True once the caller has gone.
+    /// Says what the answer cost (tokens, cache, time to first token); it
+    /// travels on the reply's final chunk and in the conversation's events.
+    pub fn set_usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// True once nobody reads the reply: the caller has gone and nobody
+    /// watches the conversation.
     pub fn is_cancelled(&self) -> bool {
-        self.tx.is_closed()
+        if !self.tx.is_closed() || self.log.watchers() > 0 {
+            return false;
+        }
+        let gone = *self.gone.get_or_init(Instant::now);
+        gone.elapsed() >= self.grace
     }
 
-    /// Completes when the caller has gone; for a processor that waits on a
-    /// backend between chunks and wants to notice.
+    /// Completes when nobody reads the reply any more; for a processor that
+    /// waits on a backend between chunks and wants to notice.
     pub async fn cancelled(&self) {
-        self.tx.closed().await
+        abandoned(&self.tx, &self.log, self.grace).await;
     }
 
     pub(crate) fn keep(&mut self, chunk: &ReplyChunk) {
@@ -195,7 +244,31 @@ impl Replies {
             last: error.is_none(),
             error,
             worker: self.worker.to_string(),
+            usage: self.usage.clone(),
             ..Default::default()
         }
+    }
+}
+
+/// Completes when nobody reads a reply any more: its caller has gone, the
+/// resume grace since has passed, and no watcher follows the conversation.
+/// A caller that disconnects while the conversation is watched (the client
+/// resumed on another connection, say) does not stop the message; the last
+/// watcher leaving then does.
+pub(crate) async fn abandoned(caller: &mpsc::Sender<Result<ReplyChunk, Status>>, log: &Log, grace: Duration) {
+    caller.closed().await;
+    let gone = Instant::now();
+    loop {
+        let waited = gone.elapsed();
+        if waited >= grace && log.watchers() == 0 {
+            return;
+        }
+        let rest = grace.saturating_sub(waited);
+        let step = if rest.is_zero() {
+            Duration::from_millis(200)
+        } else {
+            rest.min(Duration::from_millis(200))
+        };
+        tokio::time::sleep(step).await;
     }
 }

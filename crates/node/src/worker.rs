@@ -58,7 +58,11 @@ use tonic::{Code, Status};
 
 use tracing::Instrument as _;
 
-use crate::processor::{FinalReply, ProcessError, Processor, Replies};
+use proto::mesh::conversation_event::Event as EventKind;
+use proto::mesh::{EventEnd, EventMessage, Position, Usage};
+
+use crate::conversation::{Log, LogLimits, Logs, Subscription};
+use crate::processor::{FinalReply, ProcessError, Processor, Replies, abandoned};
 
 /// A stream of reply chunks for one message.
 ///
@@ -120,6 +124,8 @@ pub struct WorkerConfig {
     /// Reply chunks buffered per message before the processor waits for the
     /// caller to read. Default 16.
     pub chunk_buffer: usize,
+    /// What the conversations' event logs keep for watchers.
+    pub log_limits: LogLimits,
     /// How long a reply's final chunk waits for the message's and the
     /// reply's records to be in the event log, while the log is healthy:
     /// then a message that was answered survives a crash of this node (the
@@ -145,6 +151,7 @@ impl Default for WorkerConfig {
             chunk_buffer: 16,
             max_recorded_reply_bytes: 960 * 1024,
             wait_for_records: Some(Duration::from_secs(1)),
+            log_limits: LogLimits::default(),
         }
     }
 }
@@ -205,6 +212,8 @@ struct Inner {
     sink: Option<Arc<dyn RecordSink>>,
     /// Set when the node leaves: new messages are refused.
     draining: AtomicBool,
+    /// Each conversation's numbered events, for watchers.
+    logs: Logs,
     /// Set when a reply's records took longer than `wait_for_records`;
     /// replies do not wait until a record gets through again.
     records_slow: Arc<AtomicBool>,
@@ -223,18 +232,59 @@ struct State {
     /// Queued plus processing messages.
     in_flight: usize,
     window: Window,
+    /// The cancel switch of each queued or processing message.
+    cancels: HashMap<MessageKey, Arc<CancelSwitch>>,
 }
 
 struct Job {
     envelope: Envelope,
     deadline: Instant,
     tx: mpsc::Sender<Result<ReplyChunk, Status>>,
+    cancel: Arc<CancelSwitch>,
+    /// The conversation's event log, where the message was numbered.
+    log: Arc<Log>,
+}
+
+/// Set by an explicit cancel (`Worker::cancel`): the message is dropped
+/// whether its caller is still there or not.
+#[derive(Debug, Default)]
+struct CancelSwitch {
+    on: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelSwitch {
+    fn flip(&self) {
+        self.on.store(true, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.on.load(Ordering::Relaxed) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 enum Seen {
     InFlight,
     /// Completed; the reply, when it was small enough to keep.
     Done(Option<Arc<[ReplyChunk]>>),
+}
+
+/// Where a message came from, as records and events say it: `client` for a
+/// gateway's client (the envelope leaves it empty), else the forward node's
+/// source.
+pub fn source_of(env: &Envelope) -> String {
+    if env.source.is_empty() {
+        "client".into()
+    } else {
+        env.source.clone()
+    }
 }
 
 /// A message's identity: its id within its conversation. The same id in
@@ -275,6 +325,7 @@ impl Worker {
         let name: String = name.into();
         Self {
             inner: Arc::new(Inner {
+                logs: Logs::new(&name, config.log_limits),
                 name: name.into(),
                 config,
                 processor,
@@ -313,6 +364,26 @@ impl Worker {
     /// The configured capacity.
     pub fn capacity(&self) -> usize {
         self.inner.config.capacity
+    }
+
+    /// Stops message `id` of conversation `key` at once, queued or being
+    /// processed, whether its caller is still there or not; its reply ends
+    /// with `CANCELLED`. False when the worker does not hold it.
+    pub fn cancel(&self, key: &str, id: &str) -> bool {
+        let st = self.inner.lock();
+        match st.cancels.get(&(key.to_owned(), id.to_owned())) {
+            Some(switch) => {
+                switch.flip();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Subscribes to conversation `key`'s events after `after`; see
+    /// [`crate::conversation`].
+    pub fn watch(&self, key: &str, after: Option<&Position>) -> Subscription {
+        self.inner.logs.get(key).subscribe(after)
     }
 
     /// Refuses every new message from now on (`UNAVAILABLE`, so a router
@@ -378,9 +449,27 @@ impl Worker {
         let (tx, rx) = mpsc::channel(inner.config.chunk_buffer.max(1));
         st.in_flight += 1;
         st.window.ids.insert(message_key(&envelope), Seen::InFlight);
+        let cancel = Arc::new(CancelSwitch::default());
+        st.cancels.insert(message_key(&envelope), cancel.clone());
         inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
         let key = envelope.key.clone();
-        let job = Job { envelope, deadline, tx };
+        // The message takes its place in the conversation's events now, in
+        // arrival order, under the same lock as the queue.
+        let log = inner.logs.get(&key);
+        log.append(EventKind::Message(EventMessage {
+            id: envelope.id.clone(),
+            payload: envelope.payload.clone(),
+            source: source_of(&envelope),
+            origin: envelope.origin.clone(),
+            format: envelope.format.clone(),
+        }));
+        let job = Job {
+            envelope,
+            deadline,
+            tx,
+            cancel,
+            log,
+        };
         match st.lanes.get_mut(&key) {
             Some(queue) => queue.push_back(job),
             None => {
@@ -404,6 +493,7 @@ impl Inner {
     fn finish(&self, id: &MessageKey, reply: Option<Option<Arc<[ReplyChunk]>>>) {
         let mut st = self.lock();
         st.in_flight -= 1;
+        st.cancels.remove(id);
         match reply {
             Some(reply) => st.window.complete(id, reply, self.config.dedup_window),
             None => {
@@ -492,31 +582,57 @@ impl Drop for LaneGuard {
 enum Outcome {
     /// `process` returned.
     Returned(Result<(), ProcessError>),
-    /// The caller went away; nothing more is sent.
-    Cancelled,
+    /// Cancelled (why): its caller went away and nobody watches, or explicitly.
+    Cancelled(&'static str),
     /// The deadline passed first.
     Expired,
 }
 
+/// Ends a reply in the conversation's events (watchers learn how it ended).
+fn end_event(inner: &Inner, log: &Log, id: &str, error: Option<WireError>) -> Position {
+    end_event_with(inner, log, id, error, None)
+}
+
+fn end_event_with(inner: &Inner, log: &Log, id: &str, error: Option<WireError>, usage: Option<Usage>) -> Position {
+    log.append(EventKind::End(EventEnd {
+        id: id.to_owned(),
+        worker: inner.name.to_string(),
+        error,
+        usage,
+    }))
+}
+
 async fn run_job(inner: &Arc<Inner>, job: Job) {
-    let Job { envelope, deadline, tx } = job;
+    let Job {
+        envelope,
+        deadline,
+        tx,
+        cancel,
+        log,
+    } = job;
     let id = envelope.id.clone();
     let mkey = message_key(&envelope);
     if Instant::now() >= deadline {
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
         inner.finish(&mkey, None);
-        let _ = tx
-            .send(Err(Status::deadline_exceeded(format!(
-                "message {id}: deadline passed while queued at {}",
-                inner.name
-            ))))
-            .await;
+        let why = format!("message {id}: deadline passed while queued at {}", inner.name);
+        end_event(inner, &log, &id, Some(wire_error(Code::DeadlineExceeded, &why)));
+        let _ = tx.send(Err(Status::deadline_exceeded(why))).await;
         return;
     }
-    if tx.is_closed() {
-        // The caller left while the message was queued: nothing to do.
+    let grace = Duration::from_millis(u64::from(envelope.resume_grace_ms));
+    if cancel.on.load(Ordering::Relaxed) || (tx.is_closed() && log.watchers() == 0 && grace.is_zero()) {
+        // Cancelled, or its caller left while it was queued, may not come
+        // back and nobody watches the conversation: nothing to do.
         inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         inner.finish(&mkey, None);
+        end_event(
+            inner,
+            &log,
+            &id,
+            Some(wire_error(Code::Cancelled, "cancelled before it was processed")),
+        );
+        let _ = tx.try_send(Err(Status::cancelled(format!("message {id} was cancelled"))));
         return;
     }
     let record = inner.sink.as_ref().map(|_| inner.config.max_recorded_reply_bytes);
@@ -526,6 +642,8 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         tx,
         inner.config.max_cached_reply_bytes,
         record,
+        log.clone(),
+        grace,
     );
     let inbound_recorded = inner.sink.as_ref().map(|sink| sink.inbound(&inner.name, &envelope));
     // Kept for the sink's reply record; the processor task gets its own copy
@@ -533,16 +651,19 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     let recorded_env = inner.sink.as_ref().map(|_| envelope.clone());
     // The processor runs in its own task so that a panic in it fails this one
     // message instead of killing the lane and stranding the conversation.
-    // `panic_tx` outlives the task to say so to the caller; `gone` watches
-    // the caller, so that the processor is dropped the moment nobody reads.
+    // `panic_tx` outlives the task to say so to the caller; `abandoned`
+    // completes when nobody reads the reply any more (its caller left and
+    // nobody watches the conversation), so the processor is dropped then.
     let panic_tx = out.tx.clone();
-    let gone = out.tx.clone();
+    let caller = out.tx.clone();
+    let watched = log.clone();
     let processor = inner.processor.clone();
     let task = tokio::spawn(
         async move {
             let outcome = tokio::select! {
                 r = processor.process(&envelope, &mut out) => Outcome::Returned(r),
-                () = gone.closed() => Outcome::Cancelled,
+                () = abandoned(&caller, &watched, grace) => Outcome::Cancelled("cancelled: the caller went away"),
+                () = cancel.wait() => Outcome::Cancelled("cancelled"),
                 () = tokio::time::sleep_until(deadline) => Outcome::Expired,
             };
             (outcome, out)
@@ -553,12 +674,9 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         Ok(done) => done,
         Err(_panic) => {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-            let _ = panic_tx
-                .send(Err(Status::internal(format!(
-                    "message {id}: the processor at {} panicked",
-                    inner.name
-                ))))
-                .await;
+            let why = format!("message {id}: the processor at {} panicked", inner.name);
+            end_event(inner, &log, &id, Some(wire_error(Code::Internal, &why)));
+            let _ = panic_tx.send(Err(Status::internal(why))).await;
             inner.finish(&mkey, None);
             if let (Some(sink), Some(env)) = (&inner.sink, &recorded_env) {
                 let reply = FinalReply {
@@ -571,26 +689,40 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         }
     };
     drop(panic_tx);
+    // A processor that stopped because nobody reads any more was cancelled,
+    // not failed.
+    let outcome = match outcome {
+        Outcome::Returned(Err(e)) if e.code == Code::Cancelled && out.is_cancelled() => {
+            Outcome::Cancelled("cancelled: the caller went away")
+        }
+        o => o,
+    };
     let result = match outcome {
         Outcome::Returned(r) => r,
         Outcome::Expired => Err(ProcessError::new(
             Code::DeadlineExceeded,
             format!("message {id}: deadline passed during processing at {}", inner.name),
         )),
-        Outcome::Cancelled => {
+        Outcome::Cancelled(why) => {
             // Forgotten, so a retry under the same id is processed afresh.
             inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             inner.finish(&mkey, None);
+            let error = wire_error(Code::Cancelled, why);
+            let position = end_event(inner, &log, &id, Some(error.clone()));
             if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
-                reply.error = Some((Code::Cancelled as u32, "cancelled: the caller went away".into()));
+                reply.error = Some((Code::Cancelled as u32, why.into()));
                 drop(sink.reply(&inner.name, env, &reply));
             }
+            // An explicit cancel: a caller still there hears how it ended.
+            let mut terminal = out.terminal(Some(error));
+            terminal.position = Some(position);
+            let _ = out.tx.try_send(Ok(terminal));
             return;
         }
     };
     // The window is updated before the final chunk goes out, so a caller
     // that has seen the end of the reply and retries always finds it there.
-    let terminal = match result {
+    let mut terminal = match result {
         Ok(()) => {
             let last = out.terminal(None);
             out.keep(&last);
@@ -612,7 +744,21 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         let reply_recorded = sink.reply(&inner.name, env, &reply);
         wait_for_records(inner, sink.as_ref(), inbound_recorded, reply_recorded, deadline).await;
     }
+    terminal.position = Some(end_event_with(
+        inner,
+        &log,
+        &id,
+        terminal.error.clone(),
+        terminal.usage.clone(),
+    ));
     let _ = out.tx.send(Ok(terminal)).await;
+}
+
+fn wire_error(code: Code, message: &str) -> WireError {
+    WireError {
+        code: code as u32,
+        message: message.to_owned(),
+    }
 }
 
 /// Holds the final chunk until the message's and the reply's records are

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use node::{ProcessFuture, Processor, Replies};
-use proto::mesh::Envelope;
+use proto::Message as _;
+use proto::bytes::Bytes;
+use proto::mesh::{ChatRequest, Envelope};
 
 /// Echoes the payload back in up to `chunks` pieces, optionally pausing
 /// before each one to imitate a streaming backend.
@@ -24,10 +26,26 @@ impl Default for Echo {
     }
 }
 
+/// What echo answers: the text of a text message, or the last user message
+/// of a chat.
+fn echoed(msg: &Envelope) -> Bytes {
+    if msg.format == "chat"
+        && let Ok(chat) = ChatRequest::decode(msg.payload.clone())
+    {
+        let last = chat.messages.into_iter().rev().find(|m| m.role == "user");
+        return Bytes::from(last.map(|m| m.content).unwrap_or_default());
+    }
+    msg.payload.clone()
+}
+
 impl Processor for Echo {
+    fn models(&self) -> Vec<String> {
+        vec!["echo".into()]
+    }
+
     fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
         Box::pin(async move {
-            let payload = &msg.payload;
+            let payload = &echoed(msg);
             let size = payload.len().div_ceil(self.chunks.max(1)).max(1);
             let mut start = 0;
             while start < payload.len() {

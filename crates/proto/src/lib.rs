@@ -42,6 +42,18 @@ pub mod api {
     pub use v1::*;
 }
 
+/// The client edge: the frames applications exchange with a gateway over
+/// WebSocket (JSON or protobuf) and the bodies of its HTTP routes, with
+/// serde implementations of the proto3 JSON mapping (fields at their
+/// default values left out). docs/protocol.md describes the protocol.
+pub mod edge {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/rumor.edge.v1.rs"));
+        include!(concat!(env!("OUT_DIR"), "/rumor.edge.v1.serde.rs"));
+    }
+    pub use v1::*;
+}
+
 /// Records on the event log (Kafka): the messages and replies workers publish
 /// for the bridge, and the forward requests the bridge injects into the mesh.
 pub mod events {

@@ -116,7 +116,7 @@ impl Shared {
     }
 
     /// `Err(why)` while the node should not get traffic.
-    fn ready(&self) -> Result<(), String> {
+    pub(crate) fn ready(&self) -> Result<(), String> {
         if let Some(why) = self.failure.borrow().as_ref() {
             Err(format!("failed: {why}"))
         } else if self.draining.load(Ordering::Relaxed) {

@@ -61,7 +61,7 @@ pub mod table;
 
 pub use config::{MeshConfig, MeshConfigError};
 pub use envelope::{PROTOCOL_VERSION, deadline_in, message_id, new_message_id, unix_ms};
-pub use router::Router;
+pub use router::{EventStream, Router, Watching};
 pub use server::{MeshService, serve};
 pub use stats::MeshStats;
 pub use table::Table;

@@ -36,12 +36,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use std::pin::Pin;
+
+use proto::Message as _;
 use proto::mesh::mesh_client::MeshClient;
-use proto::mesh::{Envelope, ReplyChunk};
+use proto::mesh::{CancelRequest, ConversationEvent, Envelope, Position, ReplyChunk, WatchRequest};
+use proto::rules;
 use rumor_ring::{Rejection, Route};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt as _};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 use tracing::{Instrument as _, debug};
@@ -88,6 +93,36 @@ struct Inner {
     peers: Mutex<HashMap<String, (String, Channel)>>,
     counters: Counters,
 }
+
+/// A conversation's events as a watcher receives them.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ConversationEvent, Status>> + Send>>;
+
+/// A live subscription to a conversation's events at its owner.
+pub struct Watching {
+    /// The owner that numbers the events (in the view of the node that
+    /// routed the subscription).
+    pub owner: String,
+    /// The position the events continue from: the owner's last event when
+    /// the subscription was made (absent before any event).
+    pub from: Option<Position>,
+    /// The replay after the position asked for (or a gap), then every new
+    /// event, in order.
+    pub events: EventStream,
+}
+
+impl fmt::Debug for Watching {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watching")
+            .field("owner", &self.owner)
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Metadata of a `Watch` response: the owner, and the position the events
+/// continue from (protobuf).
+pub(crate) const OWNER_HEADER: &str = "rumor-owner-bin";
+pub(crate) const FROM_HEADER: &str = "rumor-from-bin";
 
 /// Why one attempt on one owner failed.
 enum Attempt {
@@ -191,6 +226,63 @@ impl Router {
         inner.deliver(envelope, deadline).instrument(span).await
     }
 
+    /// Subscribes to conversation `key`'s events at its owner: the events
+    /// after `after` (or a gap saying what cannot be replayed), then every
+    /// new one. The stream ends when the owner stops serving it (it failed,
+    /// or left); a watcher then subscribes again from its last position, at
+    /// the owner it sees then (see [`Router::owner`]).
+    pub async fn watch(&self, key: &str, after: Option<Position>) -> Result<Watching, Status> {
+        rules::key("key", key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.inner
+            .watch(WatchRequest {
+                version: PROTOCOL_VERSION,
+                key: key.to_owned(),
+                after,
+                hops: 0,
+                watcher: self.inner.me.clone(),
+            })
+            .await
+    }
+
+    /// Handles a `Watch` from a peer.
+    pub(crate) async fn accept_watch(&self, request: WatchRequest) -> Result<Watching, Status> {
+        check_call(request.version, &request.key, request.hops, &self.inner.config)?;
+        self.inner.watch(request).await
+    }
+
+    /// Stops message `id` of conversation `key` at once, wherever it is
+    /// queued or processed: at worker `at` when the caller knows which one
+    /// answers (a reply chunk names it), else at the key's owner. `Ok(false)`
+    /// when that worker does not hold the message (it ended already).
+    pub async fn cancel(&self, key: &str, id: &str, at: Option<&str>) -> Result<bool, Status> {
+        rules::key("key", key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        rules::message_id("id", id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = CancelRequest {
+            version: PROTOCOL_VERSION,
+            key: key.to_owned(),
+            id: id.to_owned(),
+            hops: 0,
+        };
+        self.inner.cancel(request, at).await
+    }
+
+    /// Handles a `Cancel` from a peer.
+    pub(crate) async fn accept_cancel(&self, request: CancelRequest) -> Result<bool, Status> {
+        check_call(request.version, &request.key, request.hops, &self.inner.config)?;
+        rules::message_id("id", &request.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.inner.cancel(request, None).await
+    }
+
+    /// The owner of `key` in this node's view now.
+    pub fn owner(&self, key: &str) -> Option<String> {
+        self.table().owner(key).map(str::to_owned)
+    }
+
+    /// The routing table, watched: changes whenever the ring changes.
+    pub fn tables(&self) -> watch::Receiver<Arc<Table>> {
+        self.inner.table.clone()
+    }
+
     /// Handles an envelope received from a peer: checks it, then routes it
     /// from this node's own view.
     pub(crate) async fn accept(
@@ -219,7 +311,112 @@ impl Router {
     }
 }
 
+/// The checks every `Watch` and `Cancel` from a peer passes.
+fn check_call(version: u32, key: &str, hops: u32, config: &MeshConfig) -> Result<(), Status> {
+    if version != PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "protocol version {version} is not spoken here (this node speaks {PROTOCOL_VERSION})"
+        )));
+    }
+    rules::key("key", key).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if hops > config.max_hops {
+        return Err(Status::invalid_argument(format!(
+            "hops {hops} over the limit of {}",
+            config.max_hops
+        )));
+    }
+    Ok(())
+}
+
 impl Inner {
+    async fn watch(&self, mut request: WatchRequest) -> Result<Watching, Status> {
+        let table = self.table.borrow().clone();
+        match table.route(&request.key, &self.me, request.hops, self.config.max_hops, &[]) {
+            Route::Reject(Rejection::NoOwner | Rejection::AllSkipped) => Err(Status::unavailable(format!(
+                "conversation {:?}: no live worker in {}'s view",
+                request.key, self.me
+            ))),
+            Route::Reject(Rejection::HopLimit) => Err(Status::aborted(format!(
+                "conversation {:?}: hop limit reached at {}; views disagree, retry shortly",
+                request.key, self.me
+            ))),
+            Route::Local => {
+                let Some(worker) = &self.worker else {
+                    return Err(Status::internal(format!(
+                        "{} owns key {:?} in its view but runs no worker",
+                        self.me, request.key
+                    )));
+                };
+                let sub = worker.watch(&request.key, request.after.as_ref());
+                debug!(key = %request.key, watcher = %request.watcher, "watch");
+                Ok(Watching {
+                    owner: self.me.clone(),
+                    from: sub.from.clone(),
+                    events: Box::pin(sub.into_stream().map(Ok)),
+                })
+            }
+            Route::Forward(owner) => {
+                let owner = owner.to_owned();
+                let addr = table.addr(&owner).unwrap_or_default().to_owned();
+                let mut client = MeshClient::new(self.channel(&owner, &addr)?);
+                request.hops += 1;
+                let response = client.watch(Request::new(request)).await?;
+                let meta = response.metadata();
+                let header = |name: &str| meta.get_bin(name).and_then(|v| v.to_bytes().ok());
+                let from = header(FROM_HEADER).and_then(|b| Position::decode(b).ok());
+                let owner = header(OWNER_HEADER)
+                    .and_then(|b| String::from_utf8(b.to_vec()).ok())
+                    .unwrap_or(owner);
+                Ok(Watching {
+                    owner,
+                    from,
+                    events: Box::pin(response.into_inner()),
+                })
+            }
+        }
+    }
+
+    async fn cancel(&self, mut request: CancelRequest, at: Option<&str>) -> Result<bool, Status> {
+        let table = self.table.borrow().clone();
+        let local = match at {
+            Some(at) => at == self.me,
+            None => matches!(
+                table.route(&request.key, &self.me, request.hops, self.config.max_hops, &[]),
+                Route::Local
+            ),
+        };
+        // A worker may hold a message it does not own (it took it when the
+        // owner failed): it stops it wherever it is asked.
+        if let Some(worker) = &self.worker
+            && worker.cancel(&request.key, &request.id)
+        {
+            return Ok(true);
+        }
+        if local || request.hops >= self.config.max_hops {
+            return Ok(false);
+        }
+        let target = match at.filter(|at| table.addr(at).is_some()) {
+            Some(at) => at.to_owned(),
+            None => match table.route(&request.key, &self.me, request.hops, self.config.max_hops, &[]) {
+                Route::Forward(owner) => owner.to_owned(),
+                Route::Local => return Ok(false),
+                Route::Reject(_) => {
+                    return Err(Status::unavailable(format!(
+                        "conversation {:?}: no owner to cancel message {} at, in {}'s view",
+                        request.key, request.id, self.me
+                    )));
+                }
+            },
+        };
+        if target == self.me {
+            return Ok(false);
+        }
+        let addr = table.addr(&target).unwrap_or_default().to_owned();
+        let mut client = MeshClient::new(self.channel(&target, &addr)?);
+        request.hops += 1;
+        Ok(client.cancel(Request::new(request)).await?.into_inner().found)
+    }
+
     /// Provenance is the node's word, not the caller's: a peer's envelope
     /// must name as its origin a live member of this node's view, and only a
     /// forward node may say where an injected message came from (`source`). Anyone who

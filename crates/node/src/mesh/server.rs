@@ -3,14 +3,16 @@
 
 use std::future::Future;
 
-use proto::mesh::Envelope;
+use proto::Message as _;
 use proto::mesh::mesh_server::{Mesh, MeshServer};
+use proto::mesh::{CancelReply, CancelRequest, Envelope, WatchRequest};
 use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use super::envelope::grpc_timeout;
-use super::router::Router;
+use super::router::{EventStream, FROM_HEADER, OWNER_HEADER, Router};
 use super::stats::DecoderRefusal;
 use crate::worker::ReplyStream;
 
@@ -41,6 +43,24 @@ impl Mesh for MeshService {
         let timeout = grpc_timeout(request.metadata());
         let envelope = request.into_inner();
         self.router.accept(envelope, timeout).await.map(Response::new)
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<EventStream>, Status> {
+        let watching = self.router.accept_watch(request.into_inner()).await?;
+        let mut response = Response::new(watching.events);
+        let meta = response.metadata_mut();
+        meta.insert_bin(OWNER_HEADER, MetadataValue::from_bytes(watching.owner.as_bytes()));
+        if let Some(from) = &watching.from {
+            meta.insert_bin(FROM_HEADER, MetadataValue::from_bytes(&from.encode_to_vec()));
+        }
+        Ok(response)
+    }
+
+    async fn cancel(&self, request: Request<CancelRequest>) -> Result<Response<CancelReply>, Status> {
+        let found = self.router.accept_cancel(request.into_inner()).await?;
+        Ok(Response::new(CancelReply { found }))
     }
 }
 
