@@ -19,8 +19,9 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
     let server = server::start(config).await.context("starting the node")?;
     let node = server.node();
     let a = node.addrs();
+    let edge = server.edge().map(|e| format!(" edge={}", e.addr())).unwrap_or_default();
     println!(
-        "node {} listening gossip={} mesh={} admin={} roles={roles}",
+        "node {} listening gossip={} mesh={} admin={}{edge} roles={roles}",
         node.name(),
         a.gossip,
         a.mesh,

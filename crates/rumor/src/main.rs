@@ -42,6 +42,10 @@ enum Command {
         /// Port of the embedded bridge's HTTP API (history, inject); 0 picks a free one.
         #[arg(long, default_value_t = 0)]
         bridge_port: u16,
+        /// Port of the gateway's client edge (WebSocket, HTTP, OpenAI-compatible) on 127.0.0.1;
+        /// 0 picks a free one.
+        #[arg(long, default_value_t = 8080)]
+        edge_port: u16,
     },
     /// Run one mesh node (gossip, mesh gRPC, admin HTTP) until Ctrl-C or SIGTERM.
     Node {
@@ -66,6 +70,9 @@ enum Command {
         /// Admin HTTP bind address (overrides `bind.admin`, RUMOR_ADMIN_BIND).
         #[arg(long)]
         admin_bind: Option<String>,
+        /// Client edge bind address of a gateway (overrides `bind.edge`, RUMOR_EDGE_BIND).
+        #[arg(long)]
+        edge_bind: Option<String>,
         /// Advertised gossip address (overrides `advertise`, RUMOR_ADVERTISE).
         #[arg(long)]
         advertise: Option<String>,
@@ -93,6 +100,19 @@ enum Command {
         /// Test hook: abort the process right after the Nth database commit.
         #[arg(long, hide = true)]
         crash_after_batch: Option<u64>,
+    },
+    /// Make a new API key for a gateway's client edge: prints the key (give it to the client) and the
+    /// `[[edge.api_keys]]` entry with its SHA-256 (put it in the gateway's config).
+    Key {
+        /// The key's name, for limits and logs.
+        #[arg(long, default_value = "app")]
+        name: String,
+        /// Conversation keys the key may use start with this.
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// The key may watch conversations but not send.
+        #[arg(long)]
+        watch_only: bool,
     },
     /// Show a node's view: members and the ring checksum.
     Status {
@@ -262,6 +282,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             base_port,
             exit_after,
             bridge_port,
+            edge_port,
         } => {
             if workers == 0 {
                 bail!("--workers must be at least 1");
@@ -271,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 base_port,
                 exit_after: exit_after.map(Duration::from_secs),
                 bridge_port,
+                edge_port,
             };
             runtime()?.block_on(up::run(opts))?;
         }
@@ -282,6 +304,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             gossip_bind,
             mesh_bind,
             admin_bind,
+            edge_bind,
             advertise,
             preset,
         } => {
@@ -299,6 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 gossip_bind,
                 mesh_bind,
                 admin_bind,
+                edge_bind,
                 advertise,
                 preset,
             });
@@ -322,6 +346,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let cfg = bridge_cmd::BridgeFile::load(config.as_deref())?.into_config(|k| std::env::var(k).ok(), flags)?;
             runtime()?.block_on(bridge_cmd::run(cfg))?;
+        }
+        Command::Key {
+            name,
+            prefix,
+            watch_only,
+        } => {
+            let key = gateway::new_api_key();
+            println!("API key (give it to the client; it is not stored anywhere):\n  {key}\n");
+            println!("For the gateway's config file:\n");
+            println!(
+                "[[edge.api_keys]]\nname = {name:?}\nsha256 = \"{}\"",
+                gateway::key_hash(&key)
+            );
+            if !prefix.is_empty() {
+                println!("prefix = {prefix:?}");
+            }
+            if watch_only {
+                println!("watch_only = true");
+            }
         }
         Command::Status { admin } => runtime()?.block_on(commands::status(&admin))?,
         Command::Send {

@@ -7,6 +7,10 @@
 //! to the workers, and then reports membership changes until Ctrl-C or
 //! SIGTERM, when every node leaves gracefully.
 //!
+//! The gateway serves the client edge (WebSocket, HTTP, OpenAI-compatible)
+//! on 127.0.0.1:8080 by default, without authentication since it listens on
+//! loopback only, and says so loudly.
+//!
 //! The bridge runs in the same process on its embedded defaults: the
 //! in-process event log instead of Kafka and SQLite instead of PostgreSQL,
 //! through the same code as `rumor bridge`. Workers publish every message and
@@ -38,6 +42,8 @@ pub(crate) struct UpOptions {
     pub(crate) exit_after: Option<Duration>,
     /// Port of the embedded bridge's HTTP API; 0 picks a free one.
     pub(crate) bridge_port: u16,
+    /// Port of the gateway's client edge on 127.0.0.1; 0 picks a free one.
+    pub(crate) edge_port: u16,
 }
 
 /// Three consecutive ports per node from `base` (gossip, mesh, admin), or 0.
@@ -94,6 +100,16 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
             .map(|s| vec![s.node().addrs().gossip])
             .unwrap_or_default();
         let mut server = ServerConfig::new(cfg);
+        if *role == Role::Gateway {
+            // Loopback only, so no credentials: said loudly below. `rumor
+            // node` never runs an edge without them.
+            let edge = gateway::EdgeConfig {
+                auth: gateway::Auth::anonymous(),
+                history: Some(bridge.addr().to_string()),
+                ..Default::default()
+            };
+            server.edge = Some((SocketAddr::from(([127, 0, 0, 1], opts.edge_port)), edge));
+        }
         // Every node shares the in-process log; each worker has its own publisher.
         server.events = Some(EventsConfig {
             log: log.clone(),
@@ -210,6 +226,26 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         Err(_) => println!("the bridge has not stored the demo message yet"),
     }
     let b = bridge.addr();
+    if let Some(edge) = servers[0].edge() {
+        let e = edge.addr();
+        println!();
+        println!("client edge on gateway-1: http://{e} (WebSocket ws://{e}/v1/ws, OpenAI-compatible http://{e}/v1)");
+        println!("  WARNING: the edge runs WITHOUT AUTHENTICATION: it listens on loopback only, for trying rumor out.");
+        println!("  `rumor node` never does; see docs/protocol.md for API keys and JWTs.");
+        println!("  stream a reply (server-sent events):");
+        println!(
+            "    curl -N -H 'accept: text/event-stream' -H 'content-type: application/json' \\\n      -d '{{\"text\":\"hello\"}}' http://{e}/v1/conversations/demo/messages"
+        );
+        println!("  WebSocket (JSON frames), for example with websocat:");
+        println!(
+            "    echo '{{\"send\":{{\"conversation\":\"demo\",\"client_id\":\"1\",\"text\":\"hi\"}}}}' | websocat ws://{e}/v1/ws"
+        );
+        println!("  any OpenAI SDK (Python shown):");
+        println!(
+            "    python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{e}/v1\", api_key=\"local\"); \\\n      print(c.chat.completions.create(model=\"echo\", messages=[{{\"role\": \"user\", \"content\": \"hi\"}}]).choices[0].message.content)'"
+        );
+        println!();
+    }
     println!("  try: rumor send --admin {gateway} --key conversation-2 \"hi\"");
     println!("       rumor status --admin {gateway}");
     println!("       curl http://{b}/v1/conversations/{}/messages", req.key);

@@ -59,6 +59,7 @@ pub struct FileConfig {
     pub mesh: MeshSection,
     pub worker: WorkerSection,
     pub events: EventsSection,
+    pub edge: EdgeSection,
     pub debug: DebugSection,
 }
 
@@ -68,6 +69,8 @@ pub struct Binds {
     pub gossip: String,
     pub mesh: String,
     pub admin: String,
+    /// The client edge of a gateway node.
+    pub edge: String,
 }
 
 /// A preset and optional overrides of single parameters.
@@ -192,6 +195,170 @@ impl EventsSection {
     }
 }
 
+/// `[edge]`: the client edge of a gateway node (docs/protocol.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeSection {
+    pub resume_grace_ms: u64,
+    pub heartbeat_ms: u64,
+    pub default_timeout_ms: u64,
+    /// The bridge's HTTP address, for filling gaps from history; empty: none.
+    pub history: String,
+    pub watch_buffer: usize,
+    pub drain_timeout_ms: u64,
+    pub max_frame_bytes: usize,
+    pub max_text_bytes: usize,
+    pub max_in_flight: usize,
+    pub max_watches: usize,
+    pub messages_per_second: u32,
+    pub burst: u32,
+    pub max_connections_per_credential: usize,
+    pub max_connections: usize,
+    pub send_queue_bytes: usize,
+    pub api_keys: Vec<ApiKeySection>,
+    pub jwt: Option<JwtSection>,
+}
+
+/// `[[edge.api_keys]]`: one API key, kept as its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySection {
+    pub name: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub watch_only: bool,
+}
+
+/// `[edge.jwt]`: how JWTs are checked.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSection {
+    pub audience: String,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// A file holding the HS256 secret (its bytes, trailing newline removed).
+    #[serde(default)]
+    pub hs256_secret_file: Option<std::path::PathBuf>,
+    /// A file holding the RS256 public key, PEM.
+    #[serde(default)]
+    pub rs256_public_key_file: Option<std::path::PathBuf>,
+}
+
+impl Default for EdgeSection {
+    fn default() -> Self {
+        let e = gateway::EdgeConfig::default();
+        let l = e.limits;
+        Self {
+            resume_grace_ms: e.resume_grace.as_millis() as u64,
+            heartbeat_ms: e.heartbeat.as_millis() as u64,
+            default_timeout_ms: e.default_timeout.as_millis() as u64,
+            history: String::new(),
+            watch_buffer: e.watch_buffer,
+            drain_timeout_ms: e.drain_timeout.as_millis() as u64,
+            max_frame_bytes: l.max_frame_bytes,
+            max_text_bytes: l.max_text_bytes,
+            max_in_flight: l.max_in_flight,
+            max_watches: l.max_watches,
+            messages_per_second: l.messages_per_second,
+            burst: l.burst,
+            max_connections_per_credential: l.max_connections_per_credential,
+            max_connections: l.max_connections,
+            send_queue_bytes: l.send_queue_bytes,
+            api_keys: Vec::new(),
+            jwt: None,
+        }
+    }
+}
+
+impl EdgeSection {
+    /// The edge's settings; reads the JWT key files.
+    pub fn setup(&self) -> Result<gateway::EdgeConfig, ConfigError> {
+        let positive = |setting: &str, v: u64| {
+            if v == 0 {
+                bad(format!("edge.{setting}"), "must be at least 1")
+            } else {
+                Ok(())
+            }
+        };
+        positive("heartbeat_ms", self.heartbeat_ms)?;
+        positive("max_frame_bytes", self.max_frame_bytes as u64)?;
+        positive("max_text_bytes", self.max_text_bytes as u64)?;
+        positive("max_in_flight", self.max_in_flight as u64)?;
+        positive("messages_per_second", u64::from(self.messages_per_second))?;
+        positive("max_connections", self.max_connections as u64)?;
+        positive("send_queue_bytes", self.send_queue_bytes as u64)?;
+        if self.max_text_bytes > self.max_frame_bytes {
+            return bad("edge.max_text_bytes", "must not be more than edge.max_frame_bytes");
+        }
+        let default_timeout = proto::rules::timeout_ms("edge.default_timeout_ms", self.default_timeout_ms)
+            .map_err(|e| ConfigError::new("edge.default_timeout_ms", e.to_string()))?;
+        let keys: Vec<gateway::ApiKey> = self
+            .api_keys
+            .iter()
+            .map(|k| gateway::ApiKey {
+                name: k.name.clone(),
+                sha256: k.sha256.clone(),
+                prefix: k.prefix.clone(),
+                watch_only: k.watch_only,
+            })
+            .collect();
+        let jwt = self.jwt.as_ref().map(jwt_config).transpose()?;
+        let auth = gateway::Auth::new(&keys, jwt.as_ref()).map_err(|e| ConfigError::new("edge", e.to_string()))?;
+        Ok(gateway::EdgeConfig {
+            auth,
+            limits: gateway::Limits {
+                max_frame_bytes: self.max_frame_bytes,
+                max_text_bytes: self.max_text_bytes,
+                max_in_flight: self.max_in_flight,
+                max_watches: self.max_watches,
+                messages_per_second: self.messages_per_second,
+                burst: self.burst,
+                max_connections_per_credential: self.max_connections_per_credential,
+                max_connections: self.max_connections,
+                send_queue_bytes: self.send_queue_bytes,
+            },
+            resume_grace: Duration::from_millis(self.resume_grace_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+            default_timeout,
+            history: Some(self.history.trim().to_owned()).filter(|h| !h.is_empty()),
+            watch_buffer: self.watch_buffer,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+        })
+    }
+}
+
+fn jwt_config(j: &JwtSection) -> Result<gateway::JwtConfig, ConfigError> {
+    let read = |setting: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ConfigError::new(format!("edge.jwt.{setting}"), format!("{}: {e}", path.display())))
+    };
+    let hs256_secret = match &j.hs256_secret_file {
+        Some(p) => {
+            let mut secret = read("hs256_secret_file", p)?;
+            while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                secret.pop();
+            }
+            Some(secret)
+        }
+        None => None,
+    };
+    let rs256_public_pem = match &j.rs256_public_key_file {
+        Some(p) => Some(
+            String::from_utf8(read("rs256_public_key_file", p)?)
+                .map_err(|_| ConfigError::new("edge.jwt.rs256_public_key_file", "not a PEM text file"))?,
+        ),
+        None => None,
+    };
+    Ok(gateway::JwtConfig {
+        hs256_secret,
+        rs256_public_pem,
+        audience: j.audience.clone(),
+        issuer: j.issuer.clone(),
+    })
+}
+
 /// `[debug]`: switches for tests, off by default.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -234,6 +401,7 @@ impl Default for FileConfig {
             mesh: MeshSection::default(),
             worker: WorkerSection::default(),
             events: EventsSection::default(),
+            edge: EdgeSection::default(),
             debug: DebugSection::default(),
         }
     }
@@ -245,6 +413,7 @@ impl Default for Binds {
             gossip: "127.0.0.1:7946".into(),
             mesh: "127.0.0.1:7947".into(),
             admin: "127.0.0.1:7948".into(),
+            edge: "127.0.0.1:8080".into(),
         }
     }
 }
@@ -331,6 +500,7 @@ pub struct Overrides {
     pub gossip_bind: Option<String>,
     pub mesh_bind: Option<String>,
     pub admin_bind: Option<String>,
+    pub edge_bind: Option<String>,
     pub advertise: Option<String>,
     pub preset: Option<String>,
 }
@@ -373,6 +543,9 @@ impl FileConfig {
         if let Some(v) = var("RUMOR_ADMIN_BIND") {
             self.bind.admin = v;
         }
+        if let Some(v) = var("RUMOR_EDGE_BIND") {
+            self.bind.edge = v;
+        }
         if let Some(v) = var("RUMOR_ADVERTISE") {
             self.advertise = Some(v);
         }
@@ -399,9 +572,11 @@ impl FileConfig {
             gossip_bind,
             mesh_bind,
             admin_bind,
+            edge_bind,
             advertise,
             preset,
         } = o;
+        self.bind.edge = edge_bind.unwrap_or(std::mem::take(&mut self.bind.edge));
         self.name = name.unwrap_or(std::mem::take(&mut self.name));
         self.roles = roles.unwrap_or(std::mem::take(&mut self.roles));
         self.seeds = seeds.unwrap_or(std::mem::take(&mut self.seeds));
@@ -415,8 +590,14 @@ impl FileConfig {
     /// Checks every setting and builds the node process's config.
     pub fn into_server_config(self) -> Result<ServerConfig, ConfigError> {
         let events = self.events.setup()?;
+        let edge = if self.roles.iter().any(|r| r.trim() == "gateway") {
+            Some((addr("bind.edge", &self.bind.edge)?, self.edge.setup()?))
+        } else {
+            None
+        };
         let mut server = ServerConfig::new(self.into_node_config()?);
         server.events = events;
+        server.edge = edge;
         Ok(server)
     }
 

@@ -5,8 +5,9 @@
 //! ```text
 //!  ServerConfig ──start──> Node (gossip, router, worker with its processor, admin)
 //!                          ├─ worker role + event log: Publisher ─ LogSink (records of every message and reply)
-//!                          └─ forward role + event log: Forwarder (forward topic -> Router::send)
-//!  Server::shutdown: stop the forwarder, leave and drain the node, flush the publisher
+//!                          ├─ forward role + event log: Forwarder (forward topic -> Router::send)
+//!                          └─ gateway role: Edge (the client edge: WebSocket, HTTP, OpenAI-compatible)
+//!  Server::shutdown: drain the edge, stop the forwarder, leave and drain the node, flush the publisher
 //! ```
 //!
 //! Nothing here waits for Kafka to be up: records wait in the publisher's
@@ -16,8 +17,11 @@ pub mod file;
 mod forward;
 mod records;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use gateway::{Edge, EdgeConfig};
 
 use events::publisher::{Publisher, PublisherConfig, SetAside};
 use events::{EventLog, LogError, OutRecord, Topics};
@@ -52,6 +56,10 @@ pub struct ServerConfig {
     /// Longest time a shutdown waits for the worker's records to be
     /// published after the node drained. Default 5 s.
     pub flush_timeout: Duration,
+    /// The client edge of a gateway node: its address and settings. Used
+    /// with the gateway role; `None` runs the role without an edge (its
+    /// messages enter through the admin API only).
+    pub edge: Option<(SocketAddr, EdgeConfig)>,
 }
 
 impl ServerConfig {
@@ -61,6 +69,7 @@ impl ServerConfig {
             node,
             events: None,
             flush_timeout: Duration::from_secs(5),
+            edge: None,
         }
     }
 }
@@ -88,6 +97,9 @@ pub enum StartError {
         /// The log's record limit.
         limit: usize,
     },
+    /// The client edge did not start.
+    #[error("edge: {0}")]
+    Edge(#[from] gateway::StartError),
     /// The event log could not be set up (a client could not be made).
     #[error("event log ({log}): {source}")]
     Log {
@@ -104,6 +116,7 @@ pub struct Server {
     node: Node,
     publisher: Option<Publisher>,
     forwarder: Option<Forwarder>,
+    edge: Option<Edge>,
     flush_timeout: Duration,
 }
 
@@ -170,7 +183,36 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
         config.node.readiness.push(forward_health.clone());
     }
     let dead_letters = config.node.dead_letters.clone();
+    let edge_config = config.edge.take().filter(|_| roles.has(Role::Gateway));
     let node = Node::start(config.node).await?;
+    let edge = match edge_config {
+        Some((addr, edge_config)) => {
+            let started = Edge::start(
+                node.name(),
+                edge_config,
+                addr,
+                node.router().clone(),
+                node.gossip().view(),
+                node.readiness(),
+            )
+            .await;
+            match started {
+                Ok(edge) => Some(edge),
+                Err(gateway::StartError::NoCredentials) => {
+                    tracing::warn!(
+                        "the gateway role runs without its client edge: no credentials are configured \
+                         (edge.api_keys or edge.jwt); messages enter through the admin API only"
+                    );
+                    None
+                }
+                Err(e) => {
+                    node.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
     let forwarder = forwards.map(|ev| {
         Forwarder::spawn(
             node.router().clone(),
@@ -185,6 +227,7 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
         node,
         publisher,
         forwarder,
+        edge,
         flush_timeout: config.flush_timeout,
     })
 }
@@ -217,15 +260,25 @@ impl Server {
         &self.node
     }
 
+    /// The client edge, if the node runs one.
+    pub fn edge(&self) -> Option<&Edge> {
+        self.edge.as_ref()
+    }
+
     /// The forward role's counters, if the node forwards.
     pub fn forward_stats(&self) -> Option<ForwardStats> {
         self.forwarder.as_ref().map(Forwarder::stats)
     }
 
-    /// Leaves gracefully: the forward role stops taking injected messages
-    /// and finishes the one in progress, the node leaves the cluster and
+    /// Leaves gracefully: the client edge refuses new messages, lets those
+    /// in flight finish and closes its connections (1001, so clients
+    /// reconnect elsewhere); the forward role stops taking injected messages
+    /// and finishes the one in progress; the node leaves the cluster and
     /// drains its worker, and the worker's records are flushed to the log.
     pub async fn shutdown(self) -> Stopped {
+        if let Some(edge) = self.edge {
+            edge.shutdown().await;
+        }
         let forwarded = match self.forwarder {
             Some(f) => Some(f.stop().await),
             None => None,
