@@ -46,6 +46,8 @@ struct Proc {
     child: Child,
     gossip: String,
     admin: String,
+    /// The client edge's address, on a gateway with edge credentials.
+    edge: Option<String>,
     /// The stdout lines after the first, as they come.
     lines: mpsc::Receiver<String>,
 }
@@ -68,7 +70,7 @@ impl Proc {
         }
         cmd.args(["--name", name, "--roles", roles, "--preset", "test"])
             .args(["--gossip-bind", "127.0.0.1:0", "--mesh-bind", "127.0.0.1:0"])
-            .args(["--admin-bind", "127.0.0.1:0"])
+            .args(["--admin-bind", "127.0.0.1:0", "--edge-bind", "127.0.0.1:0"])
             .env("RUMOR_KEYS", key)
             .env_remove("RUMOR_SEEDS")
             .env_remove("RUMOR_NAME")
@@ -101,6 +103,10 @@ impl Proc {
             name: name.to_owned(),
             gossip: field("gossip="),
             admin: field("admin="),
+            edge: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("edge="))
+                .map(str::to_owned),
             child,
             lines: rx,
         }
@@ -1366,6 +1372,189 @@ async fn postgresql_down_mid_run_then_back_loses_no_row_and_stores_none_twice() 
             0,
             "an outage is not poison"
         );
+    })
+    .await;
+}
+
+/// The client edge's API key in the edge tests, and the config that holds
+/// its hash.
+const EDGE_KEY: &str = "edge-test-key";
+
+fn edge_config() -> String {
+    format!(
+        "[[edge.api_keys]]\nname = \"test\"\nsha256 = \"{}\"\n",
+        gateway::key_hash(EDGE_KEY)
+    )
+}
+
+/// Two gateways with an edge, a forward node and `workers` workers whose
+/// echo streams 20 chunks 100 ms apart.
+async fn edge_cluster(workers: usize, key: &str) -> Vec<Proc> {
+    let edge = edge_config();
+    let gw1 = Proc::start_with("gw1", "gateway", &[], key, Some(&edge));
+    let seed = gw1.gossip.clone();
+    let mut nodes = vec![gw1, Proc::start_with("gw2", "gateway", &[&seed], key, Some(&edge))];
+    let slow = "[worker.echo]\nchunks = 20\ndelay_ms = 100\n";
+    for i in 1..=workers {
+        nodes.push(Proc::start_with(&format!("w{i}"), "worker", &[&seed], key, Some(slow)));
+    }
+    let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
+    agree(&nodes, &names, workers).await;
+    nodes
+}
+
+/// A JSON WebSocket client of the edge.
+struct EdgeWs(tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>);
+
+impl EdgeWs {
+    async fn connect(edge: &str) -> EdgeWs {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut req = format!("ws://{edge}/v1/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {EDGE_KEY}").parse().unwrap());
+        EdgeWs(tokio_tungstenite::connect_async(req).await.unwrap().0)
+    }
+
+    async fn send(&mut self, v: serde_json::Value) {
+        use futures_util::SinkExt as _;
+        self.0
+            .send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+            .await
+            .unwrap();
+    }
+
+    async fn next(&mut self) -> serde_json::Value {
+        use futures_util::StreamExt as _;
+        loop {
+            match self.0.next().await.expect("open").expect("a frame") {
+                tokio_tungstenite::tungstenite::Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Event frames up to and including an `end` (or, with `gap_ends`, a
+    /// `gap`).
+    async fn events_until_end(&mut self) -> Vec<serde_json::Value> {
+        let mut events = Vec::new();
+        loop {
+            let f = self.next().await;
+            if let Some(e) = f.get("event") {
+                events.push(e.clone());
+                if e.get("end").is_some() {
+                    return events;
+                }
+            }
+        }
+    }
+}
+
+fn seq(position: &serde_json::Value) -> u64 {
+    position["seq"].as_str().unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_reply_loses_nothing_for_a_client_that_resumes_on_another() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let mut nodes = edge_cluster(2, &key).await;
+        let text = "0123456789".repeat(4);
+        let mut ws = EdgeWs::connect(nodes[0].edge.as_deref().unwrap()).await;
+        ws.send(serde_json::json!({"send": {"conversation": "survivor", "client_id": "a", "text": text}}))
+            .await;
+        let mut seen = String::new();
+        let mut last = serde_json::Value::Null;
+        while seen.len() < 8 {
+            let f = ws.next().await;
+            if let Some(c) = f.get("chunk") {
+                seen.push_str(c["text"].as_str().unwrap());
+                last = c["position"].clone();
+            }
+        }
+        nodes[0].kill();
+        // The client reconnects to the other gateway and picks up where it was.
+        let mut ws = EdgeWs::connect(nodes[1].edge.as_deref().unwrap()).await;
+        ws.send(serde_json::json!({"watch": {"conversation": "survivor", "after": last}}))
+            .await;
+        let events = ws.events_until_end().await;
+        assert!(events.iter().all(|e| e.get("gap").is_none()), "{events:?}");
+        assert_eq!(seq(&events[0]["position"]), seq(&last) + 1, "{events:?}");
+        assert!(
+            events
+                .windows(2)
+                .all(|w| seq(&w[1]["position"]) == seq(&w[0]["position"]) + 1),
+            "{events:?}"
+        );
+        seen.extend(events.iter().filter_map(|e| e["chunk"]["text"].as_str()));
+        assert_eq!(seen, text);
+        assert!(events.last().unwrap()["end"].get("error").is_none(), "{events:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_is_told_of_the_gap_when_the_owner_dies_mid_reply_and_follows_the_new_owner() {
+    within(async {
+        let key = Key::generate().to_base64();
+        let mut nodes = edge_cluster(2, &key).await;
+        let mut watcher = EdgeWs::connect(nodes[1].edge.as_deref().unwrap()).await;
+        watcher
+            .send(serde_json::json!({"watch": {"conversation": "orphan"}}))
+            .await;
+        assert!(watcher.next().await.get("watching").is_some());
+        let mut sender = EdgeWs::connect(nodes[0].edge.as_deref().unwrap()).await;
+        sender
+            .send(serde_json::json!({"send": {"conversation": "orphan", "client_id": "a", "text": "x".repeat(40)}}))
+            .await;
+        // The owner streams a few chunks, then is killed.
+        let mut owner = None;
+        let mut before = Vec::new();
+        while before.len() < 4 {
+            let f = watcher.next().await;
+            if let Some(e) = f.get("event") {
+                if let Some(w) = e["chunk"]["worker"].as_str() {
+                    owner = Some(w.to_owned());
+                }
+                before.push(e.clone());
+            }
+        }
+        let owner = owner.unwrap();
+        let victim = nodes.iter().position(|p| p.name == owner).unwrap();
+        nodes[victim].kill();
+        // The sender's reply ends with an error, not silently.
+        loop {
+            let f = sender.next().await;
+            if let Some(e) = f.get("error") {
+                assert_eq!(e["client_id"], "a", "{f}");
+                break;
+            }
+            assert!(f.get("done").is_none(), "a reply cut mid-stream is not done: {f}");
+        }
+        // The watcher is told what it may have missed before anything from
+        // the new owner; then it sees the next message there.
+        sender
+            .send(serde_json::json!({"send": {"conversation": "orphan", "client_id": "b", "text": "next"}}))
+            .await;
+        let mut after = Vec::new();
+        loop {
+            let f = watcher.next().await;
+            let Some(e) = f.get("event") else { continue };
+            after.push(e.clone());
+            if e["message"]["text"] == "next" {
+                break;
+            }
+        }
+        let gap = after.iter().position(|e| e.get("gap").is_some());
+        let epoch = before[0]["position"]["epoch"].clone();
+        let first_new = after
+            .iter()
+            .position(|e| e["position"]["epoch"] != epoch && e.get("gap").is_none());
+        assert!(gap.is_some() && gap < first_new, "{after:?}");
+        assert_eq!(after[gap.unwrap()]["gap"]["reason"], "epoch", "{after:?}");
+        let rest = watcher.events_until_end().await;
+        let text: String = rest.iter().filter_map(|e| e["chunk"]["text"].as_str()).collect();
+        assert_eq!(text, "next");
+        assert_ne!(rest[0]["chunk"]["worker"], owner);
     })
     .await;
 }
