@@ -93,10 +93,13 @@ impl EdgeError {
             ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
             ErrorCode::Duplicate => StatusCode::CONFLICT,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::RateLimited | ErrorCode::TooManyInFlight => StatusCode::TOO_MANY_REQUESTS,
+            // An overloaded worker or backend: like a rate limit, retry later.
+            ErrorCode::RateLimited | ErrorCode::TooManyInFlight | ErrorCode::Overloaded => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ErrorCode::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             ErrorCode::Backend => StatusCode::BAD_GATEWAY,
-            ErrorCode::Unavailable | ErrorCode::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Internal | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -4,13 +4,18 @@
 //!
 //! - [`Echo`]: the built-in processor, which echoes the message back in
 //!   chunks, optionally paced like a streaming backend.
+//! - [`OpenAi`]: an OpenAI-compatible chat completions backend (vLLM,
+//!   llama.cpp's server, SGLang, TGI, Ollama), streamed, with retries,
+//!   timeouts and each conversation's history.
 //!
 //! Every processor honours the cancellation contract of [`node::processor`]:
 //! its future may be dropped at any await point when the caller goes away.
 
 mod echo;
+mod openai;
 
 pub use echo::Echo;
+pub use openai::{BadUrl, OpenAi, OpenAiConfig};
 
 /// The names a node's config may choose from (`worker.processor`).
-pub const NAMES: [&str; 1] = ["echo"];
+pub const NAMES: [&str; 2] = ["echo", "openai"];

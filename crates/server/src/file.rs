@@ -376,6 +376,56 @@ pub struct WorkerSection {
     /// One of [`processors::NAMES`].
     pub processor: String,
     pub echo: EchoSection,
+    pub openai: OpenAiSection,
+}
+
+/// `[worker.openai]`: an OpenAI-compatible chat completions backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSection {
+    pub name: String,
+    pub base_url: String,
+    pub model: String,
+    /// The environment variable holding the API key; empty: none.
+    pub api_key_env: String,
+    /// Read from `api_key_env` by [`FileConfig::apply_env`], never from the file.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    pub first_token_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub retries: u32,
+    pub backoff_ms: u64,
+    pub system_prompt: String,
+    pub context_bytes: usize,
+    pub total_context_bytes: usize,
+    pub max_tokens: u32,
+}
+
+impl Default for OpenAiSection {
+    fn default() -> Self {
+        let d = processors::OpenAiConfig::default();
+        Self {
+            name: d.name,
+            base_url: d.base_url,
+            model: d.model,
+            api_key_env: String::new(),
+            api_key: None,
+            max_concurrency: d.max_concurrency,
+            max_queue: d.max_queue,
+            first_token_timeout_ms: d.first_token_timeout.as_millis() as u64,
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            total_timeout_ms: d.total_timeout.as_millis() as u64,
+            retries: d.retries,
+            backoff_ms: d.backoff.as_millis() as u64,
+            system_prompt: d.system_prompt,
+            context_bytes: d.context_bytes,
+            total_context_bytes: d.total_context_bytes,
+            max_tokens: d.max_tokens,
+        }
+    }
 }
 
 /// `[worker.echo]`: the built-in echo processor.
@@ -456,6 +506,7 @@ impl Default for WorkerSection {
             wait_for_records_ms: w.wait_for_records.map_or(0, |d| d.as_millis() as u64),
             processor: "echo".into(),
             echo: EchoSection::default(),
+            openai: OpenAiSection::default(),
         }
     }
 }
@@ -482,6 +533,46 @@ impl WorkerSection {
                     chunks: self.echo.chunks,
                     delay: Duration::from_millis(self.echo.delay_ms),
                 }))
+            }
+            "openai" => {
+                let o = &self.openai;
+                for (setting, v) in [
+                    ("max_concurrency", o.max_concurrency as u64),
+                    ("first_token_timeout_ms", o.first_token_timeout_ms),
+                    ("idle_timeout_ms", o.idle_timeout_ms),
+                    ("total_timeout_ms", o.total_timeout_ms),
+                ] {
+                    if v == 0 {
+                        return bad(format!("worker.openai.{setting}"), "must be at least 1");
+                    }
+                }
+                if !o.api_key_env.is_empty() && o.api_key.is_none() {
+                    return bad(
+                        "worker.openai.api_key_env",
+                        format!("the environment variable {} is not set", o.api_key_env),
+                    );
+                }
+                let cfg = processors::OpenAiConfig {
+                    name: o.name.clone(),
+                    base_url: o.base_url.clone(),
+                    model: o.model.clone(),
+                    api_key: o.api_key.clone(),
+                    max_concurrency: o.max_concurrency,
+                    max_queue: o.max_queue,
+                    first_token_timeout: Duration::from_millis(o.first_token_timeout_ms),
+                    idle_timeout: Duration::from_millis(o.idle_timeout_ms),
+                    total_timeout: Duration::from_millis(o.total_timeout_ms),
+                    retries: o.retries,
+                    backoff: Duration::from_millis(o.backoff_ms),
+                    system_prompt: o.system_prompt.clone(),
+                    context_bytes: o.context_bytes,
+                    total_context_bytes: o.total_context_bytes,
+                    max_tokens: o.max_tokens,
+                };
+                match processors::OpenAi::new(cfg) {
+                    Ok(p) => Ok(Arc::new(p)),
+                    Err(e) => bad("worker.openai.base_url", e.to_string()),
+                }
             }
             other => bad(
                 "worker.processor",
@@ -524,6 +615,9 @@ impl FileConfig {
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         if let Some(v) = var("RUMOR_NAME") {
             self.name = v;
+        }
+        if !self.worker.openai.api_key_env.is_empty() {
+            self.worker.openai.api_key = var(&self.worker.openai.api_key_env);
         }
         if let Some(v) = var("RUMOR_ROLES") {
             self.roles = list(&v);
