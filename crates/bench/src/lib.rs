@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `rumor-bench membership` | membership.md: SWIM + Lifeguard, without Lifeguard, and foca in the simulator | [`membership`] |
 //! | `rumor-bench dataplane` | dataplane.md: gateway to worker and back against a bare tonic echo | [`dataplane`] |
+//! | `rumor-bench edge` | edge.md: the client edge against the router path and a bare WebSocket echo; idle connections; watchers | [`edge`] |
 //! | `rumor-bench bridge` | bridge.md: Kafka into PostgreSQL against COPY | [`bridge`] |
 //! | `cargo bench -p bench --bench routing` | routing.md: the ring against other consistent-hashing crates | `benches/routing.rs` |
 //!
@@ -14,6 +15,7 @@
 
 pub mod bridge;
 pub mod dataplane;
+pub mod edge;
 pub mod foca;
 pub mod membership;
 pub mod records;

@@ -3,6 +3,7 @@
 //! binary of the same profile (see [`bench::rumor_exe`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use bench::membership::{self, Impl};
@@ -72,6 +73,47 @@ enum Command {
         /// Where to write the report.
         #[arg(long, default_value = "docs/benchmarks/bridge.md")]
         out: PathBuf,
+    },
+    /// The client edge against the router path and a bare axum WebSocket echo; idle connections; watchers (~3 min).
+    Edge {
+        /// Measured seconds of each step (after a 1 s warm-up).
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Rounds; each runs every step once.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Idle connections held by one gateway process.
+        #[arg(long, default_value_t = 50_000)]
+        idle: usize,
+        /// Watchers of one conversation over two gateway processes.
+        #[arg(long, default_value_t = 10_000)]
+        watchers: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/edge.md")]
+        out: PathBuf,
+    },
+    /// Drives a running gateway's edge: C connections, R messages per second each (0: closed loop), W watchers per conversation, D seconds.
+    EdgeLoad {
+        /// The gateway's edge address (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        edge: std::net::SocketAddr,
+        /// A credential of the edge (API key or JWT).
+        #[arg(long, env = "RUMOR_EDGE_TOKEN", default_value = "")]
+        token: String,
+        #[arg(long, short = 'c', default_value_t = 16)]
+        connections: usize,
+        #[arg(long, short = 'r', default_value_t = 0.0)]
+        rate: f64,
+        #[arg(long, short = 'w', default_value_t = 0)]
+        watchers: usize,
+        #[arg(long, short = 'd', default_value_t = 10.0)]
+        duration: f64,
+        /// The gateway's pid, to report its resident memory.
+        #[arg(long)]
+        gateway_pid: Option<u32>,
     },
     /// A membership scenario in the simulator with any implementation, foca included, for comparison.
     Sim {
@@ -182,6 +224,33 @@ fn main() -> anyhow::Result<()> {
             let report = membership::run_scenario(&sc, seed, r#impl.into(), nodes);
             print!("{}", report.render(&name));
         }
+        Command::Edge {
+            duration,
+            rounds,
+            idle,
+            watchers,
+            quick,
+            out,
+        } => runtime()?.block_on(bench::edge::run(bench::edge::Options::new(
+            duration, rounds, idle, watchers, quick, out,
+        )?))?,
+        Command::EdgeLoad {
+            edge,
+            token,
+            connections,
+            rate,
+            watchers,
+            duration,
+            gateway_pid,
+        } => runtime()?.block_on(bench::edge::load(bench::edge::LoadOptions {
+            edge,
+            token,
+            connections,
+            rate,
+            watchers,
+            duration: Duration::from_secs_f64(duration),
+            gateway_pid,
+        }))?,
         Command::DataplanePeer { chunks } => runtime()?.block_on(bench::dataplane::peer(chunks))?,
     }
     Ok(())
