@@ -2,17 +2,17 @@
 //!
 //! | route | module | what |
 //! |---|---|---|
-//! | `GET /v1/ws` | [`ws`] | WebSocket: JSON or protobuf frames, many conversations per connection, watch, resume, cancel |
-//! | `POST /v1/conversations/{key}/messages` | [`http`] | one message; the reply as JSON, or as server-sent events |
-//! | `POST /v1/chat/completions`, `GET /v1/models` | [`openai`] | the OpenAI-compatible API |
-//! | `GET /v1/cluster` | [`http`] | members, roles, ring and models, for clients that show status |
-//! | `GET /healthz`, `/readyz`, `/metrics` | [`http`] | for operators |
+//! | `GET /v1/ws` | `ws.rs` | WebSocket: JSON or protobuf frames, many conversations per connection, watch, resume, cancel |
+//! | `POST /v1/conversations/{key}/messages` | `http.rs` | one message; the reply as JSON, or as server-sent events |
+//! | `POST /v1/chat/completions`, `GET /v1/models` | `openai.rs` | the OpenAI-compatible API |
+//! | `GET /v1/cluster` | `http.rs` | members, roles, ring and models, for clients that show status |
+//! | `GET /healthz`, `/readyz`, `/metrics` | `http.rs` | for operators |
 //!
 //! docs/protocol.md describes the protocol; the frames are
 //! `rumor.edge.v1` (crates/proto). Every message goes through
 //! [`Router::send`] like any other entering the mesh; watching goes to the
 //! conversation's owner through [`Router::watch`], shared per conversation
-//! by a hub on each gateway ([`watch`]).
+//! by a hub on each gateway (`watch.rs`).
 //!
 //! ```text
 //!  client ──auth──limits──> edge ──Router::send──> owner (worker) ──reply chunks──> client
