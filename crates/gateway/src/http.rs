@@ -81,7 +81,7 @@ pub(crate) fn retry_after(r: &mut Response, e: &EdgeError) {
 /// when the credential is.
 pub(crate) fn refuse_connection(refused: &Refused) -> Response {
     let code = match refused {
-        Refused::Total(_) => ErrorCode::Overloaded,
+        Refused::Total(_) => ErrorCode::Unavailable,
         Refused::PerCredential(..) => ErrorCode::RateLimited,
     };
     error_response(&EdgeError::new(code, refused.to_string()).retry_after(std::time::Duration::from_secs(1)))
@@ -103,7 +103,7 @@ pub(crate) fn admit(s: &Shared, headers: &HeaderMap) -> Result<(Arc<Credential>,
     let permit = s.gate.admit(&cred.name).map_err(|refused| {
         s.count(|c| &c.connections_refused);
         let code = match refused {
-            Refused::Total(_) => ErrorCode::Overloaded,
+            Refused::Total(_) => ErrorCode::Unavailable,
             Refused::PerCredential(..) => ErrorCode::RateLimited,
         };
         EdgeError::new(code, refused.to_string()).retry_after(std::time::Duration::from_secs(1))
