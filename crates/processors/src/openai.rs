@@ -69,6 +69,10 @@ pub struct OpenAiConfig {
     pub total_context_bytes: usize,
     /// Tokens per answer; 0: the backend's default.
     pub max_tokens: u32,
+    /// The bridge's HTTP address (`host:port`): a conversation that arrives
+    /// here with no history (this worker just took over its share of the
+    /// ring, or restarted) has its history rebuilt from the bridge's.
+    pub history: Option<String>,
 }
 
 impl Default for OpenAiConfig {
@@ -89,6 +93,7 @@ impl Default for OpenAiConfig {
             context_bytes: 32 * 1024,
             total_context_bytes: 256 * 1024 * 1024,
             max_tokens: 0,
+            history: None,
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct OpenAi {
     /// Conversations that arrived here with no history (a new owner, or a
     /// restart).
     pub context_misses: AtomicU64,
+    /// Of those, the ones whose history was rebuilt from the bridge's.
+    pub context_rebuilt: AtomicU64,
     pub retries: AtomicU64,
 }
 
@@ -134,6 +141,7 @@ impl OpenAi {
             waiting: AtomicUsize::new(0),
             contexts: Mutex::new(Contexts::new(cfg.context_bytes, cfg.total_context_bytes)),
             context_misses: AtomicU64::new(0),
+            context_rebuilt: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             cfg,
         })
@@ -145,7 +153,7 @@ impl OpenAi {
 
     /// The messages to send for `msg`, and for a text message the user
     /// turn to remember once answered.
-    fn messages(&self, msg: &Envelope) -> Result<(Vec<ChatMessage>, Option<String>), ProcessError> {
+    async fn messages(&self, msg: &Envelope) -> Result<(Vec<ChatMessage>, Option<String>), ProcessError> {
         if msg.format == "chat" {
             let chat = ChatRequest::decode(msg.payload.clone()).map_err(|e| {
                 ProcessError::new(
@@ -163,10 +171,21 @@ impl OpenAi {
                 content: self.cfg.system_prompt.clone(),
             });
         }
-        match self.contexts().history(&msg.key) {
+        let known = self.contexts().history(&msg.key);
+        match known {
             Some(h) => messages.extend(h),
             None => {
                 self.context_misses.fetch_add(1, Ordering::Relaxed);
+                if let Some(h) = self.stored_history(&msg.key, &msg.id).await {
+                    self.context_rebuilt.fetch_add(1, Ordering::Relaxed);
+                    let mut c = self.contexts();
+                    for pair in h.chunks(2) {
+                        if let [u, a] = pair {
+                            c.remember(&msg.key, u.content.clone(), a.content.clone());
+                        }
+                    }
+                    messages.extend(c.history(&msg.key).unwrap_or_default());
+                }
             }
         }
         messages.push(ChatMessage {
@@ -301,7 +320,7 @@ impl OpenAi {
             .acquire()
             .await
             .map_err(|_| ProcessError::new(Code::Unavailable, "the backend is closed"))?;
-        let (messages, user_turn) = self.messages(msg)?;
+        let (messages, user_turn) = self.messages(msg).await?;
         let body = self.body(msg, &messages);
         let started = Instant::now();
         let total_end = started + self.cfg.total_timeout;
@@ -395,6 +414,51 @@ impl OpenAi {
             self.contexts().remember(&msg.key, turn, answer);
         }
         Ok(())
+    }
+
+    /// The conversation's turns from the bridge's history, oldest first, as
+    /// user/assistant pairs of the messages that were answered (not `id`,
+    /// the message being answered now). `None` when there is no bridge, it
+    /// does not answer, or it holds nothing.
+    async fn stored_history(&self, key: &str, id: &str) -> Option<Vec<ChatMessage>> {
+        let bridge = self.cfg.history.as_ref()?;
+        let client = node::client::AdminClient::new(bridge.clone()).with_timeout(Duration::from_secs(2));
+        let path_key: String = key
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        // The newest page is enough: history is bounded by bytes anyway.
+        let page: proto::api::History = client
+            .get_json(&format!("/v1/conversations/{path_key}/messages?limit=1000"))
+            .await
+            .ok()?;
+        let mut inbound: HashMap<String, String> = HashMap::new();
+        let mut turns = Vec::new();
+        for m in page.messages {
+            if m.id == id {
+                continue;
+            }
+            if m.kind == proto::api::MessageKind::Reply as i32 {
+                if m.error.is_none()
+                    && let Some(user) = inbound.remove(&m.id)
+                {
+                    turns.push(ChatMessage {
+                        role: "user".into(),
+                        content: user,
+                    });
+                    turns.push(ChatMessage {
+                        role: "assistant".into(),
+                        content: m.payload,
+                    });
+                }
+            } else {
+                inbound.insert(m.id, m.payload);
+            }
+        }
+        (!turns.is_empty()).then_some(turns)
     }
 
     fn broken(&self, answer: &str, why: String) -> ProcessError {

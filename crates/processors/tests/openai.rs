@@ -364,3 +364,46 @@ async fn an_overloaded_backend_refuses_at_once_with_a_retry_hint() {
     assert!(collect(a).await.1.is_none());
     assert!(collect(b).await.1.is_none());
 }
+
+#[tokio::test]
+async fn a_conversation_new_to_this_worker_gets_its_history_from_the_bridge() {
+    // The bridge's history API: one answered turn, one that failed, and the
+    // message being answered now.
+    let history = serde_json::json!({"key": "moved", "messages": [
+        {"id": "A", "kind": "MESSAGE_KIND_INBOUND", "payload": "my name is Ada"},
+        {"id": "A", "kind": "MESSAGE_KIND_REPLY", "payload": "Hello Ada."},
+        {"id": "B", "kind": "MESSAGE_KIND_INBOUND", "payload": "lost"},
+        {"id": "B", "kind": "MESSAGE_KIND_REPLY", "payload": "", "error": {"code": 14, "message": "owner died"}},
+        {"id": "m1", "kind": "MESSAGE_KIND_INBOUND", "payload": "what is my name?"},
+    ]});
+    let app = Router::new().route(
+        "/v1/conversations/{key}/messages",
+        axum::routing::get(move || {
+            let h = history.clone();
+            async move { axum::Json(h) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bridge = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let (f, addr) = fake(vec![stream(vec!["Ada."])]).await;
+    let p = OpenAi::new(OpenAiConfig {
+        history: Some(bridge.to_string()),
+        ..config(addr)
+    })
+    .unwrap();
+    let w = Worker::new("w", WorkerConfig::default(), Arc::new(p));
+    let (text, err, _) = collect(send(&w, "m1", "moved", "what is my name?")).await;
+    assert_eq!((text.as_str(), err), ("Ada.", None));
+    let sent = f.bodies.lock().unwrap()[0]["messages"].clone();
+    assert_eq!(
+        sent,
+        serde_json::json!([
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "my name is Ada"},
+            {"role": "assistant", "content": "Hello Ada."},
+            {"role": "user", "content": "what is my name?"},
+        ])
+    );
+}

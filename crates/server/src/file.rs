@@ -402,6 +402,8 @@ pub struct OpenAiSection {
     pub context_bytes: usize,
     pub total_context_bytes: usize,
     pub max_tokens: u32,
+    /// The bridge's HTTP address, to rebuild a conversation's history; empty: none.
+    pub history: String,
 }
 
 impl Default for OpenAiSection {
@@ -424,6 +426,7 @@ impl Default for OpenAiSection {
             context_bytes: d.context_bytes,
             total_context_bytes: d.total_context_bytes,
             max_tokens: d.max_tokens,
+            history: String::new(),
         }
     }
 }
@@ -568,6 +571,7 @@ impl WorkerSection {
                     context_bytes: o.context_bytes,
                     total_context_bytes: o.total_context_bytes,
                     max_tokens: o.max_tokens,
+                    history: (!o.history.is_empty()).then(|| o.history.clone()),
                 };
                 match processors::OpenAi::new(cfg) {
                     Ok(p) => Ok(Arc::new(p)),
