@@ -46,7 +46,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::dataplane::{KEY_VAR, Proc};
 use crate::report::proc::status_kib;
-use crate::report::{Machine, median, met, percentile, table};
+use crate::report::{Machine, median, met, percentile_of, table};
 
 /// The edge's goals (the client-edge issue).
 const GOAL_RATIO: f64 = 0.85;
@@ -939,13 +939,8 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pct_ms(sorted_or_not: &[f64], p: f64) -> f64 {
-    let mut v = sorted_or_not.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    percentile(&v, p) / 1000.0
+fn pct_ms(values: &[f64], p: f64) -> f64 {
+    percentile_of(values, p).map_or(f64::NAN, |us| us / 1000.0)
 }
 
 fn render(o: &Options, m: &Machine, r: &Results) -> String {

@@ -35,7 +35,7 @@ pub use proto::api::{
     DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError,
 };
 use proto::events::ForwardRequest;
-use proto::openapi::{Body, Param, Route};
+use proto::openapi::{Body, PAGE_AFTER, PAGE_LIMIT, Param, Route};
 use proto::rules;
 use serde::Deserialize;
 use stats::prom::{CONTENT_TYPE, Exposition};
@@ -138,20 +138,6 @@ const CONVERSATION: Param = Param {
     location: "path",
     kind: "string",
     description: "The conversation key",
-    values: &[],
-};
-const PAGE_AFTER: Param = Param {
-    name: "after",
-    location: "query",
-    kind: "integer",
-    description: "The cursor of the last entry of the previous page",
-    values: &[],
-};
-const PAGE_LIMIT: Param = Param {
-    name: "limit",
-    location: "query",
-    kind: "integer",
-    description: "Entries per page, 1 to 1000",
     values: &[],
 };
 

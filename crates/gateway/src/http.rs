@@ -80,11 +80,15 @@ pub(crate) fn retry_after(r: &mut Response, e: &EdgeError) {
 /// A connection refused at the door: 503 when the gateway is full, 429
 /// when the credential is.
 pub(crate) fn refuse_connection(refused: &Refused) -> Response {
+    error_response(&refused_error(refused))
+}
+
+fn refused_error(refused: &Refused) -> EdgeError {
     let code = match refused {
         Refused::Total(_) => ErrorCode::Unavailable,
         Refused::PerCredential(..) => ErrorCode::RateLimited,
     };
-    error_response(&EdgeError::new(code, refused.to_string()).retry_after(std::time::Duration::from_secs(1)))
+    EdgeError::new(code, refused.to_string()).retry_after(std::time::Duration::from_secs(1))
 }
 
 /// The request's credential and a connection place for it, or the answer
@@ -102,11 +106,7 @@ pub(crate) fn admit(s: &Shared, headers: &HeaderMap) -> Result<(Arc<Credential>,
     }
     let permit = s.gate.admit(&cred.name).map_err(|refused| {
         s.count(|c| &c.connections_refused);
-        let code = match refused {
-            Refused::Total(_) => ErrorCode::Unavailable,
-            Refused::PerCredential(..) => ErrorCode::RateLimited,
-        };
-        EdgeError::new(code, refused.to_string()).retry_after(std::time::Duration::from_secs(1))
+        refused_error(&refused)
     })?;
     Ok((cred, permit))
 }

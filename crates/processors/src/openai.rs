@@ -423,13 +423,7 @@ impl OpenAi {
     async fn stored_history(&self, key: &str, id: &str) -> Option<Vec<ChatMessage>> {
         let bridge = self.cfg.history.as_ref()?;
         let client = node::client::AdminClient::new(bridge.clone()).with_timeout(Duration::from_secs(2));
-        let path_key: String = key
-            .bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect();
+        let path_key = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC);
         // The newest page is enough: history is bounded by bytes anyway.
         let page: proto::api::History = client
             .get_json(&format!("/v1/conversations/{path_key}/messages?limit=1000"))

@@ -43,6 +43,24 @@ pub struct Param {
     pub values: &'static [&'static str],
 }
 
+/// `after`: the paging cursor every paginated route takes.
+pub const PAGE_AFTER: Param = Param {
+    name: "after",
+    location: "query",
+    kind: "integer",
+    description: "The cursor of the last entry of the previous page",
+    values: &[],
+};
+
+/// `limit`: the page size every paginated route takes.
+pub const PAGE_LIMIT: Param = Param {
+    name: "limit",
+    location: "query",
+    kind: "integer",
+    description: "Entries per page, 1 to 1000",
+    values: &[],
+};
+
 /// One route of an API.
 #[derive(Debug, Clone, Copy)]
 pub struct Route {

@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::routing::{get, post};
-use proto::openapi::{Body, Param, Route};
+use proto::openapi::{Body, PAGE_AFTER, PAGE_LIMIT, Param, Route};
 use tokio::net::TcpListener;
 
 use crate::dead_letters::DeadLetters;
@@ -290,20 +290,6 @@ const KEY_OP: Param = Param {
     kind: "string",
     description: "install, use or remove",
     values: &["install", "use", "remove"],
-};
-const PAGE_AFTER: Param = Param {
-    name: "after",
-    location: "query",
-    kind: "integer",
-    description: "The cursor of the last entry of the previous page",
-    values: &[],
-};
-const PAGE_LIMIT: Param = Param {
-    name: "limit",
-    location: "query",
-    kind: "integer",
-    description: "Entries per page, 1 to 1000",
-    values: &[],
 };
 
 async fn openapi() -> axum::Json<serde_json::Value> {
