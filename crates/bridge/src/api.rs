@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use base64::Engine as _;
 use events::codec;
 pub use proto::api::{
-    DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError,
+    DeadLetter, DeadLetters, Forwarded, History, HistoryMessage, MessageKind, SendRequest, StoredError, StoredUsage,
 };
 use proto::events::ForwardRequest;
 use proto::openapi::{Body, PAGE_AFTER, PAGE_LIMIT, Param, Route};
@@ -232,6 +232,14 @@ async fn history(
                 message: r.error_message.unwrap_or_default(),
             }),
             cursor: r.seq.to_string(),
+            usage: r.usage.map(|u| StoredUsage {
+                prompt_tokens: u.prompt_tokens as u32,
+                completion_tokens: u.completion_tokens as u32,
+                cached_tokens: u.cached_tokens as u32,
+                first_token_ms: u.first_token_ms as u32,
+                backend: u.backend,
+                model: u.model,
+            }),
         })
         .collect();
     Json(History { key, messages, next }).into_response()

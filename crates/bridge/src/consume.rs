@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::config::{BatchConfig, CommitHook, CommitInfo, RetryConfig};
 use crate::metrics::count;
-use crate::store::{Batch, DeadLetter, MessageRow, PartitionBatch, Written};
+use crate::store::{Batch, DeadLetter, MessageRow, PartitionBatch, Usage, Written};
 use crate::{BridgeError, Shared};
 
 /// Where a partition stands.
@@ -323,6 +323,14 @@ impl Loop {
                 topic: rec.topic,
                 partition: rec.partition,
                 offset: rec.offset,
+                usage: m.usage.map(|u| Usage {
+                    prompt_tokens: u.prompt_tokens.into(),
+                    completion_tokens: u.completion_tokens.into(),
+                    cached_tokens: u.cached_tokens.into(),
+                    first_token_ms: u.first_token_ms.into(),
+                    backend: u.backend,
+                    model: u.model,
+                }),
                 raw: rec.value,
             }),
             Err(e) => {

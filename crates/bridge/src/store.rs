@@ -90,7 +90,13 @@ macro_rules! push_messages {
                 .push_bind(r.deadline_unix_ms)
                 .push_bind(&r.topic)
                 .push_bind(r.partition)
-                .push_bind(r.offset);
+                .push_bind(r.offset)
+                .push_bind(r.usage.as_ref().map(|u| u.prompt_tokens))
+                .push_bind(r.usage.as_ref().map(|u| u.completion_tokens))
+                .push_bind(r.usage.as_ref().map(|u| u.cached_tokens))
+                .push_bind(r.usage.as_ref().map(|u| u.first_token_ms))
+                .push_bind(r.usage.as_ref().map(|u| &u.backend))
+                .push_bind(r.usage.as_ref().map(|u| &u.model));
         });
         $q.push(" ON CONFLICT (conversation_key, message_id, kind) DO NOTHING");
     }};
@@ -115,9 +121,24 @@ pub struct MessageRow {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// Replies a model answered: what it cost.
+    pub usage: Option<Usage>,
     /// The record's value as read, for a dead letter if the row is refused
     /// (not stored with the row).
     pub raw: Bytes,
+}
+
+/// What one model reply cost, as its worker recorded it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    /// Prompt tokens the backend served from its prefix cache.
+    pub cached_tokens: i64,
+    /// Milliseconds from the request to the backend to its first token.
+    pub first_token_ms: i64,
+    pub backend: String,
+    pub model: String,
 }
 
 /// One dead letter: a record that could not be decoded or stored.
@@ -191,6 +212,7 @@ pub struct StoredMessage {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    pub usage: Option<Usage>,
 }
 
 /// The bridge's database; cheap to clone (a connection pool).
@@ -200,7 +222,8 @@ pub struct Store {
 }
 
 const MESSAGE_COLUMNS: &str = "seq, message_id, kind, conversation_key, payload, worker, origin, source, \
-     error_code, error_message, chunks, truncated, created_unix_ms, topic, kafka_partition, kafka_offset";
+     error_code, error_message, chunks, truncated, created_unix_ms, topic, kafka_partition, kafka_offset, \
+     prompt_tokens, completion_tokens, cached_tokens, first_token_ms, backend, model";
 
 /// PostgreSQL refuses NUL characters in text; the bridge stores errors as
 /// text, so NULs in them (from a poison record's content) are replaced.
@@ -442,6 +465,17 @@ impl Store {
                         topic: r.try_get(13)?,
                         partition: r.try_get(14)?,
                         offset: r.try_get(15)?,
+                        usage: match r.try_get::<Option<i64>, _>(16)? {
+                            None => None,
+                            Some(prompt_tokens) => Some(Usage {
+                                prompt_tokens,
+                                completion_tokens: r.try_get::<Option<i64>, _>(17)?.unwrap_or(0),
+                                cached_tokens: r.try_get::<Option<i64>, _>(18)?.unwrap_or(0),
+                                first_token_ms: r.try_get::<Option<i64>, _>(19)?.unwrap_or(0),
+                                backend: r.try_get::<Option<String>, _>(20)?.unwrap_or_default(),
+                                model: r.try_get::<Option<String>, _>(21)?.unwrap_or_default(),
+                            }),
+                        },
                     })
                 })
                 .collect()
@@ -513,7 +547,7 @@ trait InsertRows {
 }
 
 /// PostgreSQL: one statement for the whole batch, each column bound as one
-/// array and turned back into rows by `UNNEST` (16 binds, one prepared
+/// array and turned back into rows by `UNNEST` (22 binds, one prepared
 /// statement, whatever the batch size).
 impl InsertRows for sqlx::PgConnection {
     async fn insert_rows(&mut self, rows: &[&MessageRow]) -> Result<u64, sqlx::Error> {
@@ -523,7 +557,8 @@ impl InsertRows for sqlx::PgConnection {
         let sql = format!(
             "{INSERT_MESSAGES} SELECT * FROM UNNEST($1::text[], $2::int4[], $3::text[], $4::bytea[], $5::text[], \
              $6::text[], $7::text[], $8::int4[], $9::text[], $10::int8[], $11::bool[], $12::int8[], $13::int8[], \
-             $14::text[], $15::int4[], $16::int8[]) ON CONFLICT (conversation_key, message_id, kind) DO NOTHING"
+             $14::text[], $15::int4[], $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], \
+             $21::text[], $22::text[]) ON CONFLICT (conversation_key, message_id, kind) DO NOTHING"
         );
         let r = sqlx::query(&sql)
             .bind(col(rows, |r| r.message_id.clone()))
@@ -542,6 +577,12 @@ impl InsertRows for sqlx::PgConnection {
             .bind(col(rows, |r| r.topic.clone()))
             .bind(col(rows, |r| r.partition))
             .bind(col(rows, |r| r.offset))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.prompt_tokens)))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.completion_tokens)))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.cached_tokens)))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.first_token_ms)))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.backend.clone())))
+            .bind(col(rows, |r| r.usage.as_ref().map(|u| u.model.clone())))
             .execute(self)
             .await?;
         Ok(r.rows_affected())
@@ -549,7 +590,7 @@ impl InsertRows for sqlx::PgConnection {
 }
 
 /// SQLite (the embedded default): multi-row `VALUES`, 500 rows a statement
-/// (16 binds a row stay below its limit on bind parameters).
+/// (22 binds a row stay below its limit on bind parameters).
 impl InsertRows for sqlx::SqliteConnection {
     async fn insert_rows(&mut self, rows: &[&MessageRow]) -> Result<u64, sqlx::Error> {
         let mut inserted = 0;
@@ -564,7 +605,7 @@ impl InsertRows for sqlx::SqliteConnection {
 
 const INSERT_MESSAGES: &str = "INSERT INTO messages (message_id, kind, conversation_key, payload, worker, origin, \
      source, error_code, error_message, chunks, truncated, created_unix_ms, deadline_unix_ms, topic, kafka_partition, \
-     kafka_offset) ";
+     kafka_offset, prompt_tokens, completion_tokens, cached_tokens, first_token_ms, backend, model) ";
 
 /// A row the database refused, as a dead letter carrying the row's fields.
 fn dead_row(row: &MessageRow, e: &sqlx::Error) -> DeadLetter {

@@ -73,14 +73,10 @@ fn refused_fields(i: &Input) -> Vec<&'static str> {
     fields
 }
 
-#[test]
-fn any_message_is_refused_naming_a_field_or_answered_and_stored_exactly_once() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let db = rt.block_on(TestDb::create());
+/// A bridge on `db` and a gateway that is its own worker with `processor`,
+/// joined by a fresh pair of topics on the broker; returns once the node
+/// routes.
+async fn path(db: &TestDb, processor: Arc<dyn node::Processor>) -> (server::Server, bridge::Bridge) {
     let topics = Topics {
         messages: unique("path-messages"),
         forward: unique("path-forward"),
@@ -92,11 +88,11 @@ fn any_message_is_refused_naming_a_field_or_answered_and_stored_exactly_once() {
     bcfg.http_bind = "127.0.0.1:0".parse().unwrap();
     bcfg.topics = topics.clone();
     bcfg.group_id = unique("path-bridge");
-    let bridge = rt.block_on(bridge::start(bcfg)).unwrap();
+    let bridge = bridge::start(bcfg).await.unwrap();
     let mut n = NodeConfig::new("gw");
     n.gossip.membership = membership::Config::for_tests();
     n.roles = Roles::of(&[Role::Gateway, Role::Worker]);
-    n.processor = Some(Arc::new(processors::Echo::default()));
+    n.processor = Some(processor);
     n.mesh = node::mesh::MeshConfig::for_tests();
     let mut s = ServerConfig::new(n);
     s.events = Some(EventsConfig {
@@ -106,12 +102,110 @@ fn any_message_is_refused_naming_a_field_or_answered_and_stored_exactly_once() {
         forward_group: unique("path-forward-group"),
         publisher: PublisherConfig::default(),
     });
-    let server = rt.block_on(server::start(s)).unwrap();
-    rt.block_on(async {
-        while server.node().router().table().ring().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    let server = server::start(s).await.unwrap();
+    while server.node().router().table().ring().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (server, bridge)
+}
+
+/// Echoes and says the answer cost one prompt token per byte of the
+/// message and one completion token per byte of the reply.
+#[derive(Debug)]
+struct Metered;
+
+impl node::Processor for Metered {
+    fn models(&self) -> Vec<String> {
+        vec!["metered".into()]
+    }
+
+    fn process<'a>(&'a self, msg: &'a proto::mesh::Envelope, out: &'a mut node::Replies) -> node::ProcessFuture<'a> {
+        Box::pin(async move {
+            out.send(msg.payload.clone()).await?;
+            let n = msg.payload.len() as u32;
+            out.set_usage(proto::mesh::Usage {
+                prompt_tokens: n,
+                completion_tokens: n,
+                cached_tokens: n / 2,
+                first_token_ms: 7,
+                backend: "meter".into(),
+                model: "metered".into(),
+            });
+            Ok(())
+        })
+    }
+}
+
+/// What a model answer cost travels with the reply's record and lands in
+/// PostgreSQL, where plain SQL sums it per conversation; the history API
+/// shows it on the reply and on nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_a_reply_cost_are_stored_and_sum_per_conversation_in_sql() {
+    let db = TestDb::create().await;
+    let (server, bridge) = path(&db, Arc::new(Metered)).await;
+    let admin =
+        node::client::AdminClient::new(server.node().addrs().admin.to_string()).with_timeout(Duration::from_secs(20));
+    let sent = [("tokens-a", "hello"), ("tokens-a", "twelve bytes"), ("tokens-b", "abc")];
+    for (key, payload) in sent {
+        let req = SendRequest {
+            key: key.into(),
+            payload: payload.into(),
+            id: None,
+            timeout_ms: None,
+            source: None,
+        };
+        let lines = admin.send(&req, |_| {}).await.unwrap();
+        assert!(lines.last().unwrap().last, "{lines:?}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let sums: Vec<(String, i64, i64, i64)> = loop {
+        let (stored,): (i64,) = sqlx::query_as("SELECT count(*) FROM messages")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if stored == 6 || tokio::time::Instant::now() > deadline {
+            break sqlx::query_as(
+                "SELECT conversation_key, sum(prompt_tokens)::int8, sum(completion_tokens)::int8, \
+                 sum(cached_tokens)::int8 FROM messages WHERE kind = 2 GROUP BY conversation_key ORDER BY 1",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap();
         }
-    });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        sums,
+        vec![("tokens-a".into(), 17, 17, 2 + 6), ("tokens-b".into(), 3, 3, 1)]
+    );
+    let (unmetered,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM messages WHERE kind = 1 AND prompt_tokens IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(unmetered, 0, "inbound messages carry no usage");
+    let history = bridge.store().history("tokens-b", 0, 10).await.unwrap();
+    let reply = history.iter().find(|r| r.kind == 2).unwrap();
+    let usage = reply.usage.as_ref().expect("the reply's usage");
+    assert_eq!(
+        (usage.first_token_ms, usage.backend.as_str(), usage.model.as_str()),
+        (7, "meter", "metered")
+    );
+    pool.close().await;
+    server.shutdown().await;
+    bridge.shutdown().await.unwrap();
+}
+
+#[test]
+fn any_message_is_refused_naming_a_field_or_answered_and_stored_exactly_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let db = rt.block_on(TestDb::create());
+    let (server, bridge) = rt.block_on(path(&db, Arc::new(processors::Echo::default())));
     let admin =
         node::client::AdminClient::new(server.node().addrs().admin.to_string()).with_timeout(Duration::from_secs(20));
 

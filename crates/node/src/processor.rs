@@ -54,6 +54,12 @@ pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
     fn models(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// The processor's own figures for the node's `/metrics`, each as
+    /// (name, help, value, is a counter), exposed as `rumor_processor_{name}`.
+    fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        Vec::new()
+    }
 }
 
 /// Why a [`Processor`] failed; sent to the caller as the reply's error chunk.
@@ -104,6 +110,8 @@ pub struct FinalReply {
     pub chunks: u64,
     /// Set when processing failed (after `chunks` chunks): a gRPC code and message.
     pub error: Option<(u32, String)>,
+    /// What answering cost, when the processor said so.
+    pub usage: Option<Usage>,
 }
 
 /// Where a [`Processor`] sends reply data. It numbers the chunks and keeps a

@@ -356,6 +356,11 @@ impl Worker {
         self.inner.sink.as_ref()
     }
 
+    /// The processor that answers its messages.
+    pub fn processor(&self) -> &Arc<dyn Processor> {
+        &self.inner.processor
+    }
+
     /// The worker's name.
     pub fn name(&self) -> &str {
         &self.inner.name
@@ -711,6 +716,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             let position = end_event(inner, &log, &id, Some(error.clone()));
             if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
                 reply.error = Some((Code::Cancelled as u32, why.into()));
+                reply.usage = out.usage.clone();
                 drop(sink.reply(&inner.name, env, &reply));
             }
             // An explicit cancel: a caller still there hears how it ended.
@@ -741,6 +747,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     };
     if let (Some(sink), Some(env), Some(mut reply)) = (&inner.sink, &recorded_env, out.recorded.take()) {
         reply.error = terminal.error.as_ref().map(|e| (e.code, e.message.clone()));
+        reply.usage = terminal.usage.clone();
         let reply_recorded = sink.reply(&inner.name, env, &reply);
         wait_for_records(inner, sink.as_ref(), inbound_recorded, reply_recorded, deadline).await;
     }

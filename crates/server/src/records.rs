@@ -69,8 +69,17 @@ impl RecordSink for LogSink {
             reply.error.clone(),
             reply.truncated,
         );
+        let usage = reply.usage.as_ref().map(|u| proto::events::Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            cached_tokens: u.cached_tokens,
+            first_token_ms: u.first_token_ms,
+            backend: u.backend.clone(),
+            model: u.model.clone(),
+        });
         self.publish(MessageRecord {
             source: source_of(msg),
+            usage,
             ..rec
         })
     }
