@@ -492,7 +492,28 @@ impl Inner {
                 )));
             }
             let table = self.table.borrow().clone();
-            let route = table.route(&env.key, &self.me, env.hops, self.config.max_hops, &env.skip);
+            let Some(route) = table.route_model(
+                &env.key,
+                &env.model,
+                &self.me,
+                env.hops,
+                self.config.max_hops,
+                &env.skip,
+            ) else {
+                count(&self.counters.no_owner);
+                let served: Vec<&str> = table.models().collect();
+                return Err(Status::not_found(format!(
+                    "message {}: no live worker serves model {:?} in {}'s view (served: {})",
+                    env.id,
+                    env.model,
+                    self.me,
+                    if served.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        served.join(", ")
+                    }
+                )));
+            };
             let (target, result) = match route {
                 Route::Reject(Rejection::NoOwner) => {
                     count(&self.counters.no_owner);
