@@ -7,15 +7,21 @@
 //! - [`OpenAi`]: an OpenAI-compatible chat completions backend (vLLM,
 //!   llama.cpp's server, SGLang, TGI, Ollama), streamed, with retries,
 //!   timeouts and each conversation's history.
+//! - [`Webhook`]: POSTs each message as JSON to a URL and streams back its
+//!   answer, under the same timeout, retry and error rules.
 //!
 //! Every processor honours the cancellation contract of [`node::processor`]:
 //! its future may be dropped at any await point when the caller goes away.
 
+mod backend;
 mod echo;
 mod openai;
+mod webhook;
 
+pub use backend::BadUrl;
 pub use echo::Echo;
-pub use openai::{BadUrl, OpenAi, OpenAiConfig};
+pub use openai::{OpenAi, OpenAiConfig};
+pub use webhook::{Webhook, WebhookConfig};
 
 /// The names a node's config may choose from (`worker.processor`).
-pub const NAMES: [&str; 2] = ["echo", "openai"];
+pub const NAMES: [&str; 3] = ["echo", "openai", "webhook"];

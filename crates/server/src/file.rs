@@ -377,6 +377,49 @@ pub struct WorkerSection {
     pub processor: String,
     pub echo: EchoSection,
     pub openai: OpenAiSection,
+    pub webhook: WebhookSection,
+}
+
+/// `[worker.webhook]`: a URL that answers each message.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookSection {
+    pub name: String,
+    pub url: String,
+    /// Advertised in gossip for routing by model; empty: none.
+    pub model: String,
+    /// The environment variable holding a bearer token; empty: none.
+    pub api_key_env: String,
+    /// Read from `api_key_env` by [`FileConfig::apply_env`], never from the file.
+    #[serde(skip)]
+    pub api_key: Option<String>,
+    pub max_concurrency: usize,
+    pub max_queue: usize,
+    pub first_byte_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub retries: u32,
+    pub backoff_ms: u64,
+}
+
+impl Default for WebhookSection {
+    fn default() -> Self {
+        let d = processors::WebhookConfig::default();
+        Self {
+            name: d.name,
+            url: d.url,
+            model: d.model,
+            api_key_env: String::new(),
+            api_key: None,
+            max_concurrency: d.max_concurrency,
+            max_queue: d.max_queue,
+            first_byte_timeout_ms: d.first_byte_timeout.as_millis() as u64,
+            idle_timeout_ms: d.idle_timeout.as_millis() as u64,
+            total_timeout_ms: d.total_timeout.as_millis() as u64,
+            retries: d.retries,
+            backoff_ms: d.backoff.as_millis() as u64,
+        }
+    }
 }
 
 /// `[worker.openai]`: an OpenAI-compatible chat completions backend.
@@ -510,6 +553,7 @@ impl Default for WorkerSection {
             processor: "echo".into(),
             echo: EchoSection::default(),
             openai: OpenAiSection::default(),
+            webhook: WebhookSection::default(),
         }
     }
 }
@@ -578,6 +622,42 @@ impl WorkerSection {
                     Err(e) => bad("worker.openai.base_url", e.to_string()),
                 }
             }
+            "webhook" => {
+                let w = &self.webhook;
+                for (setting, v) in [
+                    ("max_concurrency", w.max_concurrency as u64),
+                    ("first_byte_timeout_ms", w.first_byte_timeout_ms),
+                    ("idle_timeout_ms", w.idle_timeout_ms),
+                    ("total_timeout_ms", w.total_timeout_ms),
+                ] {
+                    if v == 0 {
+                        return bad(format!("worker.webhook.{setting}"), "must be at least 1");
+                    }
+                }
+                if !w.api_key_env.is_empty() && w.api_key.is_none() {
+                    return bad(
+                        "worker.webhook.api_key_env",
+                        format!("the environment variable {} is not set", w.api_key_env),
+                    );
+                }
+                let cfg = processors::WebhookConfig {
+                    name: w.name.clone(),
+                    url: w.url.clone(),
+                    api_key: w.api_key.clone(),
+                    model: w.model.clone(),
+                    max_concurrency: w.max_concurrency,
+                    max_queue: w.max_queue,
+                    first_byte_timeout: Duration::from_millis(w.first_byte_timeout_ms),
+                    idle_timeout: Duration::from_millis(w.idle_timeout_ms),
+                    total_timeout: Duration::from_millis(w.total_timeout_ms),
+                    retries: w.retries,
+                    backoff: Duration::from_millis(w.backoff_ms),
+                };
+                match processors::Webhook::new(cfg) {
+                    Ok(p) => Ok(Arc::new(p)),
+                    Err(e) => bad("worker.webhook.url", e.to_string()),
+                }
+            }
             other => bad(
                 "worker.processor",
                 format!("unknown processor {other:?}; known: {}", processors::NAMES.join(", ")),
@@ -622,6 +702,9 @@ impl FileConfig {
         }
         if !self.worker.openai.api_key_env.is_empty() {
             self.worker.openai.api_key = var(&self.worker.openai.api_key_env);
+        }
+        if !self.worker.webhook.api_key_env.is_empty() {
+            self.worker.webhook.api_key = var(&self.worker.webhook.api_key_env);
         }
         if let Some(v) = var("RUMOR_ROLES") {
             self.roles = list(&v);

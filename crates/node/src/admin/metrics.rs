@@ -32,11 +32,15 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             "Messages the worker accepts at once.",
             w.capacity() as i64,
         );
-        for (name, help, value, is_counter) in w.sink().map(|s| s.metrics()).unwrap_or_default() {
-            if is_counter {
-                e.counter(&format!("rumor_events_{name}"), help, value);
-            } else {
-                e.gauge(&format!("rumor_events_{name}"), help, value as i64);
+        let sink = w.sink().map(|s| s.metrics()).unwrap_or_default();
+        let processor = w.processor().metrics();
+        for (prefix, figures) in [("rumor_events_", sink), ("rumor_processor_", processor)] {
+            for (name, help, value, is_counter) in figures {
+                if is_counter {
+                    e.counter(&format!("{prefix}{name}"), help, value);
+                } else {
+                    e.gauge(&format!("{prefix}{name}"), help, value as i64);
+                }
             }
         }
     }
