@@ -46,6 +46,17 @@ enum Command {
         /// 0 picks a free one.
         #[arg(long, default_value_t = 8080)]
         edge_port: u16,
+        /// Workers answer with a real model: a GGUF file, served by llama.cpp's
+        /// `llama-server` (see --llama-server), which `rumor up` starts and stops.
+        #[arg(long, value_name = "PATH", conflicts_with = "backend")]
+        model: Option<PathBuf>,
+        /// The llama.cpp server binary for --model.
+        #[arg(long, value_name = "BIN", default_value = "llama-server")]
+        llama_server: PathBuf,
+        /// Workers answer with an OpenAI-compatible server that is already running,
+        /// e.g. http://127.0.0.1:8081/v1 (scripts/llama-server starts one).
+        #[arg(long, value_name = "URL")]
+        backend: Option<String>,
     },
     /// Run one mesh node (gossip, mesh gRPC, admin HTTP) until Ctrl-C or SIGTERM.
     Node {
@@ -283,16 +294,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             exit_after,
             bridge_port,
             edge_port,
+            model,
+            llama_server,
+            backend,
         } => {
             if workers == 0 {
                 bail!("--workers must be at least 1");
             }
+            let model = match (model, backend) {
+                (Some(path), _) => Some(up::Model::Gguf { path, llama_server }),
+                (None, Some(url)) => Some(up::Model::Backend(url)),
+                (None, None) => None,
+            };
             let opts = up::UpOptions {
                 workers,
                 base_port,
                 exit_after: exit_after.map(Duration::from_secs),
                 bridge_port,
                 edge_port,
+                model,
             };
             runtime()?.block_on(up::run(opts))?;
         }

@@ -16,6 +16,13 @@
 //! through the same code as `rumor bridge`. Workers publish every message and
 //! reply to the log, the bridge stores them, and the forward node routes what
 //! the bridge's `POST /v1/forward` injects.
+//!
+//! Workers echo by default. With `--model PATH` they answer with a real
+//! model: `rumor up` starts llama.cpp's server on that GGUF file (and stops
+//! it at the end); with `--backend URL`, with an OpenAI-compatible server
+//! already running. Either way each worker runs the `openai` processor,
+//! keeps each conversation's history, and rebuilds it from the embedded
+//! bridge when a conversation moves to it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -44,6 +51,100 @@ pub(crate) struct UpOptions {
     pub(crate) bridge_port: u16,
     /// Port of the gateway's client edge on 127.0.0.1; 0 picks a free one.
     pub(crate) edge_port: u16,
+    /// What workers answer with; `None`: they echo.
+    pub(crate) model: Option<Model>,
+}
+
+/// A real model for the workers.
+#[derive(Debug, Clone)]
+pub(crate) enum Model {
+    /// A GGUF file, served by a llama.cpp server that `rumor up` starts.
+    Gguf {
+        path: std::path::PathBuf,
+        llama_server: std::path::PathBuf,
+    },
+    /// The base URL of an OpenAI-compatible server already running.
+    Backend(String),
+}
+
+/// A model server started by `rumor up`, killed when dropped.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The base URL and model id to send workers to, and the server process
+/// when `rumor up` started one.
+async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<Started>)> {
+    let (url, started) = match model {
+        Model::Backend(url) => (url.trim_end_matches('/').to_owned(), None),
+        Model::Gguf { path, llama_server } => {
+            anyhow::ensure!(path.is_file(), "--model {}: no such file", path.display());
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let log = std::env::temp_dir().join(format!("rumor-up-llama-{}.log", std::process::id()));
+            let out = std::fs::File::create(&log)?;
+            println!(
+                "starting {} on {} (port {port}; its log: {})",
+                llama_server.display(),
+                path.display(),
+                log.display()
+            );
+            let child = std::process::Command::new(llama_server)
+                .arg("--model")
+                .arg(path)
+                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+                // Four conversations decode at once, each slot with 4,096
+                // tokens, and prompts are cached so follow-ups reuse them.
+                .args(["--parallel", "4", "--ctx-size", "16384", "--cache-prompt", "--metrics"])
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+                .with_context(|| {
+                    format!(
+                        "starting {} (install llama.cpp, pass --llama-server BIN, or run scripts/llama-server and \
+                         use --backend)",
+                        llama_server.display()
+                    )
+                })?;
+            let mut started = Started(child);
+            let health = AdminClient::new(format!("127.0.0.1:{port}")).with_timeout(Duration::from_secs(2));
+            let deadline = Instant::now() + Duration::from_secs(300);
+            loop {
+                if let Some(status) = started.0.try_wait()? {
+                    anyhow::bail!("{} exited ({status}); see {}", llama_server.display(), log.display());
+                }
+                if health.get_json::<serde_json::Value>("/health").await.is_ok() {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{} did not answer within 300 s; see {}",
+                    llama_server.display(),
+                    log.display()
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (format!("http://127.0.0.1:{port}/v1"), Some(started))
+        }
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("--backend {url}: give an http:// URL"))?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let models: serde_json::Value = AdminClient::new(authority.to_owned())
+        .with_timeout(Duration::from_secs(5))
+        .get_json(&format!("{path}/models"))
+        .await
+        .with_context(|| format!("no OpenAI-compatible server answers at {url}"))?;
+    let id = models["data"][0]["id"]
+        .as_str()
+        .with_context(|| format!("{url}/models lists no model"))?
+        .to_owned();
+    Ok((url, id, started))
 }
 
 /// Three consecutive ports per node from `base` (gossip, mesh, admin), or 0.
@@ -58,6 +159,14 @@ fn port(base: u16, node: usize, which: u16) -> anyhow::Result<u16> {
 }
 
 pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
+    let (backend, _model_server) = match &opts.model {
+        Some(m) => {
+            let (url, id, started) = model_backend(m).await?;
+            println!("workers answer with model {id} at {url}");
+            (Some((url, id)), started)
+        }
+        None => (None, None),
+    };
     // The event log and the bridge, embedded.
     let memlog = MemoryLog::new();
     let log = EventLog::Memory(memlog.clone());
@@ -91,7 +200,19 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         cfg.gossip.keys = vec![key.clone()];
         cfg.roles = Roles::of(&[*role]);
         if *role == Role::Worker {
-            cfg.processor = Some(Arc::new(Echo::default()));
+            let processor: Arc<dyn node::Processor> = match &backend {
+                None => Arc::new(Echo::default()),
+                Some((url, id)) => Arc::new(processors::OpenAi::new(processors::OpenAiConfig {
+                    name: "llama".into(),
+                    base_url: url.clone(),
+                    model: id.clone(),
+                    system_prompt: "You are a helpful assistant. Answer briefly.".into(),
+                    max_tokens: 128,
+                    history: Some(bridge.addr().to_string()),
+                    ..processors::OpenAiConfig::default()
+                })?),
+            };
+            cfg.processor = Some(processor);
         }
         cfg.worker.capacity = 64;
         cfg.drain_timeout = Duration::from_secs(2);
@@ -185,7 +306,8 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         key: "conversation-1".into(),
         payload: "hello through the mesh".into(),
         id: None,
-        timeout_ms: Some(5000),
+        // A small model on a busy laptop may take a while to answer.
+        timeout_ms: Some(if backend.is_some() { 120_000 } else { 5000 }),
         source: None,
     };
     let sent = Instant::now();
@@ -207,7 +329,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
         Some(e) => println!("message {} failed: {}: {}", last.id, e.name, e.message),
     }
     // Every message and reply reaches the database through the event log.
-    let stored = tokio::time::timeout(Duration::from_secs(5), async {
+    let stored = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match bridge.store().history(&req.key, 0, 10).await {
                 Ok(rows) if rows.len() >= 2 => return Ok(rows.len()),
@@ -241,8 +363,9 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
             "    echo '{{\"send\":{{\"conversation\":\"demo\",\"client_id\":\"1\",\"text\":\"hi\"}}}}' | websocat ws://{e}/v1/ws"
         );
         println!("  any OpenAI SDK (Python shown):");
+        let model = backend.as_ref().map_or("echo", |(_, id)| id.as_str());
         println!(
-            "    python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{e}/v1\", api_key=\"local\"); \\\n      print(c.chat.completions.create(model=\"echo\", messages=[{{\"role\": \"user\", \"content\": \"hi\"}}]).choices[0].message.content)'"
+            "    python3 -c 'from openai import OpenAI; c = OpenAI(base_url=\"http://{e}/v1\", api_key=\"local\"); \\\n      print(c.chat.completions.create(model=\"{model}\", messages=[{{\"role\": \"user\", \"content\": \"hi\"}}]).choices[0].message.content)'"
         );
         println!();
     }

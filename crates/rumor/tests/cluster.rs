@@ -1558,3 +1558,134 @@ async fn a_watcher_is_told_of_the_gap_when_the_owner_dies_mid_reply_and_follows_
     })
     .await;
 }
+
+/// An OpenAI-compatible backend that records the message lists it is sent
+/// and answers each with "answer N".
+async fn recording_backend() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+    use axum::response::IntoResponse as _;
+    let seen: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |body: String| {
+            let seen = kept.clone();
+            async move {
+                let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let n = {
+                    let mut s = seen.lock().unwrap();
+                    s.push(v["messages"].clone());
+                    s.len()
+                };
+                let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": format!("answer {n}")}}]});
+                let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_conversation_its_successor_answers_the_next_turn_with_the_whole_history() {
+    within(async {
+        let db = TestDb::create().await;
+        let topics = format!("t{}", nanos());
+        let bridge = BridgeProc::start(&db, &topics, &[]);
+        let (backend, seen) = recording_backend().await;
+        let config = format!(
+            "{}[worker]\nprocessor = \"openai\"\n[worker.openai]\nbase_url = \"{backend}\"\nmodel = \"recorder\"\n\
+             system_prompt = \"Be brief.\"\nhistory = \"{}\"\n",
+            event_config(&topics),
+            bridge.http
+        );
+        let key = Key::generate().to_base64();
+        let gw = Proc::start("gw", "gateway", &[], &key);
+        let seed = gw.gossip.clone();
+        let mut nodes = vec![
+            gw,
+            Proc::start_with("w1", "worker", &[&seed], &key, Some(&config)),
+            Proc::start_with("w2", "worker", &[&seed], &key, Some(&config)),
+        ];
+        let names: BTreeSet<String> = ["gw", "w1", "w2"].map(String::from).into();
+        agree(&nodes, &names, 2).await;
+        let turn = |text: &str| SendRequest {
+            key: "conv-context".into(),
+            payload: text.into(),
+            timeout_ms: Some(20_000),
+            ..Default::default()
+        };
+        let mut owner = String::new();
+        for (i, text) in ["first", "second", "third"].iter().enumerate() {
+            let lines = nodes[0].client().send(&turn(text), |_| {}).await.unwrap();
+            let last = lines.last().unwrap();
+            assert!(last.last && last.error.is_none(), "{last:?}");
+            assert_eq!(
+                lines.iter().map(|l| l.data.as_str()).collect::<String>(),
+                format!("answer {}", i + 1)
+            );
+            owner.clone_from(&last.worker);
+        }
+        // The owner sent the history it held: the third request carries both earlier turns.
+        assert_eq!(seen.lock().unwrap()[2].as_array().unwrap().len(), 1 + 2 * 2 + 1);
+        eventually(
+            "the three turns and their answers in the bridge",
+            Duration::from_secs(30),
+            || async {
+                history(&bridge.http, "conv-context")
+                    .await
+                    .filter(|h| h.messages.len() >= 6)
+            },
+        )
+        .await;
+
+        let at = nodes.iter().position(|n| n.name == owner).unwrap();
+        nodes[at].kill();
+        let survivor = nodes.remove(at);
+        drop(survivor);
+        let left: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        agree(&nodes, &left, 1).await;
+
+        let lines = nodes[0].client().send(&turn("fourth"), |_| {}).await.unwrap();
+        let last = lines.last().unwrap();
+        assert!(last.last && last.error.is_none(), "{last:?}");
+        assert_ne!(last.worker, owner, "the next turn is answered by the new owner");
+        let sent = seen.lock().unwrap().last().unwrap().clone();
+        let contents: Vec<(&str, &str)> = sent
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                ("system", "Be brief."),
+                ("user", "first"),
+                ("assistant", "answer 1"),
+                ("user", "second"),
+                ("assistant", "answer 2"),
+                ("user", "third"),
+                ("assistant", "answer 3"),
+                ("user", "fourth"),
+            ],
+            "the new owner rebuilt the whole history from the bridge"
+        );
+        let metrics = http(
+            &nodes[1..].iter().find(|n| n.name != "gw").unwrap().admin,
+            "GET",
+            "/metrics",
+            None,
+        )
+        .await
+        .1;
+        assert_eq!(
+            metric(&metrics, "rumor_processor_context_rebuilt_total"),
+            1,
+            "{metrics}"
+        );
+    })
+    .await;
+}
