@@ -347,81 +347,9 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
 }
 
-/// One server-sent event: its type (`message` when unnamed) and its data.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Event {
-    pub(crate) kind: String,
-    pub(crate) data: String,
-}
-
-/// Server-sent events split out of a byte stream.
-#[derive(Debug, Default)]
-pub(crate) struct SseBuffer {
-    buf: Vec<u8>,
-}
-
-impl SseBuffer {
-    pub(crate) fn push(&mut self, b: &[u8]) {
-        self.buf.extend_from_slice(b);
-    }
-
-    /// The next complete event with data, if any.
-    pub(crate) fn next_event(&mut self) -> Option<Event> {
-        loop {
-            let end = find_blank_line(&self.buf)?;
-            let raw: Vec<u8> = self.buf.drain(..end.1).collect();
-            let text = String::from_utf8_lossy(&raw[..end.0]);
-            let mut kind = "message";
-            let mut data: Vec<&str> = Vec::new();
-            for line in text.lines().map(|l| l.trim_end_matches('\r')) {
-                if let Some(d) = line.strip_prefix("data:") {
-                    data.push(d.strip_prefix(' ').unwrap_or(d));
-                } else if let Some(k) = line.strip_prefix("event:") {
-                    kind = k.trim();
-                }
-            }
-            if !data.is_empty() {
-                return Some(Event {
-                    kind: kind.to_owned(),
-                    data: data.join("\n"),
-                });
-            }
-            // A comment or an event without data: skip it.
-        }
-    }
-}
-
-/// The end of the first event: (where its text ends, where the next begins).
-fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while i + 1 < b.len() {
-        if b[i] == b'\n' && b[i + 1] == b'\n' {
-            return Some((i, i + 2));
-        }
-        if b[i] == b'\n' && b[i + 1] == b'\r' && b.get(i + 2) == Some(&b'\n') {
-            return Some((i, i + 3));
-        }
-        i += 1;
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn server_sent_events_are_split_across_reads_and_comments_skipped() {
-        let mut b = SseBuffer::default();
-        b.push(b": keep-alive\n\ndata: {\"a\":");
-        assert_eq!(b.next_event(), None);
-        b.push(b"1}\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n");
-        let e = b.next_event().unwrap();
-        assert_eq!((e.kind.as_str(), e.data.as_str()), ("message", "{\"a\":1}"));
-        let e = b.next_event().unwrap();
-        assert_eq!((e.kind.as_str(), e.data.as_str()), ("error", "x\ny"));
-        assert_eq!(b.next_event(), None);
-    }
 
     #[test]
     fn urls_must_be_http_with_a_port() {

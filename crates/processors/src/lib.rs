@@ -16,6 +16,7 @@
 mod backend;
 mod echo;
 mod openai;
+pub mod sse;
 mod webhook;
 
 pub use backend::BadUrl;

@@ -30,7 +30,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::backend::{BadUrl, Http, Limits, SseBuffer, Stream};
+use crate::backend::{BadUrl, Http, Limits, Stream};
+use crate::sse::SseBuffer;
 
 /// How to reach one backend and how to treat it.
 #[derive(Debug, Clone)]

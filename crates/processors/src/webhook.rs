@@ -32,7 +32,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use tonic::Code;
 
-use crate::backend::{BadUrl, Http, Limits, SseBuffer, Stream};
+use crate::backend::{BadUrl, Http, Limits, Stream};
+use crate::sse::SseBuffer;
 
 /// Where to POST and how to treat the service.
 #[derive(Debug, Clone)]
