@@ -16,8 +16,11 @@
 //!
 //! Memory is bounded twice: each conversation keeps its newest events up to
 //! [`LogLimits::events`] and [`LogLimits::bytes`], and all conversations
-//! together up to [`LogLimits::total_bytes`]; the conversation used least
-//! recently is forgotten first (a watcher resuming in it gets a gap).
+//! together up to [`LogLimits::total_bytes`], each log counted with a fixed
+//! overhead so that many small conversations are bounded too; the
+//! conversations used least recently are forgotten first (a watcher resuming
+//! in one gets a gap). A log makes its channel to watchers only when one
+//! subscribes, and drops it when the last one has gone.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -66,16 +69,22 @@ pub struct Log {
     epoch: String,
     limits: LogLimits,
     inner: Mutex<Inner>,
-    live: broadcast::Sender<Arc<ConversationEvent>>,
-    /// Bytes this log holds, for the total across logs.
+    /// Bytes this log holds, its overhead included.
     bytes: AtomicU64,
+    /// The bytes of all logs of its [`Logs`].
+    total: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
 struct Inner {
     next_seq: u64,
     buffer: VecDeque<Arc<ConversationEvent>>,
+    /// Bytes of the events in `buffer`.
     bytes: usize,
+    /// The channel to watchers, while there are any.
+    live: Option<broadcast::Sender<Arc<ConversationEvent>>>,
+    /// Still counted in the total of its [`Logs`] (not yet forgotten).
+    counted: bool,
 }
 
 /// What a subscription starts with: events to replay, then the live ones.
@@ -181,12 +190,17 @@ fn event_bytes(e: &ConversationEvent) -> usize {
     e.encoded_len() + 64
 }
 
+/// What a log costs beyond its events: its key, epoch, map entry and locks.
+fn overhead(key: &str) -> u64 {
+    256 + 2 * key.len() as u64
+}
+
 impl Log {
-    fn new(key: &str, owner: &str, limits: LogLimits) -> Self {
+    fn new(key: &str, owner: &str, limits: LogLimits, total: Arc<AtomicU64>) -> Self {
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
-        let (live, _) = broadcast::channel(WATCHER_BACKLOG);
+        total.fetch_add(overhead(key), Ordering::Relaxed);
         Self {
             key: key.to_owned(),
             epoch: format!("{owner}@{started}"),
@@ -195,9 +209,11 @@ impl Log {
                 next_seq: 1,
                 buffer: VecDeque::new(),
                 bytes: 0,
+                live: None,
+                counted: true,
             }),
-            live,
-            bytes: AtomicU64::new(0),
+            bytes: AtomicU64::new(overhead(key)),
+            total,
         }
     }
 
@@ -212,13 +228,14 @@ impl Log {
 
     /// Watchers subscribed now.
     pub fn watchers(&self) -> usize {
-        self.live.receiver_count()
+        self.lock().live.as_ref().map_or(0, broadcast::Sender::receiver_count)
     }
 
     /// Numbers `event`, keeps it, and hands it to the watchers; returns its
     /// position.
     pub fn append(&self, event: Kind) -> Position {
         let mut inner = self.lock();
+        let before = inner.bytes;
         let position = Position {
             epoch: self.epoch.clone(),
             seq: inner.next_seq,
@@ -236,18 +253,32 @@ impl Log {
                 inner.bytes -= event_bytes(&old);
             }
         }
-        self.bytes.store(inner.bytes as u64, Ordering::Relaxed);
-        // No receivers is fine: nobody watches.
-        let _ = self.live.send(e);
+        self.bytes
+            .store(overhead(&self.key) + inner.bytes as u64, Ordering::Relaxed);
+        if inner.counted {
+            self.total.fetch_add(inner.bytes as u64, Ordering::Relaxed);
+            self.total.fetch_sub(before as u64, Ordering::Relaxed);
+        }
+        if let Some(live) = &inner.live {
+            if live.receiver_count() == 0 {
+                // The last watcher has gone: free the channel's slots.
+                inner.live = None;
+            } else {
+                let _ = live.send(e);
+            }
+        }
         position
     }
 
     /// Subscribes after position `after`: see [`Subscription`].
     pub fn subscribe(&self, after: Option<&Position>) -> Subscription {
-        let inner = self.lock();
+        let mut inner = self.lock();
         // Taken under the lock, so that no event falls between the replay
         // and the live receiver.
-        let live = self.live.subscribe();
+        let live = inner
+            .live
+            .get_or_insert_with(|| broadcast::channel(WATCHER_BACKLOG).0)
+            .subscribe();
         let last = inner.next_seq - 1;
         let from = (last > 0).then(|| Position {
             epoch: self.epoch.clone(),
@@ -309,8 +340,19 @@ impl Log {
         }
     }
 
+    #[cfg(test)]
     fn held_bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Takes this log out of its total, when it is forgotten.
+    fn uncount(&self) {
+        let mut inner = self.lock();
+        if inner.counted {
+            inner.counted = false;
+            self.total
+                .fetch_sub(self.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
     }
 }
 
@@ -324,6 +366,8 @@ pub struct Logs {
     /// insert.
     map: Mutex<HashMap<String, (Arc<Log>, u64)>>,
     clock: AtomicU64,
+    /// The bytes of all logs in `map`.
+    total: Arc<AtomicU64>,
 }
 
 impl Logs {
@@ -334,6 +378,7 @@ impl Logs {
             limits,
             map: Mutex::new(HashMap::new()),
             clock: AtomicU64::new(0),
+            total: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -345,33 +390,41 @@ impl Logs {
             *used = now;
             return log.clone();
         }
-        let log = Arc::new(Log::new(key, &self.owner, self.limits));
+        let log = Arc::new(Log::new(key, &self.owner, self.limits, self.total.clone()));
         map.insert(key.to_owned(), (log.clone(), now));
         self.trim(&mut map);
         log
     }
 
-    /// Forgets the least recently used logs while all of them together hold
-    /// more than the total budget. A log with watchers is kept.
+    /// Forgets the least recently used logs when all of them together hold
+    /// more than the total budget, down to 90% of it, so that the sort is
+    /// paid once per tenth of the budget. A log with watchers is kept.
     fn trim(&self, map: &mut HashMap<String, (Arc<Log>, u64)>) {
-        let total: u64 = map.values().map(|(l, _)| l.held_bytes()).sum();
-        if total <= self.limits.total_bytes as u64 {
+        let budget = self.limits.total_bytes as u64;
+        let total = self.total.load(Ordering::Relaxed);
+        if total <= budget {
             return;
         }
-        let mut by_age: Vec<(u64, String, u64)> = map
+        let mut by_age: Vec<(u64, String)> = map
             .iter()
             .filter(|(_, (l, _))| l.watchers() == 0)
-            .map(|(k, (l, used))| (*used, k.clone(), l.held_bytes()))
+            .map(|(k, (_, used))| (*used, k.clone()))
             .collect();
-        by_age.sort();
-        let mut over = total - self.limits.total_bytes as u64;
-        for (_, key, bytes) in by_age {
-            if over == 0 {
+        by_age.sort_unstable();
+        let goal = budget - budget / 10;
+        for (_, key) in by_age {
+            if self.total.load(Ordering::Relaxed) <= goal {
                 break;
             }
-            map.remove(&key);
-            over = over.saturating_sub(bytes);
+            if let Some((log, _)) = map.remove(&key) {
+                log.uncount();
+            }
         }
+    }
+
+    /// Bytes all logs hold now, their overheads included.
+    pub fn bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// Conversations with a log now.
@@ -408,7 +461,7 @@ mod tests {
 
     #[test]
     fn a_watcher_resumes_after_its_last_position_with_nothing_missed_or_repeated() {
-        let log = Log::new("k", "w", LogLimits::default());
+        let log = Log::new("k", "w", LogLimits::default(), Arc::default());
         log.append(Kind::Message(EventMessage::default()));
         let p2 = log.append(chunk("a"));
         log.append(chunk("b"));
@@ -425,7 +478,7 @@ mod tests {
             events: 3,
             ..LogLimits::default()
         };
-        let log = Log::new("k", "w", limits);
+        let log = Log::new("k", "w", limits, Arc::default());
         let first = log.append(chunk("1"));
         for i in 2..=6 {
             log.append(chunk(&i.to_string()));
@@ -440,7 +493,7 @@ mod tests {
 
     #[test]
     fn a_position_of_another_epoch_gets_a_gap_and_every_event_of_this_one() {
-        let log = Log::new("k", "w2", LogLimits::default());
+        let log = Log::new("k", "w2", LogLimits::default(), Arc::default());
         log.append(chunk("x"));
         let old = Position {
             epoch: "w1@1".into(),
@@ -466,5 +519,43 @@ mod tests {
         assert!(logs.len() < 20, "{}", logs.len());
         // The newest is kept.
         assert_eq!(logs.get("c19").subscribe(None).from.map(|p| p.seq), Some(1));
+    }
+
+    #[test]
+    fn a_hundred_thousand_small_conversations_stay_within_the_total_budget() {
+        let budget = 1 << 20;
+        let logs = Logs::new(
+            "w",
+            LogLimits {
+                total_bytes: budget,
+                ..LogLimits::default()
+            },
+        );
+        let mut watched = logs.get("watched").subscribe(None).into_stream();
+        for k in 0..100_000 {
+            logs.get(&format!("conversation-{k}")).append(chunk("hi"));
+            assert!(logs.bytes() <= budget as u64 + 1024, "{k}: {}", logs.bytes());
+        }
+        assert!((1000..100_000).contains(&logs.len()), "{}", logs.len());
+        // The running total is the sum of what the logs held.
+        let map = logs.map.lock().unwrap();
+        assert_eq!(logs.bytes(), map.values().map(|(l, _)| l.held_bytes()).sum::<u64>());
+        // A watched conversation is never forgotten, and hears what follows.
+        let log = map.get("watched").expect("kept while watched").0.clone();
+        drop(map);
+        log.append(chunk("still here"));
+        let e = tokio_stream::StreamExt::next(&mut watched);
+        let e = futures_lite_poll(e).expect("the event");
+        assert!(matches!(e.event, Some(Kind::Chunk(_))));
+    }
+
+    /// Polls a future once (the event is already there).
+    fn futures_lite_poll<F: std::future::Future>(f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        let waker = std::task::Waker::noop();
+        match f.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("not ready"),
+        }
     }
 }
