@@ -11,9 +11,12 @@ use hyper::body::{Bytes as HBytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use node::ProcessError;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tonic::Code;
 
 /// Why a backend URL is refused.
@@ -41,12 +44,26 @@ pub(crate) struct Http {
     /// Host and port, and the path of the URL.
     authority: String,
     pub(crate) path: String,
+    /// For an `https://` URL: the TLS client and the name to verify.
+    tls: Option<Tls>,
     api_key: Option<String>,
     pub(crate) limits: Limits,
     slots: Semaphore,
     waiting: AtomicUsize,
     /// Attempts made again after a failure.
     pub(crate) retries: AtomicU64,
+}
+
+/// The TLS client of an https backend, and the name its certificate must carry.
+struct Tls {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// A request slot held, and the place in the queue it took.
@@ -63,22 +80,73 @@ impl Drop for Admitted<'_> {
 }
 
 impl Http {
-    /// A backend at `url` (`http://host:port/path`).
-    pub(crate) fn new(name: String, url: &str, api_key: Option<String>, limits: Limits) -> Result<Self, BadUrl> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| BadUrl(format!("{url}: only http:// URLs are supported")))?;
+    /// A backend at `url` (`http://host[:port]/path` or `https://...`);
+    /// an https backend's certificate must chain to one of `roots` (PEM).
+    pub(crate) fn new(
+        name: String,
+        url: &str,
+        api_key: Option<String>,
+        limits: Limits,
+        roots: Option<&[u8]>,
+    ) -> Result<Self, BadUrl> {
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(BadUrl(format!("{url}: give an http:// or https:// URL")));
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
             None => (rest, ""),
         };
-        if authority.is_empty() || !authority.contains(':') {
-            return Err(BadUrl(format!("{url}: give host:port")));
+        // `[v6]:port`, `host:port` or a bare host.
+        let host = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        if host.is_empty() {
+            return Err(BadUrl(format!("{url}: no host")));
         }
+        let authority = if host == authority {
+            format!("{authority}:{}", if https { 443 } else { 80 })
+        } else {
+            authority.to_owned()
+        };
+        let tls = if https {
+            let pem = roots.ok_or_else(|| BadUrl(format!("{url}: https needs CA certificates to trust")))?;
+            let mut store = tokio_rustls::rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| BadUrl(format!("reading the CA certificates: {e}")))?;
+                store
+                    .add(cert)
+                    .map_err(|e| BadUrl(format!("a CA certificate that cannot be used: {e}")))?;
+            }
+            if store.is_empty() {
+                return Err(BadUrl("no CA certificate in the PEM given".into()));
+            }
+            let config = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                tokio_rustls::rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| BadUrl(format!("TLS: {e}")))?
+            .with_root_certificates(store)
+            .with_no_client_auth();
+            let name = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(name.to_owned())
+                .map_err(|e| BadUrl(format!("{url}: {host} is no name to verify: {e}")))?;
+            Some(Tls {
+                connector: TlsConnector::from(std::sync::Arc::new(config)),
+                name,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             name,
-            authority: authority.to_owned(),
+            authority,
             path: path.to_owned(),
+            tls,
             api_key,
             slots: Semaphore::new(limits.max_concurrency.max(1)),
             waiting: AtomicUsize::new(0),
@@ -162,7 +230,25 @@ impl Http {
             .await
             .map_err(|e| Attempt::retry(format!("connecting to {}: {e}", self.authority)))?;
         let _ = stream.set_nodelay(true);
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        match &self.tls {
+            None => self.exchange(stream, suffix, accept, body).await,
+            Some(tls) => {
+                let stream = tls
+                    .connector
+                    .connect(tls.name.clone(), stream)
+                    .await
+                    .map_err(|e| Attempt::retry(format!("TLS with {}: {e}", self.authority)))?;
+                self.exchange(stream, suffix, accept, body).await
+            }
+        }
+    }
+
+    /// The request on a connection, and the answer's head.
+    async fn exchange<T>(&self, io: T, suffix: &str, accept: &str, body: &[u8]) -> Result<Response<Incoming>, Attempt>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| Attempt::retry(format!("HTTP handshake with {}: {e}", self.authority)))?;
         // The connection lives as long as its response body is read;
@@ -352,7 +438,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_must_be_http_with_a_port() {
+    fn urls_are_http_or_https_with_default_ports() {
         let limits = Limits {
             max_concurrency: 1,
             max_queue: 1,
@@ -362,10 +448,16 @@ mod tests {
             retries: 0,
             backoff: Duration::from_millis(1),
         };
-        let http = |url: &str| Http::new("b".into(), url, None, limits);
-        assert!(http("https://api.openai.com/v1").is_err());
-        assert!(http("http://localhost/v1").is_err());
+        let http = |url: &str| Http::new("b".into(), url, None, limits, None);
         let ok = http("http://127.0.0.1:8081/v1/").unwrap();
         assert_eq!((ok.authority.as_str(), ok.path.as_str()), ("127.0.0.1:8081", "/v1"));
+        assert_eq!(http("http://localhost/v1").unwrap().authority, "localhost:80");
+        assert_eq!(http("http://[::1]:9/").unwrap().authority, "[::1]:9");
+        assert!(http("ftp://host/").is_err());
+        assert!(http("http:///v1").is_err());
+        let e = http("https://api.openai.com/v1").unwrap_err();
+        assert!(e.to_string().contains("CA certificates"), "{e}");
+        let none = Http::new("b".into(), "https://api.openai.com/v1", None, limits, Some(b"not pem"));
+        assert!(none.is_err());
     }
 }

@@ -38,12 +38,15 @@ use crate::sse::SseBuffer;
 pub struct OpenAiConfig {
     /// Name of the backend, recorded with each reply's usage.
     pub name: String,
-    /// The API's base URL, `http://host:port/v1` (https is not supported yet).
+    /// The API's base URL, `http://host:port/v1` or `https://host/v1`.
     pub base_url: String,
     /// The model to ask for (also what the worker advertises).
     pub model: String,
     /// Sent as `Authorization: Bearer`; `None` sends none.
     pub api_key: Option<String>,
+    /// For an `https://` URL: the CA certificates (PEM) its certificate
+    /// must chain to, such as the system's bundle.
+    pub ca_pem: Option<Vec<u8>>,
     /// Requests to the backend at once.
     pub max_concurrency: usize,
     /// Messages waiting for a free request slot; more are refused at once
@@ -79,6 +82,7 @@ impl Default for OpenAiConfig {
             base_url: "http://127.0.0.1:8081/v1".into(),
             model: "default".into(),
             api_key: None,
+            ca_pem: None,
             max_concurrency: 4,
             max_queue: 64,
             first_token_timeout: Duration::from_secs(30),
@@ -133,7 +137,13 @@ impl OpenAi {
             backoff: cfg.backoff,
         };
         Ok(Self {
-            http: Http::new(cfg.name.clone(), &cfg.base_url, cfg.api_key.clone(), limits)?,
+            http: Http::new(
+                cfg.name.clone(),
+                &cfg.base_url,
+                cfg.api_key.clone(),
+                limits,
+                cfg.ca_pem.as_deref(),
+            )?,
             contexts: Mutex::new(Contexts::new(cfg.context_bytes, cfg.total_context_bytes)),
             context_misses: AtomicU64::new(0),
             context_rebuilt: AtomicU64::new(0),

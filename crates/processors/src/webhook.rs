@@ -40,10 +40,13 @@ use crate::sse::SseBuffer;
 pub struct WebhookConfig {
     /// Name of the service, in errors.
     pub name: String,
-    /// `http://host:port/path`.
+    /// `http://host:port/path` or `https://...`.
     pub url: String,
     /// Sent as `Authorization: Bearer`; `None` sends none.
     pub api_key: Option<String>,
+    /// For an `https://` URL: the CA certificates (PEM) its certificate
+    /// must chain to, such as the system's bundle.
+    pub ca_pem: Option<Vec<u8>>,
     /// What the worker advertises in gossip, for routing by model; empty:
     /// nothing (messages that name no model reach it).
     pub model: String,
@@ -69,6 +72,7 @@ impl Default for WebhookConfig {
             name: "webhook".into(),
             url: "http://127.0.0.1:8082/".into(),
             api_key: None,
+            ca_pem: None,
             model: String::new(),
             max_concurrency: 16,
             max_queue: 256,
@@ -102,7 +106,13 @@ impl Webhook {
             backoff: cfg.backoff,
         };
         Ok(Self {
-            http: Http::new(cfg.name.clone(), &cfg.url, cfg.api_key.clone(), limits)?,
+            http: Http::new(
+                cfg.name.clone(),
+                &cfg.url,
+                cfg.api_key.clone(),
+                limits,
+                cfg.ca_pem.as_deref(),
+            )?,
             requests: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             cfg,

@@ -158,6 +158,50 @@ async fn fake(acts: Vec<Act>) -> (Arc<Fake>, SocketAddr) {
     (f, addr)
 }
 
+/// The fake behind TLS, with the node crate's test certificate for
+/// 127.0.0.1 (signed by its test CA).
+async fn fake_https(acts: Vec<Act>) -> (Arc<Fake>, SocketAddr) {
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../node/tests/tls");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(format!("{dir}/node.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(format!("{dir}/node.key")).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        tokio_rustls::rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let f = Arc::new(Fake {
+        acts: Mutex::new(acts),
+        ..Fake::default()
+    });
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(f.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (f, addr)
+}
+
 fn config(addr: SocketAddr) -> OpenAiConfig {
     OpenAiConfig {
         name: "fake".into(),
@@ -406,4 +450,27 @@ async fn a_conversation_new_to_this_worker_gets_its_history_from_the_bridge() {
             {"role": "user", "content": "what is my name?"},
         ])
     );
+}
+
+#[tokio::test]
+async fn an_https_backend_is_verified_against_the_configured_cas() {
+    let (f, addr) = fake_https(vec![stream(vec!["sec", "ure"])]).await;
+    let ca = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../node/tests/tls/ca.pem")).unwrap();
+    let https = |ca: &[u8]| OpenAiConfig {
+        base_url: format!("https://{addr}/v1"),
+        ca_pem: Some(ca.to_vec()),
+        retries: 0,
+        ..config(addr)
+    };
+    let w = worker(OpenAi::new(https(&ca)).unwrap());
+    let (text, err, _) = collect(send(&w, "m1", "c", "hi")).await;
+    assert_eq!((text.as_str(), err), ("secure", None));
+    // A CA that did not sign the server's certificate: refused, nothing asked.
+    let other = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../node/tests/tls/other-ca.pem")).unwrap();
+    let w = worker(OpenAi::new(https(&other)).unwrap());
+    let (_, err, _) = collect(send(&w, "m2", "c", "hi")).await;
+    let (code, why) = err.expect("refused");
+    assert_eq!(code, Code::Unavailable, "{why}");
+    assert!(why.contains("TLS"), "{why}");
+    assert_eq!(f.requests.load(Ordering::Relaxed), 1);
 }

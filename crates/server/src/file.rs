@@ -400,6 +400,8 @@ pub struct WebhookSection {
     pub total_timeout_ms: u64,
     pub retries: u32,
     pub backoff_ms: u64,
+    /// CA certificates (PEM file) an https URL must chain to; empty: the system's bundle.
+    pub ca_file: String,
 }
 
 impl Default for WebhookSection {
@@ -418,7 +420,38 @@ impl Default for WebhookSection {
             total_timeout_ms: d.total_timeout.as_millis() as u64,
             retries: d.retries,
             backoff_ms: d.backoff.as_millis() as u64,
+            ca_file: String::new(),
         }
+    }
+}
+
+/// Where the system keeps its CA bundle (Debian and Ubuntu, Fedora and RHEL, Alpine and macOS).
+const SYSTEM_CA_FILES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The CA certificates for a backend at `url`: none for http; for https
+/// the PEM of `ca_file`, or of the system's bundle when it is empty.
+fn ca_pem(url: &str, ca_file: &str, setting: &str) -> Result<Option<Vec<u8>>, ConfigError> {
+    if !url.starts_with("https://") {
+        return Ok(None);
+    }
+    if !ca_file.is_empty() {
+        return std::fs::read(ca_file)
+            .map(Some)
+            .map_err(|e| ConfigError::new(setting, format!("reading {ca_file}: {e}")));
+    }
+    match SYSTEM_CA_FILES.iter().find_map(|f| std::fs::read(f).ok()) {
+        Some(pem) => Ok(Some(pem)),
+        None => Err(ConfigError::new(
+            setting,
+            format!(
+                "an https backend needs CA certificates: none at {}; name a PEM file",
+                SYSTEM_CA_FILES.join(", ")
+            ),
+        )),
     }
 }
 
@@ -447,6 +480,8 @@ pub struct OpenAiSection {
     pub max_tokens: u32,
     /// The bridge's HTTP address, to rebuild a conversation's history; empty: none.
     pub history: String,
+    /// CA certificates (PEM file) an https backend must chain to; empty: the system's bundle.
+    pub ca_file: String,
 }
 
 impl Default for OpenAiSection {
@@ -470,6 +505,7 @@ impl Default for OpenAiSection {
             total_context_bytes: d.total_context_bytes,
             max_tokens: d.max_tokens,
             history: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -604,6 +640,7 @@ impl WorkerSection {
                     base_url: o.base_url.clone(),
                     model: o.model.clone(),
                     api_key: o.api_key.clone(),
+                    ca_pem: ca_pem(&o.base_url, &o.ca_file, "worker.openai.ca_file")?,
                     max_concurrency: o.max_concurrency,
                     max_queue: o.max_queue,
                     first_token_timeout: Duration::from_millis(o.first_token_timeout_ms),
@@ -644,6 +681,7 @@ impl WorkerSection {
                     name: w.name.clone(),
                     url: w.url.clone(),
                     api_key: w.api_key.clone(),
+                    ca_pem: ca_pem(&w.url, &w.ca_file, "worker.webhook.ca_file")?,
                     model: w.model.clone(),
                     max_concurrency: w.max_concurrency,
                     max_queue: w.max_queue,
