@@ -9,10 +9,12 @@
 //! | `rumor-bench dataplane` | dataplane.md: gateway to worker and back against a bare tonic echo | [`dataplane`] |
 //! | `rumor-bench edge` | edge.md: the client edge against the router path and a bare WebSocket echo; idle connections; watchers | [`edge`] |
 //! | `rumor-bench bridge` | bridge.md: Kafka into PostgreSQL against COPY | [`bridge`] |
+//! | `rumor-bench ai` | ai.md: real models: overhead against llama.cpp direct, cache affinity of routing rules, memory of many conversations | [`ai`] |
 //! | `cargo bench -p bench --bench routing` | routing.md: the ring against other consistent-hashing crates | `benches/routing.rs` |
 //!
 //! [`report`] holds what the reports share: the machine, percentiles, tables.
 
+pub mod ai;
 pub mod bridge;
 pub mod dataplane;
 pub mod edge;

@@ -95,6 +95,36 @@ enum Command {
         #[arg(long, default_value = "docs/benchmarks/edge.md")]
         out: PathBuf,
     },
+    /// Real models: overhead against llama.cpp direct, cache affinity of ring vs round-robin vs least-loaded over three llama.cpp servers, 100,000 conversations' memory (~15 min; builds llama.cpp once).
+    Ai {
+        /// Streamed completions each way in the overhead step.
+        #[arg(long, default_value_t = 100)]
+        overhead_requests: usize,
+        #[arg(long, default_value_t = 32)]
+        conversations: usize,
+        #[arg(long, default_value_t = 8)]
+        turns: usize,
+        /// Conversations in flight at once.
+        #[arg(long, default_value_t = 6)]
+        concurrency: usize,
+        /// Tokens per answer in the affinity step.
+        #[arg(long, default_value_t = 32)]
+        max_tokens: u32,
+        #[arg(long, default_value_t = 100_000)]
+        memory_conversations: usize,
+        /// The memory step's context budget, in bytes.
+        #[arg(long, default_value_t = 8 * 1024 * 1024)]
+        memory_budget: usize,
+        /// Three running llama.cpp servers' base URLs (comma-separated); default: start them.
+        #[arg(long, value_delimiter = ',')]
+        servers: Vec<String>,
+        /// A smoke run instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/ai.md")]
+        out: PathBuf,
+    },
     /// Drives a running gateway's edge: C connections, R messages per second each (0: closed loop), W watchers per conversation, D seconds.
     EdgeLoad {
         /// The gateway's edge address (loopback only).
@@ -251,6 +281,51 @@ fn main() -> anyhow::Result<()> {
             duration: Duration::from_secs_f64(duration),
             gateway_pid,
         }))?,
+        Command::Ai {
+            overhead_requests,
+            conversations,
+            turns,
+            concurrency,
+            max_tokens,
+            memory_conversations,
+            memory_budget,
+            servers,
+            quick,
+            out,
+        } => {
+            let mut command = "rumor-bench ai".to_owned();
+            if quick {
+                command.push_str(" --quick");
+            }
+            let o = if quick {
+                bench::ai::Options {
+                    overhead_requests: 10,
+                    conversations: 6,
+                    turns: 3,
+                    concurrency: 3,
+                    max_tokens: 16,
+                    memory_conversations: 5_000,
+                    memory_budget: 256 * 1024,
+                    servers,
+                    out,
+                    command,
+                }
+            } else {
+                bench::ai::Options {
+                    overhead_requests,
+                    conversations,
+                    turns,
+                    concurrency,
+                    max_tokens,
+                    memory_conversations,
+                    memory_budget,
+                    servers,
+                    out,
+                    command,
+                }
+            };
+            runtime()?.block_on(bench::ai::run(o))?;
+        }
         Command::DataplanePeer { chunks } => runtime()?.block_on(bench::dataplane::peer(chunks))?,
     }
     Ok(())
