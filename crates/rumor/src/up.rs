@@ -93,9 +93,14 @@ async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<
                 path.display(),
                 log.display()
             );
+            // The model's name in /v1/models and gossip: the file's name.
+            let alias = path
+                .file_stem()
+                .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
             let child = std::process::Command::new(llama_server)
                 .arg("--model")
                 .arg(path)
+                .args(["--alias", &alias])
                 .args(["--host", "127.0.0.1", "--port", &port.to_string()])
                 // Four conversations decode at once, each slot with 4,096
                 // tokens, and prompts are cached so follow-ups reuse them.

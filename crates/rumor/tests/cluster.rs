@@ -464,6 +464,30 @@ fn up_prints_members_and_the_demo_reply_then_exits_cleanly() {
     assert!(!std::path::Path::new(db).exists(), "{db} left behind");
 }
 
+/// `rumor up --backend` with the real model `scripts/test` starts
+/// (`RUMOR_TEST_LLAMA`): the demo message is answered by the model, and
+/// the OpenAI snippet names it.
+#[test]
+fn up_with_a_real_model_answers_the_demo_message_with_it() {
+    let url = std::env::var("RUMOR_TEST_LLAMA")
+        .unwrap_or_else(|_| panic!("RUMOR_TEST_LLAMA is not set: run scripts/test, which starts scripts/llama-server"));
+    let (ok, out, err) = run(
+        &["up", "--backend", &url, "--edge-port", "0", "--exit-after", "1"],
+        Duration::from_secs(180),
+    );
+    assert!(ok, "exit status: stdout {out}\nstderr {err}");
+    assert!(out.contains("workers answer with model SmolLM2-135M-Instruct"), "{out}");
+    let reply = out
+        .lines()
+        .find(|l| l.contains("for key \"conversation-1\" through gateway-1: reply"))
+        .unwrap_or_else(|| panic!("no demo reply:\n{out}"));
+    assert!(
+        !reply.contains("reply \"hello through the mesh\""),
+        "an echo, not the model: {reply}"
+    );
+    assert!(out.contains("model=\"SmolLM2-135M-Instruct\""), "{out}");
+}
+
 #[test]
 fn bad_config_is_refused_with_the_setting_named() {
     let (ok, _, err) = run(&["node", "--name", "x", "--roles", "boss"], Duration::from_secs(20));
