@@ -425,6 +425,28 @@ impl Default for WebhookSection {
     }
 }
 
+/// The checks an HTTP backend's section passes: limits and timeouts of at
+/// least 1, and the API key's variable set when one is named.
+fn check_backend(
+    section: &str,
+    at_least_one: [(&str, u64); 4],
+    api_key_env: &str,
+    api_key: Option<&String>,
+) -> Result<(), ConfigError> {
+    for (setting, v) in at_least_one {
+        if v == 0 {
+            return bad(format!("{section}.{setting}"), "must be at least 1");
+        }
+    }
+    if !api_key_env.is_empty() && api_key.is_none() {
+        return bad(
+            format!("{section}.api_key_env"),
+            format!("the environment variable {api_key_env} is not set"),
+        );
+    }
+    Ok(())
+}
+
 /// Where the system keeps its CA bundle (Debian and Ubuntu, Fedora and RHEL, Alpine and macOS).
 const SYSTEM_CA_FILES: [&str; 3] = [
     "/etc/ssl/certs/ca-certificates.crt",
@@ -619,22 +641,17 @@ impl WorkerSection {
             }
             "openai" => {
                 let o = &self.openai;
-                for (setting, v) in [
-                    ("max_concurrency", o.max_concurrency as u64),
-                    ("first_token_timeout_ms", o.first_token_timeout_ms),
-                    ("idle_timeout_ms", o.idle_timeout_ms),
-                    ("total_timeout_ms", o.total_timeout_ms),
-                ] {
-                    if v == 0 {
-                        return bad(format!("worker.openai.{setting}"), "must be at least 1");
-                    }
-                }
-                if !o.api_key_env.is_empty() && o.api_key.is_none() {
-                    return bad(
-                        "worker.openai.api_key_env",
-                        format!("the environment variable {} is not set", o.api_key_env),
-                    );
-                }
+                check_backend(
+                    "worker.openai",
+                    [
+                        ("max_concurrency", o.max_concurrency as u64),
+                        ("first_token_timeout_ms", o.first_token_timeout_ms),
+                        ("idle_timeout_ms", o.idle_timeout_ms),
+                        ("total_timeout_ms", o.total_timeout_ms),
+                    ],
+                    &o.api_key_env,
+                    o.api_key.as_ref(),
+                )?;
                 let cfg = processors::OpenAiConfig {
                     name: o.name.clone(),
                     base_url: o.base_url.clone(),
@@ -661,22 +678,17 @@ impl WorkerSection {
             }
             "webhook" => {
                 let w = &self.webhook;
-                for (setting, v) in [
-                    ("max_concurrency", w.max_concurrency as u64),
-                    ("first_byte_timeout_ms", w.first_byte_timeout_ms),
-                    ("idle_timeout_ms", w.idle_timeout_ms),
-                    ("total_timeout_ms", w.total_timeout_ms),
-                ] {
-                    if v == 0 {
-                        return bad(format!("worker.webhook.{setting}"), "must be at least 1");
-                    }
-                }
-                if !w.api_key_env.is_empty() && w.api_key.is_none() {
-                    return bad(
-                        "worker.webhook.api_key_env",
-                        format!("the environment variable {} is not set", w.api_key_env),
-                    );
-                }
+                check_backend(
+                    "worker.webhook",
+                    [
+                        ("max_concurrency", w.max_concurrency as u64),
+                        ("first_byte_timeout_ms", w.first_byte_timeout_ms),
+                        ("idle_timeout_ms", w.idle_timeout_ms),
+                        ("total_timeout_ms", w.total_timeout_ms),
+                    ],
+                    &w.api_key_env,
+                    w.api_key.as_ref(),
+                )?;
                 let cfg = processors::WebhookConfig {
                     name: w.name.clone(),
                     url: w.url.clone(),
@@ -1004,6 +1016,24 @@ mod tests {
         assert!(err("name = \"a\"\ncapacty = 3").contains("capacty"));
         assert!(err("name = \"a\"\n[worker]\nprocessor = \"oracle\"").contains("worker.processor"));
         assert!(err("name = \"a\"\n[worker.echo]\nchunks = 0").contains("worker.echo.chunks"));
+        let processor =
+            |name: &str, section: &str| format!("name = \"a\"\n[worker]\nprocessor = \"{name}\"\n{section}");
+        assert_eq!(
+            err(&processor("webhook", "[worker.webhook]\nidle_timeout_ms = 0")),
+            "worker.webhook.idle_timeout_ms: must be at least 1"
+        );
+        assert!(err(&processor("webhook", "[worker.webhook]\nurl = \"ftp://x/\"")).starts_with("worker.webhook.url: "));
+        assert_eq!(
+            err(&processor("openai", "[worker.openai]\nmax_concurrency = 0")),
+            "worker.openai.max_concurrency: must be at least 1"
+        );
+        assert!(
+            err(&processor(
+                "openai",
+                "[worker.openai]\nbase_url = \"https://example.com/v1\"\nca_file = \"/nonexistent.pem\""
+            ))
+            .starts_with("worker.openai.ca_file: reading /nonexistent.pem")
+        );
         assert!(err("name = 5").contains("name"));
     }
 
