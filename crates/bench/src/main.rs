@@ -297,6 +297,19 @@ fn main() -> anyhow::Result<()> {
             if quick {
                 command.push_str(" --quick");
             }
+            let full = bench::ai::Options {
+                overhead_requests,
+                conversations,
+                turns,
+                concurrency,
+                max_tokens,
+                memory_conversations,
+                memory_budget,
+                servers,
+                out,
+                command,
+            };
+            // A smoke run: every step, a few seconds each.
             let o = if quick {
                 bench::ai::Options {
                     overhead_requests: 10,
@@ -306,23 +319,10 @@ fn main() -> anyhow::Result<()> {
                     max_tokens: 16,
                     memory_conversations: 5_000,
                     memory_budget: 256 * 1024,
-                    servers,
-                    out,
-                    command,
+                    ..full
                 }
             } else {
-                bench::ai::Options {
-                    overhead_requests,
-                    conversations,
-                    turns,
-                    concurrency,
-                    max_tokens,
-                    memory_conversations,
-                    memory_budget,
-                    servers,
-                    out,
-                    command,
-                }
+                full
             };
             runtime()?.block_on(bench::ai::run(o))?;
         }

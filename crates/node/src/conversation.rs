@@ -69,8 +69,6 @@ pub struct Log {
     epoch: String,
     limits: LogLimits,
     inner: Mutex<Inner>,
-    /// Bytes this log holds, its overhead included.
-    bytes: AtomicU64,
     /// The bytes of all logs of its [`Logs`].
     total: Arc<AtomicU64>,
 }
@@ -212,7 +210,6 @@ impl Log {
                 live: None,
                 counted: true,
             }),
-            bytes: AtomicU64::new(overhead(key)),
             total,
         }
     }
@@ -253,8 +250,6 @@ impl Log {
                 inner.bytes -= event_bytes(&old);
             }
         }
-        self.bytes
-            .store(overhead(&self.key) + inner.bytes as u64, Ordering::Relaxed);
         if inner.counted {
             self.total.fetch_add(inner.bytes as u64, Ordering::Relaxed);
             self.total.fetch_sub(before as u64, Ordering::Relaxed);
@@ -340,9 +335,10 @@ impl Log {
         }
     }
 
+    /// Bytes this log holds, its overhead included.
     #[cfg(test)]
     fn held_bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
+        overhead(&self.key) + self.lock().bytes as u64
     }
 
     /// Takes this log out of its total, when it is forgotten.
@@ -351,7 +347,7 @@ impl Log {
         if inner.counted {
             inner.counted = false;
             self.total
-                .fetch_sub(self.bytes.load(Ordering::Relaxed), Ordering::Relaxed);
+                .fetch_sub(overhead(&self.key) + inner.bytes as u64, Ordering::Relaxed);
         }
     }
 }
