@@ -337,7 +337,7 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     let stored = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match bridge.store().history(&req.key, 0, 10).await {
-                Ok(rows) if rows.len() >= 2 => return Ok(rows.len()),
+                Ok(rows) if rows.len() >= 2 => return Ok(rows),
                 Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
                 Err(e) => return Err(e),
             }
@@ -345,10 +345,21 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
     })
     .await;
     match stored {
-        Ok(Ok(n)) => println!(
-            "the bridge stored {n} records of {:?} (message and reply) in SQLite",
-            req.key
-        ),
+        Ok(Ok(rows)) => {
+            println!(
+                "the bridge stored {} records of {:?} (message and reply) in SQLite",
+                rows.len(),
+                req.key
+            );
+            // What the model's answer cost, as stored with the reply.
+            if let Some(u) = rows.iter().find_map(|r| r.usage.as_ref()) {
+                println!(
+                    "  the reply's usage: model {}, {} prompt tokens ({} from the cache), {} completion tokens, \
+                     first token after {} ms",
+                    u.model, u.prompt_tokens, u.cached_tokens, u.completion_tokens, u.first_token_ms
+                );
+            }
+        }
         Ok(Err(e)) => println!("the bridge could not read its history: {e}"),
         Err(_) => println!("the bridge has not stored the demo message yet"),
     }
