@@ -74,6 +74,33 @@ enum Command {
         #[arg(long, default_value = "docs/benchmarks/bridge.md")]
         out: PathBuf,
     },
+    /// Many `rumor node` processes on this host: do they converge and stay converged? (1,000 nodes: ~15 min)
+    Overload {
+        /// Processes in all.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Start this many at once, wait for them to converge, then add waves (default: all at once).
+        #[arg(long)]
+        base: Option<usize>,
+        /// Processes per wave.
+        #[arg(long, default_value_t = 50)]
+        wave: usize,
+        /// Seconds between waves.
+        #[arg(long, default_value_t = 5)]
+        wave_every: u64,
+        /// Nodes asked for their view besides the first.
+        #[arg(long, default_value_t = 10)]
+        sample: usize,
+        /// Seconds to wait for convergence.
+        #[arg(long, default_value_t = 900)]
+        limit: u64,
+        /// Seconds the cluster must stay converged.
+        #[arg(long, default_value_t = 120)]
+        hold: u64,
+        /// Where to write the report.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The client edge against the router path and a bare axum WebSocket echo; idle connections; watchers (~3 min).
     Edge {
         /// Measured seconds of each step (after a 1 s warm-up).
@@ -326,6 +353,27 @@ fn main() -> anyhow::Result<()> {
             };
             runtime()?.block_on(bench::ai::run(o))?;
         }
+        Command::Overload {
+            nodes,
+            base,
+            wave,
+            wave_every,
+            sample,
+            limit,
+            hold,
+            out,
+        } => runtime()?.block_on(bench::overload::run(bench::overload::Options {
+            nodes,
+            waves: base.map(|base| bench::overload::Waves {
+                base,
+                wave,
+                every: Duration::from_secs(wave_every),
+            }),
+            sample,
+            limit: Duration::from_secs(limit),
+            hold: Duration::from_secs(hold),
+            out,
+        }))?,
         Command::DataplanePeer { chunks } => runtime()?.block_on(bench::dataplane::peer(chunks))?,
     }
     Ok(())

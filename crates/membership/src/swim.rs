@@ -131,6 +131,11 @@ stats::snapshot! {
     suspicions,
     /// Times this node marked another member dead (failed, not left).
     failures_declared,
+    /// Times this node's timers fired more than half a probe timeout late:
+    /// it was kept from running, which raises its local health multiplier.
+    late_wakeups,
+    /// Probes that ended while this node was late, so suspected nobody.
+    inconclusive_probes,
 }
 
 /// Why [`Membership::broadcast`] refused a message. No state changed.
@@ -268,6 +273,8 @@ pub struct Membership {
     user_seq: u64,
     /// Lifeguard's local health multiplier (memberlist calls it awareness).
     health: u32,
+    /// The current `handle_timeout` call came late; see there.
+    late: bool,
     next_probe: Duration,
     next_gossip: Duration,
     next_push_pull: Duration,
@@ -329,6 +336,7 @@ impl Membership {
             user_seen_order: VecDeque::new(),
             user_seq: 0,
             health: 0,
+            late: false,
             next_probe,
             next_gossip,
             next_push_pull,
@@ -571,7 +579,21 @@ impl Membership {
     }
 
     /// Fires every timer due at `now`.
+    ///
+    /// Lifeguard, extended to a node's own slowness: when this call comes
+    /// more than half a probe timeout after the deadline it was asked for,
+    /// this node was kept from running (a busy host, hundreds of processes on
+    /// a few cores). Its local health multiplier rises, which stretches its
+    /// probe period and timeouts, and a probe that ends in such a late call
+    /// suspects nobody: a node that could not run cannot tell a silent member
+    /// from its own silence.
     pub fn handle_timeout(&mut self, now: Duration) {
+        let due = self.poll_timeout().unwrap_or(now);
+        self.late = now.saturating_sub(due) > self.cfg.probe_timeout / 2;
+        if self.late {
+            self.stats.late_wakeups += 1;
+            self.adjust_health(1);
+        }
         self.expire_user_seen(now);
         self.reap(now);
         self.expire_suspicions(now);
@@ -1147,6 +1169,10 @@ impl Membership {
             1
         };
         self.adjust_health(delta as i32);
+        if self.late {
+            self.stats.inconclusive_probes += 1;
+            return;
+        }
         let Some(e) = self.members.get(&p.target) else { return };
         // A failed probe of a member already suspected (usually through gossip,
         // which outruns the next prober) is an independent confirmation:

@@ -18,7 +18,10 @@
 //! publishes whenever it changes. It loops over a `select!` of: a datagram
 //! on the UDP socket, a frame from a connection reader, a new TCP
 //! connection, a command from a [`GossipHandle`], and the state machine's next
-//! deadline. After each input it drains the machine's outputs: datagrams are
+//! deadline; before looking at the deadline it reads every datagram and frame
+//! already waiting, so that a process that was kept from running does not
+//! count answers it has received but not read as missing. After each input it
+//! drains the machine's outputs: datagrams are
 //! sent from the owner task; each reliable (push-pull) message is sent by a
 //! short-lived task that connects to the peer, writes one frame and closes.
 //!
@@ -570,6 +573,7 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         events: events.clone(),
         view: watch::Sender::new(empty_view(addr)),
         view_dirty: true,
+        view_published: None,
         joined: false,
         left: false,
         leaving: None,
@@ -703,6 +707,10 @@ struct Leaving {
     waiters: Vec<oneshot::Sender<LeaveOutcome>>,
 }
 
+/// The most datagrams (and, separately, frames) read before the timers are
+/// looked at again; see `Driver::drain_ready_inputs`.
+const MAX_DRAINED_INPUTS: usize = 256;
+
 /// The owner task's state: the only place the state machine and keyring live.
 struct Driver {
     membership: Membership,
@@ -738,6 +746,8 @@ struct Driver {
     /// The latest view; a watch because followers only need the newest one.
     view: watch::Sender<View>,
     view_dirty: bool,
+    /// When the view was last published; see `Driver::view_interval`.
+    view_published: Option<Instant>,
     joined: bool,
     left: bool,
     leaving: Option<Leaving>,
@@ -757,6 +767,7 @@ impl Driver {
     /// sockets are closed) or until every handle is dropped.
     async fn run(mut self) -> Option<oneshot::Sender<()>> {
         loop {
+            self.drain_ready_inputs();
             let now = self.now();
             if self.membership.poll_timeout().is_some_and(|t| t <= now) {
                 self.membership.handle_timeout(now);
@@ -785,12 +796,41 @@ impl Driver {
         }
     }
 
+    /// Hands the state machine every datagram and frame that is already
+    /// waiting, before its timers are looked at. A process kept from running
+    /// (a host whose CPU is busy, hundreds of nodes on a few cores) wakes up
+    /// with acks in its socket buffer and overdue probe deadlines: firing the
+    /// deadlines first would count those acks as missing, suspect members
+    /// that answered in time, and add the suspicion and refutation traffic
+    /// that starves every node further. Bounded, so that a flood cannot keep
+    /// timers from ever firing.
+    fn drain_ready_inputs(&mut self) {
+        for _ in 0..MAX_DRAINED_INPUTS {
+            match self.udp.try_recv_from(&mut self.recv_buf) {
+                Ok(r) => self.on_datagram(Ok(r)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => self.on_datagram(Err(e)),
+            }
+        }
+        for _ in 0..MAX_DRAINED_INPUTS {
+            match self.frames.try_recv() {
+                Ok(body) => self.on_frame(&body),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn next_wake(&mut self) -> Instant {
         let mut wake = self.membership.poll_timeout().unwrap_or(Duration::from_secs(3600));
         if let Some(l) = &self.leaving {
             wake = wake.min(l.deadline);
         }
         let mut at = self.epoch + wake;
+        if self.view_dirty
+            && let Some(due) = self.view_due()
+        {
+            at = at.min(due);
+        }
         match self.accept_paused_until {
             Some(t) if t > Instant::now() => at = at.min(t),
             Some(_) => self.accept_paused_until = None,
@@ -809,7 +849,7 @@ impl Driver {
             self.on_event(ev);
         }
         self.check_leave(now);
-        if self.view_dirty {
+        if self.view_dirty && self.view_due().is_none() {
             self.publish_view(now);
         }
     }
@@ -882,6 +922,7 @@ impl Driver {
         match &ev {
             Event::Joined => {
                 self.joined = true;
+                self.view_published = None;
                 info!(node, "joined the cluster");
             }
             Event::MemberUp(m) => info!(node, member = %m.name, addr = %m.addr, "member up"),
@@ -932,8 +973,36 @@ impl Driver {
         }
     }
 
+    /// The shortest time between two publications of the view: 1 ms per
+    /// member, at least 100 ms and at most 2 s. Building the view copies and
+    /// sorts every member, and each subscriber (the router's table) rebuilds
+    /// from it, so publishing after every change would cost O(N) per change:
+    /// 1,000 nodes joining would cost each node O(N²) and keep a busy host
+    /// from ever catching up. A change after a quiet spell is published at
+    /// once; a burst of changes is published once per interval, so this
+    /// work stays near a constant share of a core whatever N is.
+    fn view_interval(&self) -> Duration {
+        let members = u32::try_from(self.membership.num_live()).unwrap_or(u32::MAX);
+        (Duration::from_millis(1) * members).clamp(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
+    /// When a changed view may next be published, or `None` if it may be now.
+    fn view_due(&self) -> Option<Instant> {
+        let at = self.view_published? + self.view_interval();
+        (at > Instant::now()).then_some(at)
+    }
+
+    /// A change to this node itself (joined, leaving) is published at the
+    /// next flush, whatever the interval: callers wait for it. (Joining
+    /// clears `view_published` the same way.)
+    fn publish_soon(&mut self) {
+        self.view_dirty = true;
+        self.view_published = None;
+    }
+
     fn publish_view(&mut self, now: Duration) {
         self.view_dirty = false;
+        self.view_published = Some(Instant::now());
         let view = self.view_now(now);
         self.view.send_replace(view);
     }
@@ -1064,7 +1133,7 @@ impl Driver {
                     info!(node = %self.membership.name(), "leaving the cluster");
                     self.membership.leave(now);
                     self.left = true;
-                    self.view_dirty = true;
+                    self.publish_soon();
                     self.leaving = Some(Leaving {
                         deadline: now + drain_timeout,
                         waiters: Vec::new(),

@@ -5,7 +5,7 @@
 //! a pure function of its seed and its operations.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
@@ -35,6 +35,79 @@ impl Default for NetConfig {
             loss: 0.0,
         }
     }
+}
+
+/// A CPU that every node shares, as processes on one host do. Each thing a
+/// node handles (a datagram, a stream message, a timer) costs CPU time; while a
+/// node works, what arrives for it waits in its backlog. When more nodes work
+/// at once than there are cores, each gets its share (processor sharing), so
+/// with 1,000 nodes on 2 cores every node runs at 1/500 of a core's speed and
+/// a probe's ack can sit unread while its deadline passes.
+///
+/// Without a CPU (the default) handling is instant, as it always was.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cpu {
+    /// Cores shared by every node.
+    pub cores: f64,
+    /// CPU time for each datagram or stream message received or sent
+    /// (system calls, decryption, decoding).
+    pub per_packet: Duration,
+    /// CPU time for each kibibyte received or sent.
+    pub per_kib: Duration,
+    /// CPU time for each timer wake-up.
+    pub per_timer: Duration,
+    /// CPU time per known member each time a node's view changes: what an
+    /// embedding application spends rebuilding its view and whatever it
+    /// derives from it (`rumor node` copies the member list and rebuilds
+    /// its routing table).
+    pub per_view_member: Duration,
+    /// A node rebuilds its view at most once per this interval, however
+    /// many changes arrive in between (`None`: after every change).
+    pub view_every: Option<Duration>,
+    /// Cores each node uses for work outside the membership protocol (its
+    /// runtime, other servers), taken from the shared cores.
+    pub idle: f64,
+    /// What a node that was kept waiting handles first.
+    pub order: Order,
+}
+
+impl Cpu {
+    /// `rumor node` processes sharing `cores` on one host, with costs
+    /// calibrated on this project's 2-core test machine, where 300 idle
+    /// processes use a few hundredths of a percent of a core each and 1,000
+    /// processes never converged with the event loop that fired its timers
+    /// before reading its socket (`Order::TimersFirst`) and rebuilt its view
+    /// after every change (`view_every: None`); the simulator reproduces both
+    /// with these figures. The event loop as it is now reads first and
+    /// rebuilds its view at most once per millisecond per member (between
+    /// 100 ms and 2 s), which this returns for a cluster of `members`.
+    pub fn shared_host(cores: f64, members: usize) -> Self {
+        let view_every =
+            (Duration::from_millis(1) * members as u32).clamp(Duration::from_millis(100), Duration::from_secs(2));
+        Self {
+            cores,
+            per_packet: Duration::from_micros(60),
+            per_kib: Duration::from_micros(10),
+            per_timer: Duration::from_micros(20),
+            per_view_member: Duration::from_nanos(250),
+            view_every: Some(view_every),
+            idle: 0.0003,
+            order: Order::InputsFirst,
+        }
+    }
+}
+
+/// The order in which a node that was kept from running handles what piled up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// Due timers first, then what arrived: an ack already received but not
+    /// yet read counts as missing. An event loop that checks its timers
+    /// before reading its socket behaves so.
+    TimersFirst,
+    /// What arrived first, then due timers: an ack that arrived before the
+    /// node got to run counts. An event loop that drains its socket before
+    /// checking its timers behaves so.
+    InputsFirst,
 }
 
 /// The address node `index` listens on in its `generation`-th life. Addresses
@@ -68,6 +141,11 @@ enum What {
         node: usize,
         life: u32,
     },
+    /// A node that was busy gets the CPU again and handles what waited.
+    Run {
+        node: usize,
+        life: u32,
+    },
 }
 
 struct Node<P> {
@@ -82,6 +160,17 @@ struct Node<P> {
     left: bool,
     bytes_out: u64,
     packets_out: u64,
+    /// With a [`Cpu`]: the node works until then.
+    busy_until: Duration,
+    /// Deliveries that arrived while the node was busy, oldest first.
+    backlog: VecDeque<What>,
+    /// A timer came due while the node was busy.
+    timer_due: bool,
+    /// A `Run` is scheduled.
+    run_scheduled: bool,
+    /// With a [`Cpu`]: when this node last rebuilt its view, and whether it changed since.
+    view_built: Duration,
+    view_stale: bool,
 }
 
 /// A set of node indices, one bit each: there is one per node, N² bits in all.
@@ -196,6 +285,11 @@ pub struct Cluster<P: Protocol> {
     pub obs: Observations,
     /// Events processed, for performance reporting.
     pub events_processed: u64,
+    cpu: Option<Cpu>,
+    /// When each piece of work in progress ends, to count nodes that share the CPU.
+    working: BinaryHeap<Reverse<Duration>>,
+    /// CPU time spent by every node together.
+    cpu_used: Duration,
 }
 
 impl<P: Protocol> std::fmt::Debug for Cluster<P> {
@@ -227,7 +321,27 @@ impl<P: Protocol> Cluster<P> {
             up_count: 0,
             obs: Observations::default(),
             events_processed: 0,
+            cpu: None,
+            working: BinaryHeap::new(),
+            cpu_used: Duration::ZERO,
         }
+    }
+
+    /// Makes every node share `cpu` from now on (`None`: handling is instant).
+    pub fn set_cpu(&mut self, cpu: Option<Cpu>) {
+        self.cpu = cpu;
+    }
+
+    /// CPU time every node has spent together (zero without a [`Cpu`]).
+    pub fn cpu_used(&self) -> Duration {
+        self.cpu_used
+    }
+
+    /// Nodes kept waiting for the CPU right now, and the most inputs any one has waiting.
+    pub fn cpu_backlog(&self) -> (usize, usize) {
+        let waiting = self.nodes.iter().filter(|n| n.busy_until > self.now).count();
+        let deepest = self.nodes.iter().map(|n| n.backlog.len()).max().unwrap_or(0);
+        (waiting, deepest)
     }
 
     /// The seed this run replays from.
@@ -301,6 +415,12 @@ impl<P: Protocol> Cluster<P> {
             left: false,
             bytes_out: 0,
             packets_out: 0,
+            busy_until: Duration::ZERO,
+            backlog: VecDeque::new(),
+            timer_due: false,
+            run_scheduled: false,
+            view_built: Duration::ZERO,
+            view_stale: false,
         });
         self.obs.view.push(NodeSet::default());
         self.obs.down_view.push(HashSet::new());
@@ -316,6 +436,10 @@ impl<P: Protocol> Cluster<P> {
         node.life += 1;
         node.timer_at = None;
         node.left = false;
+        node.backlog.clear();
+        node.timer_due = false;
+        node.run_scheduled = false;
+        node.view_stale = false;
         self.by_addr.insert(node.addr, index);
         let spec = NodeSpec {
             index,
@@ -345,6 +469,8 @@ impl<P: Protocol> Cluster<P> {
         self.forget_view(i);
         self.nodes[i].proto = None;
         self.nodes[i].timer_at = None;
+        self.nodes[i].backlog.clear();
+        self.nodes[i].timer_due = false;
         let addr = self.nodes[i].addr;
         self.by_addr.remove(&addr);
     }
@@ -560,38 +686,108 @@ impl<P: Protocol> Cluster<P> {
         match what {
             What::Timer { node, life } => {
                 let n = &mut self.nodes[node];
-                if n.life != life || n.timer_at != Some(now) {
+                if n.life != life || n.timer_at != Some(now) || n.proto.is_none() {
                     return;
                 }
                 n.timer_at = None;
-                let Some(p) = n.proto.as_mut() else { return };
-                p.handle_timeout(now);
-                self.after_input(node);
+                if n.busy_until > now || !n.backlog.is_empty() {
+                    n.timer_due = true;
+                    self.schedule_run(node);
+                    return;
+                }
+                self.fire_timer(node);
             }
-            What::Deliver {
-                to,
-                life,
-                from,
-                payload,
-                reliable,
-            } => {
+            What::Deliver { to, life, .. } => {
                 let n = &mut self.nodes[to];
+                if n.life != life || n.proto.is_none() {
+                    return;
+                }
+                if n.busy_until > now || !n.backlog.is_empty() {
+                    n.backlog.push_back(what);
+                    self.schedule_run(to);
+                    return;
+                }
+                self.deliver(what);
+            }
+            What::Run { node, life } => {
+                let n = &mut self.nodes[node];
                 if n.life != life {
                     return;
                 }
-                let Some(p) = n.proto.as_mut() else { return };
-                if reliable {
-                    p.handle_stream(now, from, &payload);
-                } else {
-                    p.handle_datagram(now, from, &payload);
+                n.run_scheduled = false;
+                let order = self.cpu.as_ref().map_or(Order::InputsFirst, |c| c.order);
+                let timer_first = n.timer_due && (order == Order::TimersFirst || n.backlog.is_empty());
+                if timer_first {
+                    n.timer_due = false;
+                    self.fire_timer(node);
+                } else if let Some(d) = n.backlog.pop_front() {
+                    self.deliver(d);
                 }
-                self.after_input(to);
+                let n = &self.nodes[node];
+                if n.timer_due || !n.backlog.is_empty() {
+                    self.schedule_run(node);
+                }
             }
         }
     }
 
+    /// Schedules node `i` to handle what waits for it once it is free.
+    fn schedule_run(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if n.run_scheduled {
+            return;
+        }
+        n.run_scheduled = true;
+        let (at, life) = (n.busy_until.max(self.now), n.life);
+        self.schedule(at, What::Run { node: i, life });
+    }
+
+    fn fire_timer(&mut self, i: usize) {
+        let now = self.now;
+        let Some(p) = self.nodes[i].proto.as_mut() else { return };
+        p.handle_timeout(now);
+        let cost = self.cpu.as_ref().map_or(Duration::ZERO, |c| c.per_timer);
+        self.after_work(i, cost);
+    }
+
+    fn deliver(&mut self, what: What) {
+        let now = self.now;
+        let What::Deliver {
+            to,
+            life,
+            from,
+            payload,
+            reliable,
+        } = what
+        else {
+            return;
+        };
+        let n = &mut self.nodes[to];
+        if n.life != life {
+            return;
+        }
+        let Some(p) = n.proto.as_mut() else { return };
+        if reliable {
+            p.handle_stream(now, from, &payload);
+        } else {
+            p.handle_datagram(now, from, &payload);
+        }
+        let cost = self.cpu.as_ref().map_or(Duration::ZERO, |c| {
+            c.per_packet + c.per_kib.mul_f64(payload.len() as f64 / 1024.0)
+        });
+        self.after_work(to, cost);
+    }
+
     /// Drains a node's outputs after it handled an input.
     fn after_input(&mut self, i: usize) {
+        self.after_work(i, Duration::ZERO);
+    }
+
+    /// Drains a node's outputs after it handled an input that cost `cost` of
+    /// CPU (sending costs more). With a [`Cpu`] the node is busy for that CPU
+    /// time stretched by its share of the cores, and what it sent leaves when
+    /// it is done.
+    fn after_work(&mut self, i: usize, cost: Duration) {
         let now = self.now;
         let mut sends = Vec::new();
         let mut events = Vec::new();
@@ -603,9 +799,39 @@ impl<P: Protocol> Cluster<P> {
             events.push(e);
         }
         let next = p.poll_timeout();
+        let view_changed = events.iter().any(|e| !matches!(e, SimEvent::Message(_)));
         for e in events {
             self.observe(i, e);
         }
+        let done = match &self.cpu {
+            None => now,
+            Some(cpu) => {
+                let out: usize = sends.iter().map(|t| t.payload.len()).sum();
+                let mut cost = cost + cpu.per_packet * sends.len() as u32 + cpu.per_kib.mul_f64(out as f64 / 1024.0);
+                let known = self.obs.view[i].len() as u32 + 1;
+                let n = &mut self.nodes[i];
+                n.view_stale |= view_changed;
+                if n.view_stale && cpu.view_every.is_none_or(|every| now >= n.view_built + every) {
+                    n.view_stale = false;
+                    n.view_built = now;
+                    cost += cpu.per_view_member * known;
+                }
+                while self.working.peek().is_some_and(|Reverse(end)| *end <= now) {
+                    self.working.pop();
+                }
+                let cores = (cpu.cores - cpu.idle * self.up_count as f64).max(cpu.cores * 0.05);
+                let sharing = (self.working.len() + 1) as f64 / cores;
+                let wall = cost.mul_f64(sharing.max(1.0));
+                self.cpu_used += cost;
+                // A command (join, leave, broadcast) may come while the node works.
+                let done = self.nodes[i].busy_until.max(now) + wall;
+                if done > now {
+                    self.working.push(Reverse(done));
+                }
+                self.nodes[i].busy_until = done;
+                done
+            }
+        };
         let from = self.nodes[i].addr;
         for t in sends {
             let n = &mut self.nodes[i];
@@ -631,7 +857,7 @@ impl<P: Protocol> Cluster<P> {
             let life = self.nodes[to].life;
             let payload: Rc<[u8]> = t.payload.into();
             self.schedule(
-                now + delay,
+                done + delay,
                 What::Deliver {
                     to,
                     life,

@@ -12,6 +12,6 @@
 mod cluster;
 mod protocol;
 
-pub use cluster::{Cluster, NetConfig, Observations, Watch, sim_addr};
+pub use cluster::{Cluster, Cpu, NetConfig, Observations, Order, Watch, sim_addr};
 pub use protocol::{NodeSpec, Protocol, Rumor, SimEvent, Transmit};
 pub mod scenario;

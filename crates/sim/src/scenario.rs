@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use membership::Config;
 
-use crate::cluster::{Cluster, NetConfig};
+use crate::cluster::{Cluster, Cpu, NetConfig};
 use crate::protocol::{Protocol, Rumor};
 
 /// One step of a scenario.
@@ -80,6 +80,8 @@ pub enum Op {
         /// Message id.
         id: u64,
     },
+    /// Every node shares `cpu` from now on (`None`: handling is instant).
+    Cpu(Option<Cpu>),
     /// Churn: every `every`, crash one random up node and restart one crashed node.
     Churn {
         /// Interval between churn events.
@@ -252,6 +254,13 @@ pub fn run<P: Protocol>(scenario: &Scenario, mut c: Cluster<P>) -> Report {
                 c.repair();
                 say(&c, "partition repaired".to_owned());
             }
+            Op::Cpu(cpu) => {
+                c.set_cpu(cpu.clone());
+                match cpu {
+                    Some(cpu) => say(&c, format!("every node shares {} cores ({:?})", cpu.cores, cpu.order)),
+                    None => say(&c, "handling is instant".to_owned()),
+                }
+            }
             Op::Broadcast { node, id } => {
                 c.broadcast(*node, *id, 64);
                 broadcasts.push(*id);
@@ -286,6 +295,7 @@ pub fn run<P: Protocol>(scenario: &Scenario, mut c: Cluster<P>) -> Report {
     let mut figures = vec![
         ("nodes up".to_owned(), c.up_count().to_string()),
         ("converged".to_owned(), c.converged().to_string()),
+        ("unseen pairs".to_owned(), c.unseen().to_string()),
         (
             "false-positive episodes".to_owned(),
             c.obs.false_positive_episodes.to_string(),
@@ -319,6 +329,16 @@ pub fn run<P: Protocol>(scenario: &Scenario, mut c: Cluster<P>) -> Report {
             None => "did not reach every node".to_owned(),
         };
         figures.push((format!("message {id}"), v));
+    }
+    if !c.cpu_used().is_zero() {
+        figures.push((
+            "CPU used".to_owned(),
+            format!(
+                "{:.1}s ({:.2} cores on average)",
+                c.cpu_used().as_secs_f64(),
+                c.cpu_used().as_secs_f64() / c.now().as_secs_f64().max(1e-9)
+            ),
+        ));
     }
     figures.push(("events processed".to_owned(), c.events_processed.to_string()));
     figures.push(("simulated time".to_owned(), format!("{:.1}s", c.now().as_secs_f64())));
@@ -391,6 +411,13 @@ pub fn builtin(name: &str, n: usize, minutes: u64) -> Option<Scenario> {
             Op::Wait(Duration::from_secs(120)),
             converge,
         ],
+        // As many processes as `n` on one 2-core host, started together.
+        "overload" => vec![
+            Op::Cpu(Some(Cpu::shared_host(2.0, n))),
+            Op::Start { nodes: n },
+            converge,
+            Op::Wait(steady),
+        ],
         _ => return None,
     };
     Some(Scenario {
@@ -411,4 +438,5 @@ pub const BUILTIN: &[&str] = &[
     "partition",
     "restart",
     "churn",
+    "overload",
 ];
