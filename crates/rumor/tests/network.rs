@@ -1,0 +1,1108 @@
+//! Real processes on a real kernel network path: every `rumor node` runs in
+//! a Linux network namespace of its own (network/netns.rs), so gossip, gRPC
+//! and Kafka traffic cross veths and a bridge, and faults (loss, partitions)
+//! are nftables rules the kernel applies. A client load runs through the
+//! gateways during each scenario and records a history, which
+//! network/checker.rs checks against what the bridge stored in PostgreSQL.
+//!
+//! Twelve hosts: gateways gw1 and gw2, forward node fw, workers w1..w9, all
+//! on the `test` membership preset (100 ms protocol period). A tansu broker
+//! and `rumor bridge` run in the root namespace, the broker on the subnet's
+//! .1 address so the nodes reach it.
+//!
+//! The tests need root, `ip` and `nft`, a tansu binary and PostgreSQL; they
+//! run when RUMOR_TEST_NETNS is set (scripts/test sets it when it runs as
+//! root) and are skipped, saying so, when it is not. With it set, a missing
+//! requirement fails the test. Each scenario prints its figures and appends
+//! them to `network-figures.txt` in the test's target temporary directory.
+
+// The harness's parts, in tests/network/ (a test's root file resolves its
+// modules beside itself, hence the paths).
+#[path = "network/checker.rs"]
+mod checker;
+#[path = "network/netns.rs"]
+mod netns;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use checker::{Event, Row};
+use netns::{Net, Traffic};
+use node::client::AdminClient;
+use node::crypto::Key;
+use proto::api::{MemberStatus, Members, SendRequest};
+
+// ---- Gating ----
+
+/// Whether the network tests run here. Unset RUMOR_TEST_NETNS: skipped, said
+/// loudly. Set: every requirement must hold, or the test fails.
+fn enabled(test: &str) -> bool {
+    if std::env::var_os("RUMOR_TEST_NETNS").is_none() {
+        eprintln!(
+            "SKIPPED {test}: RUMOR_TEST_NETNS is not set. These tests need root, `ip` and `nft`; \
+             scripts/test sets it when it runs as root."
+        );
+        return false;
+    }
+    if let Some(why) = netns::missing_requirements() {
+        panic!("RUMOR_TEST_NETNS is set but {why}: run scripts/test as root, which installs nftables");
+    }
+    true
+}
+
+/// The scenarios of one process run one at a time (`cargo test` runs tests
+/// on threads; nextest runs each in its own process and serializes them with
+/// the `rumor-network` test group of .config/nextest.toml): each is a dozen
+/// processes whose failure detection is timed, on a machine of 2 cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("scenario did not finish within {limit:?}"))
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duration, mut check: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Prints a scenario's figures and appends them to the figures file.
+fn figures(scenario: &str, text: &str) {
+    let line = format!("FIGURES {scenario}: {text}");
+    eprintln!("{line}");
+    let file = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("network-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(file) {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+// ---- Services in the root namespace: PostgreSQL database, tansu, bridge ----
+
+/// A fresh PostgreSQL database for one test, dropped when the test ends.
+struct TestDb {
+    admin_url: String,
+    name: String,
+}
+
+impl TestDb {
+    async fn create() -> TestDb {
+        let admin_url = std::env::var("RUMOR_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let name = format!("rumor_net_{}_{}", std::process::id(), nanos());
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} (run scripts/test, which starts it): {e}"));
+        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        TestDb { admin_url, name }
+    }
+
+    fn url(&self) -> String {
+        let base = self
+            .admin_url
+            .rsplit_once('/')
+            .map_or(self.admin_url.as_str(), |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+
+    /// Every row of the bridge's `messages` table, in storage order.
+    async fn rows(&self) -> Vec<Row> {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url())
+            .await
+            .unwrap();
+        type Raw = (i64, String, i32, String, Vec<u8>, Option<i32>);
+        let raw: Vec<Raw> = sqlx::query_as(
+            "SELECT seq, message_id, kind, conversation_key, payload, error_code FROM messages ORDER BY seq",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default(); // before the bridge's migrations: no table yet
+        raw.into_iter()
+            .map(|(seq, id, kind, conv, payload, error_code)| Row {
+                seq,
+                id,
+                kind,
+                conv,
+                payload: String::from_utf8_lossy(&payload).into_owned(),
+                error_code,
+            })
+            .collect()
+    }
+
+    /// The records the bridge has consumed from the topic (the sum of its
+    /// next offsets) and the dead letters it kept.
+    async fn consumed_and_dead_letters(&self) -> (i64, i64) {
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url())
+            .await
+            .unwrap();
+        let mut one = async |sql: &str| {
+            sqlx::query_as::<_, (i64,)>(sql)
+                .fetch_one(&mut c)
+                .await
+                .map_or(0, |r| r.0)
+        };
+        let consumed = one("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets").await;
+        (consumed, one("SELECT count(*) FROM dead_letters").await)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Best effort, on a thread of its own: Drop cannot await.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
+                    let _ = sqlx::Executor::execute(
+                        &mut c,
+                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
+                    )
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A child process killed (SIGKILL) when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A tansu broker of this test, in the root namespace on the subnet's .1.
+async fn start_tansu(addr: Ipv4Addr) -> (Killed, String) {
+    let tansu = std::env::var("RUMOR_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+    let port = std::net::TcpListener::bind((addr, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("{addr}:{port}");
+    let child = Command::new(&tansu)
+        .args(["broker", "--storage-engine", "memory://tansu/"])
+        .arg("--listener-url")
+        .arg(format!("tcp://{listen}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://{listen}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {tansu} (scripts/test installs it and sets RUMOR_TEST_TANSU): {e}"));
+    let child = Killed(child);
+    eventually("the tansu broker to listen", Duration::from_secs(20), || {
+        let listen = listen.clone();
+        async move { tokio::net::TcpStream::connect(&listen).await.ok().map(drop) }
+    })
+    .await;
+    (child, listen)
+}
+
+/// `rumor bridge` in the root namespace, from `brokers` into `db`.
+fn start_bridge(db: &TestDb, brokers: &str, topics: &str) -> Killed {
+    let file = std::env::temp_dir().join(format!("rumor-net-bridge-{}-{}.toml", std::process::id(), nanos()));
+    let text = format!(
+        "database_url = \"{}\"\nbrokers = \"{brokers}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
+         messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n",
+        db.url()
+    );
+    std::fs::write(&file, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
+        .args(["bridge", "--config"])
+        .arg(&file)
+        .env_remove("RUMOR_DATABASE_URL")
+        .env_remove("RUMOR_KAFKA_BROKERS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawning rumor bridge");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let _first = lines.next().expect("the bridge printed nothing").unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    Killed(child)
+}
+
+// ---- Nodes, each in its host's namespace ----
+
+const GOSSIP_PORT: u16 = 7946;
+const MESH_PORT: u16 = 7947;
+const ADMIN_PORT: u16 = 7948;
+const EDGE_PORT: u16 = 8080;
+
+/// Workers answer in 3 chunks, 2 ms apart, so that replies are in flight
+/// when a fault strikes.
+const WORKER_ECHO: &str = "[worker.echo]\nchunks = 3\ndelay_ms = 2\n";
+
+/// One node: where it runs, and its process while it runs.
+struct Node {
+    name: String,
+    roles: &'static str,
+    host: usize,
+    config: PathBuf,
+    proc: Option<Running>,
+}
+
+struct Running {
+    child: Child,
+    gossip: String,
+    admin: String,
+    /// SIGSTOPped: its admin API does not answer.
+    stopped: bool,
+}
+
+impl Node {
+    /// Starts the process in its host's namespace, bound to `addr` on fixed
+    /// ports, and reads where it listens from its first stdout line.
+    fn start(&mut self, net: &Net, seeds: &[String], key: &str) {
+        assert!(self.proc.is_none(), "{} is running", self.name);
+        let host = &net.hosts[self.host];
+        let at = |port: u16| format!("{}:{port}", host.addr);
+        let mut cmd = Command::new("ip");
+        let (gossip, mesh, admin, edge) = (at(GOSSIP_PORT), at(MESH_PORT), at(ADMIN_PORT), at(EDGE_PORT));
+        cmd.args([
+            "netns",
+            "exec",
+            host.ns.as_str(),
+            env!("CARGO_BIN_EXE_rumor"),
+            "node",
+            "--config",
+        ])
+        .arg(&self.config)
+        .args(["--name", self.name.as_str(), "--roles", self.roles, "--preset", "test"])
+        .args(["--gossip-bind", gossip.as_str(), "--mesh-bind", mesh.as_str()])
+        .args(["--admin-bind", admin.as_str(), "--edge-bind", edge.as_str()])
+        .env("RUMOR_KEYS", key)
+        .env_remove("RUMOR_SEEDS")
+        .env_remove("RUMOR_NAME")
+        .env_remove("RUMOR_ADVERTISE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        if !seeds.is_empty() {
+            cmd.args(["--seeds", &seeds.join(",")]);
+        }
+        // `ip netns exec` execs the program: the child is the node itself.
+        let mut child = cmd.spawn().expect("spawning ip netns exec rumor node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads stdout to the end, so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("{} did not print its addresses", self.name));
+        let field = |k: &str| -> String {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .unwrap_or_else(|| panic!("no {k} in {line:?}"))
+                .to_owned()
+        };
+        self.proc = Some(Running {
+            gossip: field("gossip="),
+            admin: field("admin="),
+            child,
+            stopped: false,
+        });
+    }
+
+    fn running(&self) -> &Running {
+        self.proc
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    fn client(&self) -> AdminClient {
+        AdminClient::new(self.running().admin.clone()).with_timeout(Duration::from_secs(3))
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+
+    fn signal(&mut self, sig: &str) {
+        let p = self.proc.as_mut().expect("running");
+        netns::run(&["kill", sig, &p.child.id().to_string()], None).unwrap();
+        p.stopped = sig == "-STOP";
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(p) = &self.proc
+            && p.stopped
+        {
+            // A stopped process dies from SIGKILL too, but be plain about it.
+            let _ = netns::run(&["kill", "-CONT", &p.child.id().to_string()], None);
+        }
+        self.kill();
+    }
+}
+
+/// The cluster of one scenario. Fields drop in order: nodes, bridge and
+/// broker first, then the database, and the network last.
+struct Cluster {
+    nodes: Vec<Node>,
+    _bridge: Killed,
+    _tansu: Killed,
+    db: TestDb,
+    key: String,
+    net: Net,
+}
+
+/// Who runs where: hosts 0 and 1 gateways, 2 the forward node, 3.. workers.
+fn roles(host: usize) -> (String, &'static str) {
+    match host {
+        0 => ("gw1".into(), "gateway"),
+        1 => ("gw2".into(), "gateway"),
+        2 => ("fw".into(), "forward"),
+        h => (format!("w{}", h - 2), "worker"),
+    }
+}
+
+const HOSTS: usize = 12;
+
+impl Cluster {
+    /// Network, database, broker, twelve nodes agreeing on one view, bridge.
+    async fn start() -> Cluster {
+        let net = Net::create(HOSTS);
+        let db = TestDb::create().await;
+        let (tansu, brokers) = start_tansu(net.ip(1)).await;
+        let topics = format!("t{}", nanos());
+        let events = format!(
+            "[events]\nbrokers = \"{brokers}\"\nmessages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\n\
+             partitions = 2\nforward_group = \"{topics}-forward\"\n"
+        );
+        let key = Key::generate().to_base64();
+        let nodes = (0..HOSTS)
+            .map(|h| {
+                let (name, roles) = roles(h);
+                let text = match roles {
+                    "worker" => format!("{WORKER_ECHO}{events}"),
+                    "forward" => events.clone(),
+                    _ => String::new(),
+                };
+                let config =
+                    std::env::temp_dir().join(format!("rumor-net-{}-{name}-{}.toml", std::process::id(), nanos()));
+                std::fs::write(&config, text).unwrap();
+                Node {
+                    name,
+                    roles,
+                    host: h,
+                    config,
+                    proc: None,
+                }
+            })
+            .collect();
+        let bridge = start_bridge(&db, &brokers, &topics);
+        let mut c = Cluster {
+            nodes,
+            _bridge: bridge,
+            _tansu: tansu,
+            db,
+            key,
+            net,
+        };
+        let started = Instant::now();
+        for h in 0..HOSTS {
+            c.start_node(h);
+        }
+        let t = c.one_view(Duration::from_secs(30)).await;
+        eprintln!(
+            "network: 12 nodes on 10.213.{}.0/24 in one view {} after the first started",
+            c.net.subnet,
+            ms(started.elapsed().max(t))
+        );
+        c
+    }
+
+    /// Starts host `h`'s node with the running gateways as its seeds (the
+    /// first gateway starts with none and the others join through it).
+    fn start_node(&mut self, h: usize) {
+        let seeds: Vec<String> = (0..2)
+            .filter(|&g| g != h)
+            .filter_map(|g| Some(self.nodes[g].proc.as_ref()?.gossip.clone()))
+            .collect();
+        self.nodes[h].start(&self.net, &seeds, &self.key);
+    }
+
+    fn index(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap()
+    }
+
+    fn names(&self, hosts: &[usize]) -> Vec<String> {
+        hosts.iter().map(|&h| self.nodes[h].name.clone()).collect()
+    }
+
+    /// Hosts whose node runs and answers (not stopped).
+    fn answering(&self) -> Vec<usize> {
+        (0..HOSTS)
+            .filter(|&h| self.nodes[h].proc.as_ref().is_some_and(|p| !p.stopped))
+            .collect()
+    }
+
+    /// The members lists of `hosts`, fetched concurrently (None: no answer).
+    async fn views(&self, hosts: &[usize]) -> Vec<Option<Members>> {
+        let clients: Vec<AdminClient> = hosts.iter().map(|&h| self.nodes[h].client()).collect();
+        futures_util::future::join_all(clients.iter().map(|c| async move { c.members().await.ok() })).await
+    }
+
+    /// A counter from the /metrics of each of `hosts`, by node name.
+    async fn counter(&self, hosts: &[usize], name: &str) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for &h in hosts {
+            let client = self.nodes[h].client();
+            // Retried: under packet loss a request can time out.
+            let text = eventually("the node's /metrics", Duration::from_secs(20), || async {
+                client.metrics().await.ok()
+            })
+            .await;
+            out.insert(self.nodes[h].name.clone(), metric(&text, name));
+        }
+        out
+    }
+
+    /// Waits until every running node lists exactly the running nodes as
+    /// alive, each at the gossip address it listens on, has joined, and all
+    /// report the same ring over the running workers. Returns the time taken.
+    async fn one_view(&self, limit: Duration) -> Duration {
+        let started = Instant::now();
+        let hosts: Vec<usize> = (0..HOSTS).filter(|&h| self.nodes[h].proc.is_some()).collect();
+        let expected: BTreeMap<String, String> = hosts
+            .iter()
+            .map(|&h| (self.nodes[h].name.clone(), self.nodes[h].running().gossip.clone()))
+            .collect();
+        let workers = hosts.iter().filter(|&&h| self.nodes[h].roles == "worker").count();
+        let clients: Vec<AdminClient> = hosts.iter().map(|&h| self.nodes[h].client()).collect();
+        eventually("one view of the running nodes", limit, || async {
+            let answers = futures_util::future::join_all(clients.iter().map(|c| async move {
+                let m = c.members().await.ok()?;
+                let r = c.ring().await.ok()?;
+                Some((m, r))
+            }))
+            .await;
+            let mut sums = BTreeSet::new();
+            for a in answers {
+                let (m, r) = a?;
+                let alive: BTreeMap<String, String> = m
+                    .members
+                    .iter()
+                    .filter(|x| x.status() == MemberStatus::Alive)
+                    .map(|x| (x.name.clone(), x.addr.clone()))
+                    .collect();
+                if alive != expected || !m.joined || r.workers.len() != workers {
+                    return None;
+                }
+                sums.insert(r.checksum);
+            }
+            (sums.len() == 1).then_some(())
+        })
+        .await;
+        started.elapsed()
+    }
+
+    /// Polls until each observer lists each of its targets dead; returns
+    /// when the first observer listed a target as suspect or dead, and when
+    /// the last target was dead everywhere, both from `since`.
+    async fn detect(&self, since: Instant, expect: &[(usize, Vec<String>)], limit: Duration) -> Detection {
+        let hosts: Vec<usize> = expect.iter().map(|e| e.0).collect();
+        let mut first_suspect = None;
+        let deadline = Instant::now() + limit;
+        loop {
+            let views = self.views(&hosts).await;
+            let mut all_dead = true;
+            for ((_, targets), view) in expect.iter().zip(&views) {
+                let Some(view) = view else {
+                    all_dead = false;
+                    continue;
+                };
+                for t in targets {
+                    let status = view
+                        .members
+                        .iter()
+                        .find(|m| &m.name == t)
+                        .map_or(MemberStatus::Alive, |m| m.status());
+                    if status != MemberStatus::Alive && first_suspect.is_none() {
+                        first_suspect = Some(since.elapsed());
+                    }
+                    all_dead &= status == MemberStatus::Dead;
+                }
+            }
+            if all_dead {
+                return Detection {
+                    first_suspect,
+                    dead_everywhere: since.elapsed(),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not every observer declared its targets dead within {limit:?}: {expect:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The gateways' admin addresses, for the client load.
+    fn gateways(&self) -> Vec<String> {
+        (0..2).map(|h| self.nodes[h].running().admin.clone()).collect()
+    }
+
+    /// Stops the load, waits for the bridge to store what was acknowledged
+    /// and runs the checker; panics with the counterexamples if it fails.
+    async fn check(&self, scenario: &str, load: Load) -> checker::Summary {
+        let history = load.stop().await;
+        // Acknowledged means the records were in Kafka (the worker waits for
+        // them), so the bridge must get them all; give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (summary, violations) = loop {
+            let rows = self.db.rows().await;
+            let (summary, violations) = checker::check(&history, &rows);
+            let missing = violations
+                .iter()
+                .any(|v| matches!(v, checker::Violation::Missing { .. }));
+            if !missing || Instant::now() > deadline {
+                break (summary, violations);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let rows = self.db.rows().await.len() as i64;
+        let (consumed, dead) = self.db.consumed_and_dead_letters().await;
+        // Records in the topic beyond the rows and dead letters are the same
+        // record twice (one message processed twice, or a producer retry);
+        // the bridge stores each once.
+        figures(
+            scenario,
+            &format!(
+                "history: {summary}; {rows} rows in PostgreSQL, {consumed} records consumed from Kafka, \
+                 {dead} dead letters, so {} records in the topic more than once",
+                consumed - rows - dead
+            ),
+        );
+        if !violations.is_empty() {
+            let shown: Vec<String> = violations
+                .iter()
+                .take(20)
+                .map(|v| format!("  {v}\n{}", checker::timeline(&history, v.id())))
+                .collect();
+            panic!(
+                "{scenario}: the checker found {} violations (first {}):\n{}",
+                violations.len(),
+                shown.len(),
+                shown.join("\n")
+            );
+        }
+        assert!(summary.acknowledged > 0, "{scenario}: the load got answers");
+        summary
+    }
+}
+
+#[derive(Debug)]
+struct Detection {
+    first_suspect: Option<Duration>,
+    dead_everywhere: Duration,
+}
+
+impl Detection {
+    fn describe(&self) -> String {
+        format!(
+            "first suspicion {}, dead everywhere {}",
+            self.first_suspect.map_or("not seen".into(), ms),
+            ms(self.dead_everywhere)
+        )
+    }
+}
+
+// ---- The client load and its history ----
+
+/// Senders through the gateways' admin API, each with conversations of its
+/// own, sending one message at a time per sender, and recording a history.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    history: Arc<Mutex<Vec<Event>>>,
+}
+
+/// Conversations per sender.
+const CONVERSATIONS: usize = 4;
+
+static IDS: AtomicU64 = AtomicU64::new(0);
+
+fn new_id() -> String {
+    let unix_ms = (nanos() / 1_000_000) as u64;
+    let random = nanos() ^ (u128::from(IDS.fetch_add(1, Ordering::Relaxed)) << 64) ^ u128::from(std::process::id());
+    proto::message_id(unix_ms, random)
+}
+
+impl Load {
+    fn start(gateways: Vec<String>, senders: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let history = Arc::new(Mutex::new(Vec::new()));
+        let epoch = Instant::now();
+        let tasks = (0..senders)
+            .map(|s| {
+                let gw = AdminClient::new(gateways[s % gateways.len()].clone()).with_timeout(Duration::from_secs(6));
+                let (stop, history) = (stop.clone(), history.clone());
+                tokio::spawn(async move {
+                    let at = || epoch.elapsed().as_millis() as u64;
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (id, conv, payload) = (
+                            new_id(),
+                            format!("conv-{s}-{}", i % CONVERSATIONS),
+                            format!("s{s}-m{i}"),
+                        );
+                        history.lock().unwrap().push(Event::Sent {
+                            id: id.clone(),
+                            conv: conv.clone(),
+                            payload: payload.clone(),
+                            at_ms: at(),
+                        });
+                        let req = SendRequest {
+                            key: conv,
+                            payload,
+                            id: Some(id.clone()),
+                            timeout_ms: Some(3000),
+                            ..Default::default()
+                        };
+                        let result = gw
+                            .send(&req, |l| {
+                                let e = match &l.error {
+                                    Some(err) => Event::Failed {
+                                        id: l.id.clone(),
+                                        code: err.code,
+                                        name: err.name.clone(),
+                                        at_ms: at(),
+                                    },
+                                    None => Event::Chunk {
+                                        id: l.id.clone(),
+                                        seq: l.seq,
+                                        data: l.data.clone(),
+                                        worker: l.worker.clone(),
+                                        last: l.last,
+                                        at_ms: at(),
+                                    },
+                                };
+                                history.lock().unwrap().push(e);
+                            })
+                            .await;
+                        if let Err(e) = result {
+                            history.lock().unwrap().push(Event::Unknown {
+                                id,
+                                why: e.to_string(),
+                                at_ms: at(),
+                            });
+                        }
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(30)).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks, history }
+    }
+
+    async fn stop(self) -> Vec<Event> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.expect("a sender panicked");
+        }
+        std::mem::take(&mut *self.history.lock().unwrap())
+    }
+}
+
+const SENDERS: usize = 4;
+
+// ---- Scenarios ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
+    if !enabled("scenario_crash_kill9_worker_dead_everywhere_then_rejoins") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    within(Duration::from_secs(120), async {
+        let mut c = Cluster::start().await;
+        let load = Load::start(c.gateways(), SENDERS);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let victim = c.index("w5");
+        let killed = Instant::now();
+        c.nodes[victim].kill();
+        let others: Vec<(usize, Vec<String>)> = c.answering().into_iter().map(|h| (h, vec!["w5".to_owned()])).collect();
+        let d = c.detect(killed, &others, Duration::from_secs(20)).await;
+
+        // Restarted at the same address and ports.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let restarted = Instant::now();
+        c.start_node(victim);
+        c.one_view(Duration::from_secs(30)).await;
+        let rejoin = restarted.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let summary = c.check("crash", load).await;
+        assert!(summary.by_worker.contains_key("w5"), "w5 answered some messages");
+        figures(
+            "crash",
+            &format!("kill -9 w5: {}; restarted, one view after {}", d.describe(), ms(rejoin)),
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
+    if !enabled("scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const LOSS_FOR: Duration = Duration::from_secs(60);
+    within(Duration::from_secs(180), async {
+        let c = Cluster::start().await;
+        let all: Vec<usize> = (0..HOSTS).collect();
+        let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+        let before_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
+        let before_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
+        let load = Load::start(c.gateways(), SENDERS);
+
+        // 10% of every IPv4 packet every host receives: gossip, gRPC, Kafka
+        // and the test's own admin requests alike.
+        for h in 0..HOSTS {
+            c.net.loss(h, 10, Traffic::All);
+        }
+        let started = Instant::now();
+        let mut dead_seen: Vec<String> = Vec::new();
+        let mut suspect_seen = 0usize;
+        while started.elapsed() < LOSS_FOR {
+            for (h, view) in all.iter().zip(c.views(&all).await) {
+                let Some(view) = view else { continue };
+                for m in &view.members {
+                    match m.status() {
+                        MemberStatus::Dead | MemberStatus::Left => dead_seen.push(format!(
+                            "{} listed {} as {:?} at {}",
+                            c.nodes[*h].name,
+                            m.name,
+                            m.status(),
+                            ms(started.elapsed())
+                        )),
+                        MemberStatus::Suspect => suspect_seen += 1,
+                        _ => {}
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        c.net.heal();
+        let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+        let after_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
+        let after_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
+        let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> u64 {
+            a.iter().map(|(k, v)| v.saturating_sub(b[k])).sum()
+        };
+        let failures = delta(&after_failures, &before_failures);
+        let summary = c.check("loss", load).await;
+        figures(
+            "loss",
+            &format!(
+                "10% inbound loss on all 12 hosts for {}: {} suspicions, {} refutations, {failures} members declared dead, \
+                 {suspect_seen} suspect sightings in polls every 500 ms; {} acknowledged",
+                ms(LOSS_FOR),
+                delta(&after_suspicions, &before_suspicions),
+                delta(&after_refutations, &before_refutations),
+                summary.acknowledged
+            ),
+        );
+        assert!(dead_seen.is_empty(), "a healthy member was declared dead: {dead_seen:?}");
+        assert_eq!(
+            failures, 0,
+            "no node declares a healthy member dead: {after_failures:?} (before {before_failures:?})"
+        );
+        c.one_view(Duration::from_secs(10)).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_partition_50_50_each_side_declares_the_other_dead_then_heals() {
+    if !enabled("scenario_partition_50_50_each_side_declares_the_other_dead_then_heals") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    within(Duration::from_secs(150), async {
+        let c = Cluster::start().await;
+        let load = Load::start(c.gateways(), SENDERS);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // gw1, fw, w1..w4 | gw2, w5..w9: a gateway and workers on each side.
+        let a: Vec<usize> = vec![0, 2, 3, 4, 5, 6];
+        let b: Vec<usize> = vec![1, 7, 8, 9, 10, 11];
+        let cut = Instant::now();
+        c.net.partition(&a, &b);
+        let expect: Vec<(usize, Vec<String>)> = a
+            .iter()
+            .map(|&h| (h, c.names(&b)))
+            .chain(b.iter().map(|&h| (h, c.names(&a))))
+            .collect();
+        let d = c.detect(cut, &expect, Duration::from_secs(30)).await;
+        // Each side goes on alone for a moment, its ring over its own workers.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let healed = Instant::now();
+        c.net.heal();
+        c.one_view(Duration::from_secs(60)).await;
+        let merged = healed.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.check("partition", load).await;
+        figures(
+            "partition",
+            &format!(
+                "two-way 6|6 partition: {}; after heal one view in {}",
+                d.describe(),
+                ms(merged)
+            ),
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_restart_at_a_new_address_everyone_sees_it_alive_there() {
+    if !enabled("scenario_restart_at_a_new_address_everyone_sees_it_alive_there") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    within(Duration::from_secs(120), async {
+        let mut c = Cluster::start().await;
+        let load = Load::start(c.gateways(), SENDERS);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let victim = c.index("w3");
+        let old = c.nodes[victim].running().gossip.clone();
+        // The host loses its address; its process keeps running, cut off.
+        let lost = Instant::now();
+        c.net.drop_address(c.nodes[victim].host);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // It comes back with another, and the service restarts bound to it.
+        let new = c.net.add_address(c.nodes[victim].host);
+        c.nodes[victim].kill();
+        let restarted = Instant::now();
+        c.start_node(victim);
+        let gossip = c.nodes[victim].running().gossip.clone();
+        assert_eq!(gossip, format!("{new}:{GOSSIP_PORT}"));
+        // one_view checks every member's address: w3 alive at the new one.
+        c.one_view(Duration::from_secs(30)).await;
+        let seen = restarted.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.check("readdress", load).await;
+        figures(
+            "readdress",
+            &format!(
+                "w3 {old} -> {gossip} (address gone {} before the restart): alive at the new address everywhere {} after the restart",
+                ms(restarted - lost),
+                ms(seen)
+            ),
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_sigstop_worker_is_suspected_then_converges_after_sigcont() {
+    if !enabled("scenario_sigstop_worker_is_suspected_then_converges_after_sigcont") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    const STOPPED_FOR: Duration = Duration::from_secs(3);
+    within(Duration::from_secs(120), async {
+        let mut c = Cluster::start().await;
+        let victim = c.index("w7");
+        let others: Vec<usize> = (0..HOSTS).filter(|&h| h != victim).collect();
+        let before_failures = c.counter(&others, "rumor_membership_failures_declared_total").await;
+        let before_refutations = c.counter(&[victim], "rumor_membership_refutations_total").await;
+        let load = Load::start(c.gateways(), SENDERS);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let stopped = Instant::now();
+        c.nodes[victim].signal("-STOP");
+        // Watch the others' views of w7 while it is stopped.
+        let mut first_suspect = None;
+        let mut first_dead_somewhere = None;
+        let mut dead_everywhere = None;
+        while stopped.elapsed() < STOPPED_FOR {
+            let views = c.views(&others).await;
+            let statuses: Vec<MemberStatus> = views
+                .iter()
+                .flatten()
+                .filter_map(|v| v.members.iter().find(|m| m.name == "w7").map(|m| m.status()))
+                .collect();
+            let t = stopped.elapsed();
+            if statuses.iter().any(|s| *s != MemberStatus::Alive) {
+                first_suspect.get_or_insert(t);
+            }
+            if statuses.contains(&MemberStatus::Dead) {
+                first_dead_somewhere.get_or_insert(t);
+            }
+            if statuses.len() == others.len() && statuses.iter().all(|s| *s == MemberStatus::Dead) {
+                dead_everywhere.get_or_insert(t);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.nodes[victim].signal("-CONT");
+        let resumed = Instant::now();
+        c.one_view(Duration::from_secs(30)).await;
+        let converged = resumed.elapsed();
+        let failures: u64 = c
+            .counter(&others, "rumor_membership_failures_declared_total")
+            .await
+            .iter()
+            .map(|(k, v)| v - before_failures[k])
+            .sum();
+        let refutations =
+            c.counter(&[victim], "rumor_membership_refutations_total").await["w7"] - before_refutations["w7"];
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.check("sigstop", load).await;
+        let opt = |d: Option<Duration>| d.map_or("never".into(), ms);
+        figures(
+            "sigstop",
+            &format!(
+                "SIGSTOP w7 for {}: first suspicion {}, first dead somewhere {}, dead everywhere {}; \
+                 {failures} declarations of death, {refutations} refutations by w7; one view {} after SIGCONT",
+                ms(STOPPED_FOR),
+                opt(first_suspect),
+                opt(first_dead_somewhere),
+                opt(dead_everywhere),
+                ms(converged)
+            ),
+        );
+        assert!(first_suspect.is_some(), "a stopped worker is suspected");
+    })
+    .await;
+}
+
+/// The harness itself, without nodes: every fault becomes the nftables rule
+/// it should, heal removes them all, an address moves, and dropping the
+/// network deletes every namespace and link it made.
+#[test]
+fn harness_turns_faults_into_nftables_rules_and_cleans_up() {
+    if !enabled("harness_turns_faults_into_nftables_rules_and_cleans_up") {
+        return;
+    }
+    let mut net = Net::create(3);
+    let (a, b) = (net.hosts[0].addr, net.hosts[1].addr);
+    net.loss(2, 10, Traffic::Udp);
+    net.link_loss(0, 1, 25);
+    net.partition_one_way(&[0, 1], &[2]);
+    let rules = net.rules(2);
+    assert!(
+        rules.contains("meta l4proto udp numgen random mod 100 < 10 drop"),
+        "{rules}"
+    );
+    assert!(rules.contains(&format!("ip saddr {{ {a}, {b} }} drop")), "{rules}");
+    let rules = net.rules(1);
+    assert!(
+        rules.contains(&format!("ip saddr {a} numgen random mod 100 < 25 drop")),
+        "{rules}"
+    );
+    net.heal();
+    for h in 0..3 {
+        assert!(!net.rules(h).contains("drop"), "healed: {}", net.rules(h));
+    }
+    net.drop_address(2);
+    let new = net.add_address(2);
+    assert_eq!(new, net.ip(102));
+    let addrs = netns::run(
+        &["ip", "-n", &net.hosts[2].ns, "-4", "addr", "show", "dev", "eth0"],
+        None,
+    )
+    .unwrap();
+    assert!(
+        addrs.contains(&format!("{new}/24")) && !addrs.contains(&format!("{}/24", net.ip(12))),
+        "{addrs}"
+    );
+    // A host reaches the root namespace's .1 through the bridge, until it
+    // loses every packet it receives (the SYN-ACK too).
+    let listener = std::net::TcpListener::bind((net.ip(1), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let connect = |net: &Net| {
+        let script = format!("exec 3<>/dev/tcp/{}/{port}", net.ip(1));
+        netns::run(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &net.hosts[0].ns,
+                "timeout",
+                "2",
+                "bash",
+                "-c",
+                &script,
+            ],
+            None,
+        )
+    };
+    connect(&net).expect("host 0 connects to .1");
+    net.loss(0, 100, Traffic::All);
+    assert!(connect(&net).is_err(), "100% loss cuts host 0 off");
+    net.heal();
+    connect(&net).expect("healed, host 0 connects again");
+    drop(listener);
+
+    let namespaces = net.namespaces();
+    drop(net);
+    let left = netns::run(&["ip", "netns", "list"], None).unwrap();
+    for ns in namespaces {
+        assert!(!left.contains(&ns), "{ns} deleted: {left}");
+    }
+}
