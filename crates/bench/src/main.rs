@@ -85,7 +85,7 @@ enum Command {
         /// Processes per wave.
         #[arg(long, default_value_t = 50)]
         wave: usize,
-        /// Seconds between waves.
+        /// Least seconds between waves (a wave is added when the bench looks at the cluster).
         #[arg(long, default_value_t = 5)]
         wave_every: u64,
         /// Nodes asked for their view besides the first.

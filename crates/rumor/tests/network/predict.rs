@@ -1,0 +1,91 @@
+//! The simulator's prediction for the scenarios network.rs runs on real
+//! processes: the same cluster size, the same membership preset (`test`),
+//! the same fault, over many seeds. The scenarios print both side by side;
+//! a difference beyond 25% is a finding about the simulator's model.
+
+use std::time::Duration;
+
+use membership::Config;
+use sim::{Cluster, NetConfig, Rumor};
+
+/// Seeds per prediction; figures are medians over them.
+const SEEDS: u64 = 21;
+
+fn cluster(n: usize, seed: u64, loss: f64) -> Cluster<Rumor> {
+    // Loopback-like veths: a tenth of a millisecond each way.
+    let net = NetConfig {
+        latency: Duration::from_micros(100),
+        jitter: Duration::from_micros(100),
+        loss,
+    };
+    let mut c = Cluster::new(seed, net, |spec| Rumor::new(Config::for_tests(), spec));
+    for _ in 0..n {
+        c.add_node(&[0]);
+    }
+    let t = c.run_until_cond(Duration::from_millis(10), Duration::from_secs(30), |c| c.converged());
+    assert!(t.is_some(), "the simulated cluster of {n} converges (seed {seed})");
+    c.run_for(Duration::from_secs(2));
+    c
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Crash of one member: (first suspicion, dead everywhere), medians.
+pub(crate) fn crash(n: usize) -> (Duration, Duration) {
+    let (mut first, mut all) = (Vec::new(), Vec::new());
+    for seed in 1..=SEEDS {
+        let mut c = cluster(n, seed, 0.0);
+        let victim = n / 2;
+        c.crash(victim);
+        c.watch(victim);
+        let t0 = c.now();
+        c.run_until_cond(Duration::from_millis(10), Duration::from_secs(30), |c| {
+            c.watch_status(victim).is_some_and(|w| w.all_down.is_some())
+        });
+        let w = c.watch_status(victim).expect("watched");
+        first.push(w.first_suspect.expect("suspected") - t0);
+        all.push(w.all_down.expect("dead everywhere") - t0);
+    }
+    (median(first), median(all))
+}
+
+/// A two-way partition into halves `a` and `b` (node indices), then repair:
+/// (each side sees all of the other dead, one view after repair), medians.
+pub(crate) fn partition(a: &[usize], b: &[usize]) -> (Duration, Duration) {
+    let n = a.len() + b.len();
+    let cross = 2 * a.len() * b.len();
+    let (mut split, mut healed) = (Vec::new(), Vec::new());
+    for seed in 1..=SEEDS {
+        let mut c = cluster(n, seed, 0.0);
+        c.partition(a, b, true);
+        let t0 = c.now();
+        let side = |o: usize| a.contains(&o);
+        let t = c.run_until_cond(Duration::from_millis(10), Duration::from_secs(60), |c| {
+            c.unseen_pairs().iter().filter(|&&(o, s)| side(o) != side(s)).count() == cross
+        });
+        split.push(t.expect("each side declares the other dead") - t0);
+        c.run_for(Duration::from_secs(2));
+        c.repair();
+        let t1 = c.now();
+        let t = c.run_until_cond(Duration::from_millis(10), Duration::from_secs(60), |c| c.converged());
+        healed.push(t.expect("one view after repair") - t1);
+    }
+    (median(split), median(healed))
+}
+
+/// Uniform datagram loss `loss` on every link for `d`: healthy members
+/// declared dead (declarations summed over the seeds) and seeds simulated.
+pub(crate) fn loss(n: usize, loss: f64, d: Duration) -> (u64, u64) {
+    let mut declared = 0;
+    for seed in 1..=SEEDS {
+        let mut c = cluster(n, seed, 0.0);
+        c.net_mut().loss = loss;
+        let before = c.obs.false_positive_declarations;
+        c.run_for(d);
+        declared += c.obs.false_positive_declarations - before;
+    }
+    (declared, SEEDS)
+}
