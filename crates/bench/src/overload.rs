@@ -373,9 +373,10 @@ fn render(o: &Options, machine: &Machine, run: &Run) -> String {
         s,
         "Every process is a `rumor node` on 127.0.0.1 (LAN preset: 1 s protocol period, encrypted gossip), \
          {start}; all join through the first. Every 5 s (more while the host is saturated: each look reads \
-         every process's CPU time and asks 11 nodes) the bench asks the first node and {} others spread over \
+         every process's CPU time and asks {} nodes) the bench asks the first node and {} others spread over \
          the start order how many members they see alive. Converged: all of them see every process alive; then \
          it must stay so for {} s, over which each process's CPU time is read.\n",
+        o.sample + 1,
         o.sample,
         o.hold.as_secs()
     );

@@ -588,8 +588,10 @@ impl Membership {
     /// suspects nobody: a node that could not run cannot tell a silent member
     /// from its own silence.
     pub fn handle_timeout(&mut self, now: Duration) {
-        let due = self.poll_timeout().unwrap_or(now);
-        self.late = now.saturating_sub(due) > self.cfg.probe_timeout / 2;
+        self.late = self.cfg.lifeguard
+            && self
+                .probe_deadline()
+                .is_some_and(|due| now.saturating_sub(due) > self.cfg.probe_timeout / 2);
         if self.late {
             self.stats.late_wakeups += 1;
             self.adjust_health(1);
@@ -629,6 +631,19 @@ impl Membership {
             self.gossip_round();
             self.next_gossip = now + iv;
         }
+    }
+
+    /// The earliest probe deadline (the period's end, or the pending
+    /// probe's ack deadline): the only deadlines this machine moves forward
+    /// every period, so the only ones that say how late a call is. Others
+    /// (the gossip tick while nothing was queued, reconnection while nobody
+    /// was down) may lie far in the past when news makes them due again.
+    fn probe_deadline(&self) -> Option<Duration> {
+        if self.lifecycle != Lifecycle::Running {
+            return None;
+        }
+        let ack = self.probe.as_ref().filter(|p| !p.indirect_sent).map(|p| p.ack_deadline);
+        Some(ack.map_or(self.next_probe, |a| a.min(self.next_probe)))
     }
 
     // ---- packet handling -----------------------------------------------

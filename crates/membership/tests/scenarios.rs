@@ -300,3 +300,36 @@ fn a_node_that_misses_acks_raises_its_health_multiplier() {
     net.run_for(net.periods(60));
     assert_eq!(net.node(0).health_score(), 0, "recovers once acks return");
 }
+
+#[test]
+fn news_after_a_quiet_spell_is_not_mistaken_for_a_late_wake_up() {
+    // LAN timings: the gossip tick is not kept current while nothing is
+    // queued, so news after a quiet second makes an old deadline due.
+    let mut net = Net::new(3, Config::lan());
+    net.run_for(net.periods(20));
+    assert!(net.all_alive());
+    for k in 0..20 {
+        net.run_for(Duration::from_millis(900));
+        net.broadcast(k % 3, format!("news {k}").as_bytes());
+    }
+    net.run_for(net.periods(5));
+    for i in 0..3 {
+        let s = net.node(i).stats();
+        assert_eq!(s.late_wakeups, 0, "node {i}: timers fired on time are never late");
+        assert_eq!(net.node(i).health_score(), 0, "node {i} is healthy");
+    }
+}
+
+#[test]
+fn a_node_whose_timers_fire_late_backs_off_and_suspects_nobody_meanwhile() {
+    let mut net = Net::new(3, Config::lan());
+    net.run_for(net.periods(20));
+    assert!(net.all_alive());
+    // Node 0 does not run for 3 s (its host is busy): its next call comes late.
+    net.stall(0, Duration::from_secs(3));
+    net.run_for(net.periods(10));
+    let s = net.node(0).stats();
+    assert!(s.late_wakeups >= 1, "{s:?}");
+    assert_eq!(s.suspicions, 0, "a late node accuses nobody: {s:?}");
+    assert!(net.all_alive());
+}

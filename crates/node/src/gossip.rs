@@ -377,8 +377,10 @@ impl GossipHandle {
         self.isolated.load(Ordering::Relaxed)
     }
 
-    /// The live membership. `changed()` fires on every membership change and
-    /// fails once the task has stopped.
+    /// The live membership. `changed()` fires after membership changes (at
+    /// once after a quiet spell, at most every 1 ms per member during a burst
+    /// of changes) and fails once the task has stopped. `events()` has every
+    /// change.
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
     }
@@ -804,6 +806,10 @@ impl Driver {
     /// that answered in time, and add the suspicion and refutation traffic
     /// that starves every node further. Bounded, so that a flood cannot keep
     /// timers from ever firing.
+    ///
+    /// Best effort: tokio reads only sockets its reactor has seen become
+    /// readable, which it learns in the same poll that fires the timer that
+    /// woke this task.
     fn drain_ready_inputs(&mut self) {
         for _ in 0..MAX_DRAINED_INPUTS {
             match self.udp.try_recv_from(&mut self.recv_buf) {
@@ -992,7 +998,7 @@ impl Driver {
         (at > Instant::now()).then_some(at)
     }
 
-    /// A change to this node itself (joined, leaving) is published at the
+    /// A change to this node itself (joined, leaving, new metadata) is published at the
     /// next flush, whatever the interval: callers wait for it. (Joining
     /// clears `view_published` the same way.)
     fn publish_soon(&mut self) {
@@ -1156,7 +1162,9 @@ impl Driver {
             }
             Command::SetMeta { meta, reply } => {
                 let r = self.membership.set_meta(meta);
-                self.view_dirty |= r.is_ok();
+                if r.is_ok() {
+                    self.publish_soon();
+                }
                 let _ = reply.send(r);
             }
             Command::Snapshot { reply } => {

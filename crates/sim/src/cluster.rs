@@ -97,6 +97,9 @@ impl Cpu {
     }
 }
 
+/// Inputs a node handles before a due timer, when it reads first.
+const MAX_DRAINED: u32 = 256;
+
 /// The order in which a node that was kept from running handles what piled up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
@@ -168,6 +171,8 @@ struct Node<P> {
     timer_due: bool,
     /// A `Run` is scheduled.
     run_scheduled: bool,
+    /// Inputs handled since a timer came due while the node was busy.
+    drained: u32,
     /// With a [`Cpu`]: when this node last rebuilt its view, and whether it changed since.
     view_built: Duration,
     view_stale: bool,
@@ -419,6 +424,7 @@ impl<P: Protocol> Cluster<P> {
             backlog: VecDeque::new(),
             timer_due: false,
             run_scheduled: false,
+            drained: 0,
             view_built: Duration::ZERO,
             view_stale: false,
         });
@@ -716,11 +722,16 @@ impl<P: Protocol> Cluster<P> {
                 }
                 n.run_scheduled = false;
                 let order = self.cpu.as_ref().map_or(Order::InputsFirst, |c| c.order);
-                let timer_first = n.timer_due && (order == Order::TimersFirst || n.backlog.is_empty());
+                // Reading first is bounded, as in `rumor node`'s event loop:
+                // a flood cannot keep the timers from ever firing.
+                let timer_first =
+                    n.timer_due && (order == Order::TimersFirst || n.backlog.is_empty() || n.drained >= MAX_DRAINED);
                 if timer_first {
                     n.timer_due = false;
+                    n.drained = 0;
                     self.fire_timer(node);
                 } else if let Some(d) = n.backlog.pop_front() {
+                    n.drained += u32::from(n.timer_due);
                     self.deliver(d);
                 }
                 let n = &self.nodes[node];
@@ -867,7 +878,9 @@ impl<P: Protocol> Cluster<P> {
                 },
             );
         }
-        if let Some(at) = next {
+        if let Some(at) = next
+            && !self.nodes[i].timer_due
+        {
             let at = at.max(now);
             let n = &mut self.nodes[i];
             // Keep the earliest pending wake-up; a spurious early one is harmless.

@@ -134,6 +134,21 @@ fn a_thousand_nodes_on_two_cores_converge_and_stay_converged() {
         "no member declared failed once converged"
     );
     assert!(cores < 0.5, "quiet once converged: {cores:.2} cores");
+
+    // Backing off under slowness still finds a real failure.
+    let victim = NODES / 2;
+    c.crash(victim);
+    c.watch(victim);
+    let t0 = c.now();
+    c.run_until_cond(Duration::from_secs(1), Duration::from_secs(120), |c| {
+        c.watch_status(victim).is_some_and(|w| w.all_down.is_some())
+    });
+    let all_down = c.watch_status(victim).and_then(|w| w.all_down).map(|t| t - t0);
+    println!("a crashed node is dead everywhere after {all_down:?}");
+    assert!(
+        all_down.is_some(),
+        "a crashed node is declared dead everywhere within 120 s"
+    );
 }
 
 #[test]

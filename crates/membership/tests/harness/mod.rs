@@ -26,6 +26,9 @@ pub struct Net {
     /// Directed links that drop everything.
     pub cut: BTreeSet<(usize, usize)>,
     pub delivered: u64,
+    /// Nodes kept from running until then (a busy host): what arrives waits,
+    /// and is handled before their timers when they run again.
+    stalled: HashMap<usize, Duration>,
 }
 
 impl Net {
@@ -41,6 +44,7 @@ impl Net {
             seq: 0,
             cut: BTreeSet::new(),
             delivered: 0,
+            stalled: HashMap::new(),
         };
         for i in 0..n {
             net.start(i, addr(i, 0), &[0]);
@@ -145,6 +149,7 @@ impl Net {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, m)| m.as_ref().and_then(|m| m.poll_timeout()).map(|d| (d, i)))
+                .map(|(d, i)| (self.stalled.get(&i).map_or(d, |&until| d.max(until)), i))
                 .min();
             let next = match (next_packet, next_timer) {
                 (Some(p), Some((d, _))) => p.min(d),
@@ -159,6 +164,12 @@ impl Net {
             if next_packet == Some(next) {
                 let (_, (to, bytes, reliable)) = self.in_flight.pop_first().expect("peeked");
                 let now = self.now;
+                if let Some(&until) = self.stalled.get(&to).filter(|&&until| until > now) {
+                    // Waits in the socket buffer; packets sort before timers at the same instant.
+                    self.seq += 1;
+                    self.in_flight.insert((until, self.seq), (to, bytes, reliable));
+                    continue;
+                }
                 if let Some(m) = self.nodes[to].as_mut() {
                     self.delivered += 1;
                     if reliable {
@@ -175,6 +186,20 @@ impl Net {
             }
         }
         self.now = t;
+    }
+
+    /// Node `i` is kept from running for `d` from now.
+    pub fn stall(&mut self, i: usize, d: Duration) {
+        self.stalled.insert(i, self.now + d);
+    }
+
+    /// Node `i` starts a user gossip message.
+    pub fn broadcast(&mut self, i: usize, payload: &[u8]) {
+        let now = self.now;
+        self.node_mut(i)
+            .broadcast(now, payload.to_vec().into())
+            .expect("broadcast accepted");
+        self.flush(i);
     }
 
     pub fn run_for(&mut self, d: Duration) {
