@@ -273,8 +273,6 @@ pub struct Membership {
     user_seq: u64,
     /// Lifeguard's local health multiplier (memberlist calls it awareness).
     health: u32,
-    /// The current `handle_timeout` call came late; see there.
-    late: bool,
     next_probe: Duration,
     next_gossip: Duration,
     next_push_pull: Duration,
@@ -336,7 +334,6 @@ impl Membership {
             user_seen_order: VecDeque::new(),
             user_seq: 0,
             health: 0,
-            late: false,
             next_probe,
             next_gossip,
             next_push_pull,
@@ -588,11 +585,11 @@ impl Membership {
     /// suspects nobody: a node that could not run cannot tell a silent member
     /// from its own silence.
     pub fn handle_timeout(&mut self, now: Duration) {
-        self.late = self.cfg.lifeguard
+        let late = self.cfg.lifeguard
             && self
                 .probe_deadline()
                 .is_some_and(|due| now.saturating_sub(due) > self.cfg.probe_timeout / 2);
-        if self.late {
+        if late {
             self.stats.late_wakeups += 1;
             self.adjust_health(1);
         }
@@ -613,7 +610,7 @@ impl Membership {
                 self.send_indirect_probes(now);
             }
             if self.next_probe <= now {
-                self.end_probe(now);
+                self.end_probe(now, late);
                 self.start_probe(now);
             }
             if self.next_push_pull <= now {
@@ -1171,8 +1168,9 @@ impl Membership {
         }
     }
 
-    /// Ends the probe of the period that just closed: no ack means suspicion.
-    fn end_probe(&mut self, now: Duration) {
+    /// Ends the probe of the period that just closed: no ack means suspicion,
+    /// unless this node itself was `late` (see `handle_timeout`).
+    fn end_probe(&mut self, now: Duration, late: bool) {
         let Some(p) = self.probe.take() else { return };
         self.stats.probe_failures += 1;
         // Lifeguard: if the helpers answered with nacks, the network around this
@@ -1184,7 +1182,7 @@ impl Membership {
             1
         };
         self.adjust_health(delta as i32);
-        if self.late {
+        if late {
             self.stats.inconclusive_probes += 1;
             return;
         }

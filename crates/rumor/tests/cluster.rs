@@ -17,6 +17,10 @@ use node::client::AdminClient;
 use node::crypto::Key;
 use proto::api::{MemberStatus, MessageKind, SendRequest};
 
+mod common;
+
+use common::{TestDb, nanos};
+
 const LIMIT: Duration = Duration::from_secs(90);
 
 async fn within<T>(f: impl Future<Output = T>) -> T {
@@ -142,12 +146,6 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
 }
 
 /// Workers that take a few milliseconds per reply chunk, so that messages are
@@ -784,58 +782,6 @@ fn kafka() -> String {
     std::env::var("RUMOR_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
-/// A fresh PostgreSQL database for one test, dropped when the test ends.
-struct TestDb {
-    admin_url: String,
-    name: String,
-}
-
-impl TestDb {
-    async fn create() -> TestDb {
-        let admin_url = std::env::var("RUMOR_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("rumor_cli_{}_{}", std::process::id(), nanos());
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} (run scripts/test, which starts it): {e}"));
-        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        TestDb { admin_url, name }
-    }
-
-    fn url(&self) -> String {
-        let base = self
-            .admin_url
-            .rsplit_once('/')
-            .map_or(self.admin_url.as_str(), |(b, _)| b);
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // Best effort, on a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-                    let _ = sqlx::Executor::execute(
-                        &mut c,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// One `rumor bridge` process, killed when dropped.
 struct BridgeProc {
     child: Child,
@@ -922,7 +868,7 @@ fn event_config_at(brokers: &str, topics: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_into_the_mesh_and_injected_from_outside_end_up_in_postgresql_with_their_replies() {
     within(async {
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let topics = format!("t{}", nanos());
         let events = event_config(&topics);
         let key = Key::generate().to_base64();
@@ -1013,7 +959,7 @@ async fn gateway_and_worker(events: &str) -> [Proc; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_killed_right_after_its_database_commit_restarts_with_no_duplicate_and_no_gap() {
     within(async {
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let topics = format!("t{}", nanos());
         let events = event_config(&topics);
         let nodes = gateway_and_worker(&events).await;
@@ -1225,7 +1171,7 @@ async fn assert_stored_once(db_url: &str, ids: &[String]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answered_message_is_in_postgresql_even_when_its_worker_is_killed_the_moment_it_answered() {
     within(async {
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let topics = format!("t{}", nanos());
         // With `[worker] wait_for_records_ms = 0` this fails: the records of
         // the last replies are lost with the process.
@@ -1280,7 +1226,7 @@ async fn an_answered_message_is_in_postgresql_even_when_its_worker_is_killed_the
 async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
     within(async {
         let kafka = PrivateKafka::start().await;
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let topics = format!("t{}", nanos());
         let events = event_config_at(kafka.brokers(), &topics);
         let nodes = gateway_and_worker(&events).await;
@@ -1348,7 +1294,7 @@ fn host_port(url: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgresql_down_mid_run_then_back_loses_no_row_and_stores_none_twice() {
     within(async {
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let pg = Proxy::start(host_port(&db.url())).await;
         let topics = format!("t{}", nanos());
         let events = event_config(&topics);
@@ -1615,7 +1561,7 @@ async fn recording_backend() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Va
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_conversation_its_successor_answers_the_next_turn_with_the_whole_history() {
     within(async {
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_cli").await;
         let topics = format!("t{}", nanos());
         let bridge = BridgeProc::start(&db, &topics, &[]);
         let (backend, seen) = recording_backend().await;

@@ -20,6 +20,7 @@
 // modules beside itself, hence the paths).
 #[path = "network/checker.rs"]
 mod checker;
+mod common;
 #[path = "network/netns.rs"]
 mod netns;
 #[path = "network/predict.rs"]
@@ -36,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checker::{Event, Row};
+use common::{TestDb, nanos};
 use netns::{Net, Traffic};
 use node::client::AdminClient;
 use node::crypto::Key;
@@ -86,12 +88,6 @@ async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duratio
     }
 }
 
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
-}
-
 /// Prints a scenario's figures and appends them to the figures file.
 fn figures(scenario: &str, text: &str) {
     let line = format!("FIGURES {scenario}: {text}");
@@ -115,34 +111,7 @@ fn metric(text: &str, name: &str) -> u64 {
 
 // ---- Services in the root namespace: PostgreSQL database, tansu, bridge ----
 
-/// A fresh PostgreSQL database for one test, dropped when the test ends.
-struct TestDb {
-    admin_url: String,
-    name: String,
-}
-
 impl TestDb {
-    async fn create() -> TestDb {
-        let admin_url = std::env::var("RUMOR_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("rumor_net_{}_{}", std::process::id(), nanos());
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin_url} (run scripts/test, which starts it): {e}"));
-        sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        TestDb { admin_url, name }
-    }
-
-    fn url(&self) -> String {
-        let base = self
-            .admin_url
-            .rsplit_once('/')
-            .map_or(self.admin_url.as_str(), |(b, _)| b);
-        format!("{base}/{}", self.name)
-    }
-
     /// Every row of the bridge's `messages` table, in storage order.
     async fn rows(&self) -> Vec<Row> {
         let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&self.url())
@@ -181,29 +150,6 @@ impl TestDb {
         };
         let consumed = one("SELECT coalesce(sum(next_offset), 0)::bigint FROM consumer_offsets").await;
         (consumed, one("SELECT count(*) FROM dead_letters").await)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // Best effort, on a thread of its own: Drop cannot await.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&url).await {
-                    let _ = sqlx::Executor::execute(
-                        &mut c,
-                        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str(),
-                    )
-                    .await;
-                }
-            });
-        })
-        .join();
     }
 }
 
@@ -422,7 +368,7 @@ impl Cluster {
     /// Network, database, broker, twelve nodes agreeing on one view, bridge.
     async fn start() -> Cluster {
         let net = Net::create(HOSTS);
-        let db = TestDb::create().await;
+        let db = TestDb::create("rumor_net").await;
         let (tansu, brokers) = start_tansu(net.ip(1)).await;
         let topics = format!("t{}", nanos());
         let events = format!(
