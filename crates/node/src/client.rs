@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use proto::api::{
-    GossipCreated, GossipReceipt, GossipRequest, Isolate, KeyIds, KeyOperation, KeyRequest, Members, ReplyLine, Ring,
-    SendRequest,
+    GossipCreated, GossipReceipt, GossipRequest, Isolate, KeyIds, KeyOperation, KeyRequest, LinkDelay, Members,
+    ReplyLine, Ring, SendRequest,
 };
 
 /// Why an admin call failed.
@@ -70,6 +70,8 @@ pub enum ClientError {
 pub struct AdminClient {
     addr: String,
     timeout: Duration,
+    /// Sent as `Authorization: Bearer ...` (a gateway's client edge wants one).
+    bearer: Option<String>,
 }
 
 impl AdminClient {
@@ -79,7 +81,15 @@ impl AdminClient {
         Self {
             addr: addr.into(),
             timeout: Duration::from_secs(10),
+            bearer: None,
         }
+    }
+
+    /// Sends `credential` as `Authorization: Bearer` with every request, for
+    /// the other rumor HTTP APIs that want one (a gateway's client edge).
+    pub fn with_bearer(mut self, credential: impl Into<String>) -> Self {
+        self.bearer = Some(credential.into());
+        self
     }
 
     /// Sets the timeout of each whole call (a streamed reply included).
@@ -154,6 +164,15 @@ impl AdminClient {
         self.expect_ok(status, body).map(|_| ())
     }
 
+    /// `POST /v1/fault/delay`: delays the node's outbound gossip traffic
+    /// by `delay_ms` (0 restores it); refused unless the node allows fault
+    /// injection.
+    pub async fn delay(&self, delay_ms: u32) -> Result<(), ClientError> {
+        let req = LinkDelay { delay_ms };
+        let (status, body) = self.text(Method::POST, "/v1/fault/delay", Some(to_json(&req))).await?;
+        self.expect_ok(status, body).map(|_| ())
+    }
+
     /// `GET /v1/gossip/{origin}/{seq}`: `None` when the node has not received it.
     pub async fn gossip_receipt(&self, origin: &str, seq: u64) -> Result<Option<GossipReceipt>, ClientError> {
         let (status, body) = self
@@ -216,6 +235,14 @@ impl AdminClient {
         let (status, body) = self.text(Method::GET, path, None).await?;
         let body = self.expect_ok(status, body)?;
         self.decode(&body)
+    }
+
+    /// POSTs `body` as JSON to `path` and decodes the JSON answer. Works with
+    /// any rumor HTTP API, like [`AdminClient::get_json`].
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T, ClientError> {
+        let (status, text) = self.text(Method::POST, path, Some(to_json(body))).await?;
+        let text = self.expect_ok(status, text)?;
+        self.decode(&text)
     }
 
     fn decode<T: DeserializeOwned>(&self, body: &str) -> Result<T, ClientError> {
@@ -287,6 +314,9 @@ impl AdminClient {
         if body.is_some() {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(credential) = &self.bearer {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {credential}"));
+        }
         let req = req
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .expect("a request from a valid method, path and headers");
@@ -309,5 +339,5 @@ impl AdminClient {
 }
 
 fn to_json(value: &impl Serialize) -> Vec<u8> {
-    serde_json::to_vec(value).expect("admin request types always serialize")
+    serde_json::to_vec(value).expect("request types always serialize")
 }

@@ -48,7 +48,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -336,6 +336,7 @@ pub struct GossipHandle {
     view: watch::Receiver<View>,
     counters: Arc<Counters>,
     isolated: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU32>,
 }
 
 impl fmt::Debug for GossipHandle {
@@ -375,6 +376,21 @@ impl GossipHandle {
     /// Whether [`GossipHandle::set_isolated`] cut the node off.
     pub fn is_isolated(&self) -> bool {
         self.isolated.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection for tests of a slow link: every gossip datagram and
+    /// push-pull frame the node sends leaves `delay` late, as if its
+    /// outbound link were slow; `Duration::ZERO` restores it. Takes effect
+    /// at once for what is sent from then on.
+    pub fn set_delay(&self, delay: Duration) {
+        let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
+        self.delay_ms.store(ms, Ordering::Relaxed);
+        warn!(node = %self.name, delay_ms = ms, "fault injection: outbound gossip datagrams delayed");
+    }
+
+    /// The delay [`GossipHandle::set_delay`] set.
+    pub fn delay(&self) -> Duration {
+        Duration::from_millis(u64::from(self.delay_ms.load(Ordering::Relaxed)))
     }
 
     /// The live membership. `changed()` fires after membership changes (at
@@ -551,10 +567,11 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
     let (events, _) = broadcast::channel(1024);
     let counters = Arc::new(Counters::default());
     let isolated = Arc::new(AtomicBool::new(false));
+    let delay_ms = Arc::new(AtomicU32::new(0));
     let mut driver = Driver {
         membership,
         keyring,
-        udp,
+        udp: Arc::new(udp),
         listener,
         epoch,
         stream_timeout: config.stream_timeout,
@@ -572,6 +589,7 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         }),
         counters: counters.clone(),
         isolated: isolated.clone(),
+        delay_ms: delay_ms.clone(),
         events: events.clone(),
         view: watch::Sender::new(empty_view(addr)),
         view_dirty: true,
@@ -604,7 +622,18 @@ pub async fn spawn(config: GossipConfig) -> Result<GossipHandle, StartError> {
         view,
         counters,
         isolated,
+        delay_ms,
     })
+}
+
+async fn send_datagram(udp: &UdpSocket, counters: &Counters, payload: &[u8], to: SocketAddr) {
+    match udp.send_to(payload, to).await {
+        Ok(_) => Counters::inc(&counters.datagrams_out),
+        Err(e) => {
+            Counters::inc(&counters.datagram_send_errors);
+            debug!(%to, "datagram not sent: {e}");
+        }
+    }
 }
 
 fn empty_view(addr: SocketAddr) -> View {
@@ -717,7 +746,8 @@ const MAX_DRAINED_INPUTS: usize = 256;
 struct Driver {
     membership: Membership,
     keyring: Option<Keyring>,
-    udp: UdpSocket,
+    /// Shared only with the sends that fault injection delays.
+    udp: Arc<UdpSocket>,
     listener: TcpListener,
     epoch: Instant,
     stream_timeout: Duration,
@@ -742,6 +772,9 @@ struct Driver {
     /// Fault injection: while set, every datagram and frame in or out is
     /// dropped, as if the node's network were cut.
     isolated: Arc<AtomicBool>,
+    /// Fault injection: outbound datagrams and frames leave this many
+    /// milliseconds late.
+    delay_ms: Arc<AtomicU32>,
     /// Fan-out of state machine events to any number of subscribers; a
     /// broadcast channel because a slow subscriber must never block gossip.
     events: broadcast::Sender<Event>,
@@ -883,12 +916,15 @@ impl Driver {
             },
         };
         if !t.reliable {
-            match self.udp.send_to(&payload, t.to).await {
-                Ok(_) => Counters::inc(&self.counters.datagrams_out),
-                Err(e) => {
-                    Counters::inc(&self.counters.datagram_send_errors);
-                    debug!(to = %t.to, "datagram not sent: {e}");
-                }
+            let delay = self.delay_ms.load(Ordering::Relaxed);
+            if delay == 0 {
+                send_datagram(&self.udp, &self.counters, &payload, t.to).await;
+            } else {
+                let (udp, counters) = (self.udp.clone(), self.counters.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+                    send_datagram(&udp, &counters, &payload, t.to).await;
+                });
             }
             return;
         }
@@ -898,10 +934,14 @@ impl Driver {
         };
         let counters = self.counters.clone();
         let limit = self.stream_timeout;
+        let delay = Duration::from_millis(u64::from(self.delay_ms.load(Ordering::Relaxed)));
         // One short-lived task per push-pull message, so that a slow or dead
         // peer never holds up the owner task; the timeout bounds its life.
         tokio::spawn(
             async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let send = async {
                     let mut stream = TcpStream::connect(t.to).await?;
                     stream.write_all(&bytes).await?;

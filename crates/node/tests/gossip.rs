@@ -416,3 +416,29 @@ async fn a_user_gossip_message_reaches_every_node() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_node_whose_link_is_slowed_is_suspected_and_alive_again_once_it_is_restored() {
+    within(async {
+        let nodes = cluster(3, &[]).await;
+        // Fault injection: its datagrams and frames (acks included) leave
+        // 400 ms late, past the probe timeout of the test timings.
+        let mut events = nodes[0].events();
+        nodes[2].set_delay(Duration::from_millis(400));
+        assert_eq!(nodes[2].delay(), Duration::from_millis(400));
+        // The suspicion may be refuted within one view interval, so it is
+        // looked for among the events rather than in the view.
+        loop {
+            match events.recv().await {
+                Ok(Event::MemberSuspect { name, .. }) if name == "n2" => break,
+                Ok(Event::MemberDown { name, .. }) if name == "n2" => break,
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("events ended: {e}"),
+            }
+        }
+        nodes[2].set_delay(Duration::ZERO);
+        wait_status(&nodes[0], "n2", Status::Alive).await;
+        wait_status(&nodes[1], "n2", Status::Alive).await;
+    })
+    .await
+}

@@ -79,7 +79,7 @@ pub(crate) async fn status(admin: &str) -> anyhow::Result<()> {
             "  {:<14} {:<22} {:<8} {:>5} {:<16} {:>8}  {:<22} {}",
             m.name,
             m.addr,
-            m.status,
+            m.status().short_name(),
             m.incarnation,
             m.roles.join(","),
             m.capacity,

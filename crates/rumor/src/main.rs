@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod bridge_cmd;
 mod commands;
+mod playground;
 mod up;
 
 use anyhow::{Context, bail};
@@ -167,6 +168,48 @@ enum Command {
         #[command(subcommand)]
         op: Option<KeyOp>,
     },
+    /// Start a local cluster of separate processes (a gateway, a forward node, workers) and serve a
+    /// web page that shows it live and lets you break it; or, with --sim, the simulator. The
+    /// subcommands are the page's controls, for scripts.
+    Playground {
+        #[command(subcommand)]
+        op: Option<playground::Op>,
+        /// Where the page and its API listen; the subcommands ask the playground there.
+        #[arg(long, default_value = "127.0.0.1:7900", global = true)]
+        addr: String,
+        /// Number of workers.
+        #[arg(long, default_value_t = 5)]
+        workers: usize,
+        /// Membership preset of the nodes (lan, wan, test).
+        #[arg(long, default_value = "lan")]
+        preset: String,
+        /// Kafka bootstrap servers for the event log; without it the playground starts tansu
+        /// (in memory) when it is installed.
+        #[arg(long, value_name = "HOST:PORT")]
+        kafka: Option<String>,
+        /// Run without an event log (and so without the bridge).
+        #[arg(long, conflicts_with = "kafka")]
+        no_log: bool,
+        /// Workers answer with a real model: a GGUF file served by llama.cpp's `llama-server`.
+        #[arg(long, value_name = "PATH", conflicts_with = "backend")]
+        model: Option<PathBuf>,
+        /// The llama.cpp server binary for --model.
+        #[arg(long, value_name = "BIN", default_value = "llama-server")]
+        llama_server: PathBuf,
+        /// Workers answer with an OpenAI-compatible server already running, e.g.
+        /// http://127.0.0.1:8081/v1; without --model or --backend they echo.
+        #[arg(long, value_name = "URL")]
+        backend: Option<String>,
+        /// Show the deterministic simulator instead of a real cluster.
+        #[arg(long)]
+        sim: bool,
+        /// Simulated nodes (--sim).
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// The simulation's seed (--sim); the same seed replays the same run.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Run a membership scenario in the deterministic simulator and print its figures,
     /// or `spread`: create a gossip message in a simulated cluster and watch it spread.
     Sim {
@@ -212,10 +255,12 @@ enum KeyOp {
 }
 
 /// rumor's own crates, whose level a plain `RUMOR_LOG=debug` sets.
-const OWN_CRATES: [&str; 10] = [
+const OWN_CRATES: [&str; 12] = [
     "rumor",
     "server",
     "node",
+    "gateway",
+    "rumor_ring",
     "membership",
     "events",
     "bridge",
@@ -228,7 +273,8 @@ const OWN_CRATES: [&str; 10] = [
 /// Logs to stderr, each line with its spans (node name, message id,
 /// conversation key). `RUMOR_LOG` is a level for rumor's own crates (error,
 /// warn, info, debug, trace; default warn, other crates stay at warn), or
-/// per-target directives such as `node=debug,sqlx=info`.
+/// per-target directives such as `node=debug,sqlx=info`, with every target
+/// they do not name at warn unless they give a bare level too.
 fn init_logging() -> anyhow::Result<()> {
     use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
@@ -239,9 +285,15 @@ fn init_logging() -> anyhow::Result<()> {
             Ok(level) => Targets::new()
                 .with_default(LevelFilter::WARN)
                 .with_targets(OWN_CRATES.map(|c| (c, level))),
-            Err(_) => s
-                .parse::<Targets>()
-                .map_err(|e| anyhow::anyhow!("RUMOR_LOG: {s:?} is neither a level nor target=level directives: {e}"))?,
+            Err(_) => {
+                let targets = s.parse::<Targets>().map_err(|e| {
+                    anyhow::anyhow!("RUMOR_LOG: {s:?} is neither a level nor target=level directives: {e}")
+                })?;
+                match targets.default_level() {
+                    Some(_) => targets,
+                    None => targets.with_default(LevelFilter::WARN),
+                }
+            }
         },
     };
     tracing_subscriber::registry()
@@ -407,6 +459,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             wait_ms,
             message,
         } => runtime()?.block_on(commands::gossip(&admin, message, Duration::from_millis(wait_ms)))?,
+        Command::Playground {
+            op,
+            addr,
+            workers,
+            preset,
+            kafka,
+            no_log,
+            model,
+            llama_server,
+            backend,
+            sim,
+            nodes,
+            seed,
+        } => match op {
+            Some(op) => runtime()?.block_on(playground::op(&addr, op))?,
+            None => {
+                if workers == 0 {
+                    bail!("--workers must be at least 1");
+                }
+                let model = match (model, backend) {
+                    (Some(path), _) => Some(up::Model::Gguf { path, llama_server }),
+                    (None, Some(url)) => Some(up::Model::Backend(url)),
+                    (None, None) => None,
+                };
+                let opts = playground::Options {
+                    workers,
+                    bind: addr
+                        .parse()
+                        .with_context(|| format!("--addr {addr:?} is not an address (host:port)"))?,
+                    preset,
+                    kafka,
+                    no_log,
+                    model,
+                    sim: sim.then_some((nodes, seed)),
+                };
+                runtime()?.block_on(playground::run(opts))?
+            }
+        },
         Command::Sim {
             scenario: name,
             nodes,

@@ -68,7 +68,7 @@ pub(crate) enum Model {
 }
 
 /// A model server started by `rumor up`, killed when dropped.
-struct Started(std::process::Child);
+pub(crate) struct Started(std::process::Child);
 
 impl Drop for Started {
     fn drop(&mut self) {
@@ -79,7 +79,7 @@ impl Drop for Started {
 
 /// The base URL and model id to send workers to, and the server process
 /// when `rumor up` started one.
-async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<Started>)> {
+pub(crate) async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<Started>)> {
     let (url, started) = match model {
         Model::Backend(url) => (url.trim_end_matches('/').to_owned(), None),
         Model::Gguf { path, llama_server } => {

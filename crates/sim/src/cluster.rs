@@ -247,6 +247,8 @@ pub struct Observations {
     messages: HashMap<u64, (Duration, usize)>,
     /// Message id -> time every live node had it.
     pub message_complete: HashMap<u64, Duration>,
+    /// (message id, node) -> when that node first had it.
+    message_received: HashMap<(u64, usize), Duration>,
 }
 
 /// Detection figures for one watched subject.
@@ -556,6 +558,7 @@ impl<P: Protocol> Cluster<P> {
         let ok = self.nodes[i].proto.as_mut().is_some_and(|p| p.broadcast(now, &payload));
         if ok {
             self.obs.messages.insert(id, (now, 1));
+            self.obs.message_received.insert((id, i), now);
         }
         self.after_input(i);
         ok
@@ -564,6 +567,12 @@ impl<P: Protocol> Cluster<P> {
     /// How many nodes have user message `id` (its sender included).
     pub fn message_receivers(&self, id: u64) -> usize {
         self.obs.messages.get(&id).map_or(0, |m| m.1)
+    }
+
+    /// When node `i` first had user message `id` (its sender: when it sent
+    /// it); `None` if it has not had it yet.
+    pub fn message_received_at(&self, id: u64, i: usize) -> Option<Duration> {
+        self.obs.message_received.get(&(id, i)).copied()
     }
 
     /// Starts recording detection figures for node `i`.
@@ -947,6 +956,7 @@ impl<P: Protocol> Cluster<P> {
                 let id = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
                 let up = self.up_count;
                 if let Some((_, count)) = self.obs.messages.get_mut(&id) {
+                    self.obs.message_received.entry((id, observer)).or_insert(now);
                     *count += 1;
                     if *count >= up {
                         self.obs.message_complete.entry(id).or_insert(now);

@@ -14,6 +14,7 @@
 //! | `GET /v1/keys` | `keys` | [`KeyIds`](proto::api::KeyIds): the gossip keys' ids, the primary first |
 //! | `POST /v1/keys/{install,use,remove}` | `keys` | one step of a key rotation on this node |
 //! | `POST /v1/fault/isolate` | `fault` | cuts or restores this node's gossip traffic; 403 unless allowed |
+//! | `POST /v1/fault/delay` | `fault` | delays this node's outbound gossip traffic, or restores it; 403 unless allowed |
 //! | `GET /openapi.json` | | the OpenAPI document of these routes ([`ROUTES`]) |
 //!
 //! The bodies are the types of `rumor.api.v1` (crates/proto), in the proto3
@@ -151,6 +152,7 @@ pub(crate) async fn serve(
         .route("/v1/keys/{op}", post(keys::change))
         .route("/v1/dead-letters", get(health::dead_letters))
         .route("/v1/fault/isolate", post(fault::isolate))
+        .route("/v1/fault/delay", post(fault::delay))
         .route("/openapi.json", get(openapi))
         .with_state(shared);
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await
@@ -266,6 +268,15 @@ pub const ROUTES: &[Route] = &[
         params: &[],
         request: Body::Json("Isolate"),
         ok: (200, Body::Json("Isolate")),
+        errors: &[400, 403, 415, 422],
+    },
+    Route {
+        method: "post",
+        path: "/v1/fault/delay",
+        summary: "Delay or restore this node's outbound gossip traffic (tests only)",
+        params: &[],
+        request: Body::Json("LinkDelay"),
+        ok: (200, Body::Json("LinkDelay")),
         errors: &[400, 403, 415, 422],
     },
 ];
