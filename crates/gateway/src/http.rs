@@ -380,6 +380,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Conversations watched through this gateway now (one subscription at the owner each).",
         s.hubs.len() as i64,
     );
+    e.histograms("rumor_edge_", s.latency.all());
     e.counters("rumor_mesh_", s.router.stats().fields());
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], e.encode()).into_response()
 }

@@ -65,6 +65,7 @@ pub(crate) struct Shared {
     pub(crate) rates: Rates,
     pub(crate) hubs: Arc<watch::Hubs>,
     pub(crate) counters: stats::Counters,
+    pub(crate) latency: stats::Latency,
     /// Set when a graceful shutdown begins.
     pub(crate) stopping: signal::Receiver<bool>,
     /// Messages in flight through the edge, for the drain.
@@ -174,6 +175,7 @@ impl Edge {
             view,
             ready,
             counters: Default::default(),
+            latency: Default::default(),
             stopping: stopping.clone(),
             in_flight: AtomicUsize::new(0),
         });

@@ -2,7 +2,7 @@
 //! OpenAI-compatible): the checks it passes, its routing, and its reply as
 //! [`Step`]s.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use node::mesh;
@@ -17,6 +17,7 @@ use tonic::Code;
 
 use crate::Shared;
 use crate::auth::Credential;
+use crate::stats::Latency;
 
 /// Longest `client_id`, bytes.
 pub(crate) const MAX_CLIENT_ID_BYTES: usize = 128;
@@ -171,15 +172,23 @@ pub(crate) struct Steps {
     text: Utf8Chunks,
     pending: std::collections::VecDeque<Step>,
     ended: bool,
+    latency: Latency,
+    /// When the message was routed into the mesh.
+    started: Instant,
+    /// Whether the first chunk (or the end) was timed already.
+    first_timed: bool,
 }
 
 impl Steps {
-    fn new(stream: ReplyStream) -> Self {
+    fn new(stream: ReplyStream, latency: Latency, started: Instant) -> Self {
         Self {
             stream,
             text: Utf8Chunks::default(),
             pending: Default::default(),
             ended: false,
+            latency,
+            started,
+            first_timed: false,
         }
     }
 
@@ -218,6 +227,13 @@ impl Steps {
         if end {
             text.push_str(&self.text.finish());
             self.ended = true;
+        }
+        if !self.first_timed && (!text.is_empty() || end) {
+            self.first_timed = true;
+            self.latency.first_chunk.observe(self.started.elapsed().as_secs_f64());
+        }
+        if end && c.error.is_none() {
+            self.latency.reply.observe(self.started.elapsed().as_secs_f64());
         }
         let chunk = (!text.is_empty()).then(|| Step::Chunk {
             text,
@@ -280,8 +296,9 @@ impl Shared {
             ..Default::default()
         };
         self.count(|c| &c.messages);
+        let started = Instant::now();
         match self.router.send(envelope).await {
-            Ok(stream) => Ok(Steps::new(stream)),
+            Ok(stream) => Ok(Steps::new(stream, self.latency.clone(), started)),
             Err(status) => Err(EdgeError::from_code(status.code(), status.message())),
         }
     }

@@ -43,3 +43,39 @@ stats::counters! {
     /// Requests to the HTTP messages route.
     http_requests,
 }
+
+/// The edge's latency histograms, shared by every way in.
+#[derive(Debug, Clone)]
+pub(crate) struct Latency {
+    /// From routing a message into the mesh to its first reply chunk.
+    pub(crate) first_chunk: ::stats::prom::Histogram,
+    /// From routing a message into the mesh to the end of a reply that ended well.
+    pub(crate) reply: ::stats::prom::Histogram,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Self {
+            first_chunk: ::stats::prom::seconds(),
+            reply: ::stats::prom::seconds(),
+        }
+    }
+}
+
+impl Latency {
+    /// For `/metrics` (`rumor_edge_{name}`).
+    pub(crate) fn all(&self) -> ::stats::prom::Latencies {
+        vec![
+            (
+                "first_chunk_seconds",
+                "Time from routing a message into the mesh to its first reply chunk at the edge.",
+                self.first_chunk.clone(),
+            ),
+            (
+                "reply_seconds",
+                "Time from routing a message into the mesh to the end of its reply, for replies that ended well.",
+                self.reply.clone(),
+            ),
+        ]
+    }
+}

@@ -30,6 +30,7 @@ use std::time::Duration;
 use proto::bytes::Bytes;
 use proto::mesh::conversation_event::Event as EventKind;
 use proto::mesh::{Envelope, Error as WireError, EventChunk, ReplyChunk, Usage};
+pub use stats::prom::{Histogram, Latencies, seconds as seconds_histogram};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Code, Status};
@@ -58,6 +59,13 @@ pub trait Processor: Send + Sync + std::fmt::Debug + 'static {
     /// The processor's own figures for the node's `/metrics`, each as
     /// (name, help, value, is a counter), exposed as `rumor_processor_{name}`.
     fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
+        Vec::new()
+    }
+
+    /// The processor's latency histograms (in seconds, made with
+    /// [`seconds_histogram`]) for the node's `/metrics`, exposed as
+    /// `rumor_processor_{name}`.
+    fn latencies(&self) -> Latencies {
         Vec::new()
     }
 }

@@ -62,7 +62,7 @@ use proto::mesh::conversation_event::Event as EventKind;
 use proto::mesh::{EventEnd, EventMessage, Position, Usage};
 
 use crate::conversation::{Log, LogLimits, Logs, Subscription};
-use crate::processor::{FinalReply, ProcessError, Processor, Replies, abandoned};
+use crate::processor::{FinalReply, Histogram, Latencies, ProcessError, Processor, Replies, abandoned};
 
 /// A stream of reply chunks for one message.
 ///
@@ -222,6 +222,10 @@ struct Inner {
     /// atomic step. Held only for map operations, never across an await.
     state: Mutex<State>,
     counters: Counters,
+    /// Time messages waited in their conversation's queue.
+    queued: Histogram,
+    /// Time the processor took per message.
+    processing: Histogram,
 }
 
 #[derive(Default)]
@@ -238,6 +242,8 @@ struct State {
 
 struct Job {
     envelope: Envelope,
+    /// When the worker accepted it.
+    accepted: Instant,
     deadline: Instant,
     tx: mpsc::Sender<Result<ReplyChunk, Status>>,
     cancel: Arc<CancelSwitch>,
@@ -334,6 +340,8 @@ impl Worker {
                 records_slow: Arc::default(),
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
+                queued: stats::prom::seconds(),
+                processing: stats::prom::seconds(),
             }),
         }
     }
@@ -407,6 +415,22 @@ impl Worker {
         self.inner.counters.read()
     }
 
+    /// The worker's latency histograms, for `/metrics` (`rumor_worker_{name}`).
+    pub fn latencies(&self) -> Latencies {
+        vec![
+            (
+                "queued_seconds",
+                "Time messages waited behind earlier messages of their conversation.",
+                self.inner.queued.clone(),
+            ),
+            (
+                "processing_seconds",
+                "Time the processor took per message, to the end of its reply.",
+                self.inner.processing.clone(),
+            ),
+        ]
+    }
+
     /// Queues `envelope` behind the earlier messages of its conversation and
     /// returns its reply stream; processing must start before `deadline`.
     ///
@@ -470,6 +494,7 @@ impl Worker {
         }));
         let job = Job {
             envelope,
+            accepted: Instant::now(),
             deadline,
             tx,
             cancel,
@@ -610,6 +635,7 @@ fn end_event_with(inner: &Inner, log: &Log, id: &str, error: Option<WireError>, 
 async fn run_job(inner: &Arc<Inner>, job: Job) {
     let Job {
         envelope,
+        accepted,
         deadline,
         tx,
         cancel,
@@ -617,6 +643,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     } = job;
     let id = envelope.id.clone();
     let mkey = message_key(&envelope);
+    inner.queued.observe(accepted.elapsed().as_secs_f64());
     if Instant::now() >= deadline {
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
         inner.finish(&mkey, None);
@@ -663,6 +690,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     let caller = out.tx.clone();
     let watched = log.clone();
     let processor = inner.processor.clone();
+    let started = Instant::now();
     let task = tokio::spawn(
         async move {
             let outcome = tokio::select! {
@@ -675,7 +703,9 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         }
         .instrument(tracing::info_span!("process", id = %id)),
     );
-    let (outcome, mut out) = match task.await {
+    let joined = task.await;
+    inner.processing.observe(started.elapsed().as_secs_f64());
+    let (outcome, mut out) = match joined {
         Ok(done) => done,
         Err(_panic) => {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use node::processor::{Histogram, Latencies, seconds_histogram};
 use node::{ProcessError, ProcessFuture, Processor, Replies};
 use proto::Message as _;
 use proto::bytes::Bytes;
@@ -111,6 +112,8 @@ pub struct OpenAi {
     /// Of those, the ones whose history was rebuilt from the bridge's.
     pub context_rebuilt: AtomicU64,
     tally: Tally,
+    /// Time from the request to the first token, per answer.
+    first_token: Histogram,
 }
 
 /// What the backend did, for `/metrics`.
@@ -121,8 +124,6 @@ struct Tally {
     prompt_tokens: AtomicU64,
     completion_tokens: AtomicU64,
     cached_tokens: AtomicU64,
-    first_token_ms: AtomicU64,
-    first_tokens: AtomicU64,
 }
 
 impl OpenAi {
@@ -148,6 +149,7 @@ impl OpenAi {
             context_misses: AtomicU64::new(0),
             context_rebuilt: AtomicU64::new(0),
             tally: Tally::default(),
+            first_token: seconds_histogram(),
             cfg,
         })
     }
@@ -291,9 +293,7 @@ impl OpenAi {
             .fetch_add(usage.completion_tokens.into(), Ordering::Relaxed);
         t.cached_tokens.fetch_add(usage.cached_tokens.into(), Ordering::Relaxed);
         if stream.got_first_token() {
-            t.first_token_ms
-                .fetch_add(usage.first_token_ms.into(), Ordering::Relaxed);
-            t.first_tokens.fetch_add(1, Ordering::Relaxed);
+            self.first_token.observe(f64::from(usage.first_token_ms) / 1e3);
         }
         out.set_usage(usage);
         if let Some(turn) = user_turn {
@@ -364,6 +364,14 @@ impl Processor for OpenAi {
         })
     }
 
+    fn latencies(&self) -> Latencies {
+        vec![(
+            "first_token_seconds",
+            "Time from the request to the backend to its first token, per answer.",
+            self.first_token.clone(),
+        )]
+    }
+
     fn metrics(&self) -> Vec<(&'static str, &'static str, u64, bool)> {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let t = &self.tally;
@@ -403,18 +411,6 @@ impl Processor for OpenAi {
                 "cached_tokens",
                 "Prompt tokens the backend served from its prefix cache.",
                 n(&t.cached_tokens),
-                true,
-            ),
-            (
-                "first_token_milliseconds",
-                "Milliseconds to the first token, summed over answers (divide by first_tokens for the mean).",
-                n(&t.first_token_ms),
-                true,
-            ),
-            (
-                "first_tokens",
-                "Answers whose first token arrived.",
-                n(&t.first_tokens),
                 true,
             ),
             (

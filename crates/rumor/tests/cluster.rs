@@ -1659,3 +1659,100 @@ async fn the_owner_killed_mid_conversation_its_successor_answers_the_next_turn_w
     })
     .await;
 }
+
+/// `promtool check metrics` on `text`: its complaints, empty when the
+/// exposition follows Prometheus's naming conventions.
+fn promtool_complaints(promtool: &str, text: &str) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {promtool}: {e}"));
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("exit {}: {said}", out.status)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_metrics_endpoint_follows_the_prometheus_conventions_promtool_checks() {
+    let Ok(promtool) = std::env::var("RUMOR_TEST_PROMTOOL") else {
+        eprintln!(
+            "skipped: RUMOR_TEST_PROMTOOL is not set (scripts/test installs Debian's prometheus package and sets it)"
+        );
+        return;
+    };
+    within(async {
+        let db = TestDb::create("rumor_prom").await;
+        let topics = format!("t{}", nanos());
+        let events = event_config(&topics);
+        let key = Key::generate().to_base64();
+        let gw_config = format!("{}\n{events}", edge_config());
+        let gw = Proc::start_with("gw", "gateway", &[], &key, Some(&gw_config));
+        let w1 = Proc::start_with("w1", "worker", &[&gw.gossip], &key, Some(&events));
+        let names: BTreeSet<String> = ["gw", "w1"].map(String::from).into();
+        let nodes = [gw, w1];
+        agree(&nodes, &names, 1).await;
+        let bridge = BridgeProc::start(&db, &topics, &[]);
+        let edge = nodes[0].edge.clone().expect("the gateway serves its edge");
+
+        // One message through the edge, so that every histogram has a sample.
+        let mut ws = EdgeWs::connect(&edge).await;
+        ws.send(serde_json::json!({"send": {"conversation": "prom-1", "text": "count me", "client_id": "c1"}}))
+            .await;
+        loop {
+            let f = ws.next().await;
+            if f.get("done").is_some() {
+                break;
+            }
+            assert!(f.get("error").is_none(), "{f}");
+        }
+        eventually("the message in PostgreSQL", Duration::from_secs(30), || async {
+            history(&bridge.http, "prom-1").await.filter(|h| h.messages.len() >= 2)
+        })
+        .await;
+
+        let scrape = |addr: String| async move { http(&addr, "GET", "/metrics", None).await };
+        let endpoints = [
+            ("gateway admin", nodes[0].admin.clone()),
+            ("gateway edge", edge.clone()),
+            ("worker admin", nodes[1].admin.clone()),
+            ("bridge", bridge.http.clone()),
+        ];
+        let mut complaints = Vec::new();
+        let mut texts = BTreeMap::new();
+        for (what, addr) in endpoints {
+            let (status, text) = scrape(addr).await;
+            assert_eq!(status, 200, "{what}: {text}");
+            let said = promtool_complaints(&promtool, &text);
+            if !said.is_empty() {
+                complaints.push(format!("{what}: {said}"));
+            }
+            texts.insert(what, text);
+        }
+        assert!(
+            complaints.is_empty(),
+            "promtool check metrics:\n{}",
+            complaints.join("\n")
+        );
+        // The latency histograms are there, in seconds, with the message counted.
+        let count = |what: &str, name: &str| metric(&texts[what], &format!("{name}_count"));
+        assert_eq!(count("gateway edge", "rumor_edge_reply_seconds"), 1);
+        assert_eq!(count("gateway edge", "rumor_edge_first_chunk_seconds"), 1);
+        assert_eq!(count("worker admin", "rumor_worker_processing_seconds"), 1);
+        assert_eq!(count("worker admin", "rumor_worker_queued_seconds"), 1);
+        assert!(count("bridge", "rumor_bridge_batch_seconds") >= 1);
+    })
+    .await;
+}

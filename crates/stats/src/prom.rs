@@ -14,6 +14,17 @@ use prometheus_client::registry::{Metric, Registry};
 
 pub use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 
+/// A latency histogram in seconds with the buckets rumor uses everywhere:
+/// 1 ms to about 65 s, doubling (17 buckets), so one dashboard query fits
+/// every latency it exposes.
+pub fn seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Latency histograms that are exposed together, each as (name after the
+/// exposition's prefix, description, histogram).
+pub type Latencies = Vec<(&'static str, &'static str, Histogram)>;
+
 /// The `Content-Type` of the exposition.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -78,6 +89,13 @@ impl Exposition {
     /// clones of `prometheus-client` metrics share that state.
     pub fn metric(&mut self, name: &str, description: &str, metric: impl Metric) {
         self.registry.register(name, help(description), metric);
+    }
+
+    /// Every histogram of `latencies`, each named `<prefix><name>`.
+    pub fn histograms(&mut self, prefix: &str, latencies: Latencies) {
+        for (name, description, h) in latencies {
+            self.metric(&format!("{prefix}{name}"), description, h);
+        }
     }
 
     /// The text to serve with [`CONTENT_TYPE`].

@@ -32,6 +32,8 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             "Messages the worker accepts at once.",
             w.capacity() as i64,
         );
+        e.histograms("rumor_worker_", w.latencies());
+        e.histograms("rumor_processor_", w.processor().latencies());
         let sink = w.sink().map(|s| s.metrics()).unwrap_or_default();
         let processor = w.processor().metrics();
         for (prefix, figures) in [("rumor_events_", sink), ("rumor_processor_", processor)] {
