@@ -228,7 +228,9 @@ impl Steps {
             text.push_str(&self.text.finish());
             self.ended = true;
         }
-        if !self.first_timed && (!text.is_empty() || end) {
+        // The first text, or a reply that ended well without any; an error
+        // is not a first chunk.
+        if !self.first_timed && (!text.is_empty() || (end && c.error.is_none())) {
             self.first_timed = true;
             self.latency.first_chunk.observe(self.started.elapsed().as_secs_f64());
         }

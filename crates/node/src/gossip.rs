@@ -385,7 +385,11 @@ impl GossipHandle {
     pub fn set_delay(&self, delay: Duration) {
         let ms = u32::try_from(delay.as_millis()).unwrap_or(u32::MAX);
         self.delay_ms.store(ms, Ordering::Relaxed);
-        warn!(node = %self.name, delay_ms = ms, "fault injection: outbound gossip datagrams delayed");
+        if ms > 0 {
+            warn!(node = %self.name, delay_ms = ms, "fault injection: outbound gossip traffic delayed");
+        } else {
+            warn!(node = %self.name, "fault injection: outbound gossip traffic restored");
+        }
     }
 
     /// The delay [`GossipHandle::set_delay`] set.

@@ -425,7 +425,7 @@ impl Worker {
             ),
             (
                 "processing_seconds",
-                "Time the processor took per message, to the end of its reply.",
+                "Time the processor took per message it ran to its own end (answered or failed), from its start to its return; cancelled and expired runs are not counted.",
                 self.inner.processing.clone(),
             ),
         ]
@@ -703,9 +703,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         }
         .instrument(tracing::info_span!("process", id = %id)),
     );
-    let joined = task.await;
-    inner.processing.observe(started.elapsed().as_secs_f64());
-    let (outcome, mut out) = match joined {
+    let (outcome, mut out) = match task.await {
         Ok(done) => done,
         Err(_panic) => {
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -733,7 +731,12 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         o => o,
     };
     let result = match outcome {
-        Outcome::Returned(r) => r,
+        Outcome::Returned(r) => {
+            // Only a processor that ran to its own end is timed: cancelled
+            // and expired runs say nothing about the backend.
+            inner.processing.observe(started.elapsed().as_secs_f64());
+            r
+        }
         Outcome::Expired => Err(ProcessError::new(
             Code::DeadlineExceeded,
             format!("message {id}: deadline passed during processing at {}", inner.name),

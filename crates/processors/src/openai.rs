@@ -281,6 +281,9 @@ impl OpenAi {
                 if !delta.is_empty() {
                     if !sent {
                         usage.first_token_ms = stream.first_token();
+                        // Timed here, so that answers that fail or are
+                        // cancelled later count too.
+                        self.first_token.observe(f64::from(usage.first_token_ms) / 1e3);
                     }
                     answer.push_str(delta);
                     out.send(Bytes::copy_from_slice(delta.as_bytes())).await?;
@@ -292,9 +295,6 @@ impl OpenAi {
         t.completion_tokens
             .fetch_add(usage.completion_tokens.into(), Ordering::Relaxed);
         t.cached_tokens.fetch_add(usage.cached_tokens.into(), Ordering::Relaxed);
-        if stream.got_first_token() {
-            self.first_token.observe(f64::from(usage.first_token_ms) / 1e3);
-        }
         out.set_usage(usage);
         if let Some(turn) = user_turn {
             self.contexts().remember(&msg.key, turn, answer);

@@ -12,9 +12,10 @@ use server::ServerConfig;
 
 pub(crate) use server::terminated;
 
-/// `rumor node`: runs one node until Ctrl-C or SIGTERM, then leaves and drains.
-/// The first stdout line says where it listens (tests read it).
-pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
+/// `rumor node`: runs one node until Ctrl-C or SIGTERM (or, with
+/// `exit_on_eof`, the end of stdin), then leaves and drains. The first stdout
+/// line says where it listens (tests read it).
+pub(crate) async fn node(config: ServerConfig, exit_on_eof: bool) -> anyhow::Result<()> {
     let roles = config.node.roles;
     let server = server::start(config).await.context("starting the node")?;
     let node = server.node();
@@ -33,7 +34,10 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
             println!("node {} joined", node.name());
             let _ = std::io::stdout().flush();
         }
-        terminated().await;
+        tokio::select! {
+            () = terminated() => {}
+            () = stdin_ends(), if exit_on_eof => {}
+        }
     };
     let failure = tokio::select! {
         () = waited => None,
@@ -55,6 +59,18 @@ pub(crate) async fn node(config: ServerConfig) -> anyhow::Result<()> {
         // A non-zero exit, so that the supervisor restarts the process.
         Some(why) => bail!("the node failed: {why}"),
         None => Ok(()),
+    }
+}
+
+/// Completes when stdin reaches its end (or fails).
+async fn stdin_ends() {
+    use tokio::io::AsyncReadExt as _;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
     }
 }
 

@@ -91,6 +91,10 @@ enum Command {
         /// Membership preset: lan, wan, test (overrides `membership.preset`, RUMOR_PRESET).
         #[arg(long)]
         preset: Option<String>,
+        /// Leave and exit, as on SIGTERM, when stdin ends: for a parent process
+        /// (`rumor playground`) that holds the pipe, so its nodes never outlive it.
+        #[arg(long, hide = true)]
+        exit_on_eof: bool,
     },
     /// Run the bridge: the messages topic into PostgreSQL (or SQLite), history and inject APIs over HTTP.
     Bridge {
@@ -353,11 +357,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if workers == 0 {
                 bail!("--workers must be at least 1");
             }
-            let model = match (model, backend) {
-                (Some(path), _) => Some(up::Model::Gguf { path, llama_server }),
-                (None, Some(url)) => Some(up::Model::Backend(url)),
-                (None, None) => None,
-            };
+            let model = up::Model::from_flags(model, backend, llama_server);
             let opts = up::UpOptions {
                 workers,
                 base_port,
@@ -379,6 +379,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             edge_bind,
             advertise,
             preset,
+            exit_on_eof,
         } => {
             let mut file = match &config {
                 Some(path) => {
@@ -399,7 +400,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 preset,
             });
             let server_config = file.into_server_config()?;
-            runtime()?.block_on(commands::node(server_config))?;
+            runtime()?.block_on(commands::node(server_config, exit_on_eof))?;
         }
         Command::Bridge {
             config,
@@ -478,11 +479,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if workers == 0 {
                     bail!("--workers must be at least 1");
                 }
-                let model = match (model, backend) {
-                    (Some(path), _) => Some(up::Model::Gguf { path, llama_server }),
-                    (None, Some(url)) => Some(up::Model::Backend(url)),
-                    (None, None) => None,
-                };
+                let model = up::Model::from_flags(model, backend, llama_server);
                 let opts = playground::Options {
                     workers,
                     bind: addr

@@ -67,8 +67,36 @@ pub(crate) enum Model {
     Backend(String),
 }
 
-/// A model server started by `rumor up`, killed when dropped.
-pub(crate) struct Started(std::process::Child);
+impl Model {
+    /// The model `--model PATH` (served by `llama_server`) or `--backend URL`
+    /// name; `None` when neither is given (workers echo).
+    pub(crate) fn from_flags(
+        model: Option<std::path::PathBuf>,
+        backend: Option<String>,
+        llama_server: std::path::PathBuf,
+    ) -> Option<Self> {
+        match (model, backend) {
+            (Some(path), _) => Some(Model::Gguf { path, llama_server }),
+            (None, Some(url)) => Some(Model::Backend(url)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The backend's base URL and model id for the workers, and the model
+/// server when one was started for them; `(None, None)` when they echo.
+pub(crate) async fn workers_backend(
+    model: Option<&Model>,
+) -> anyhow::Result<(Option<(String, String)>, Option<Started>)> {
+    let Some(m) = model else { return Ok((None, None)) };
+    let (url, id, started) = model_backend(m).await?;
+    println!("workers answer with model {id} at {url}");
+    Ok((Some((url, id)), started))
+}
+
+/// A process `rumor up` or `rumor playground` started (a model server, a
+/// broker), killed when dropped.
+pub(crate) struct Started(pub(crate) std::process::Child);
 
 impl Drop for Started {
     fn drop(&mut self) {
@@ -79,7 +107,7 @@ impl Drop for Started {
 
 /// The base URL and model id to send workers to, and the server process
 /// when `rumor up` started one.
-pub(crate) async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<Started>)> {
+async fn model_backend(model: &Model) -> anyhow::Result<(String, String, Option<Started>)> {
     let (url, started) = match model {
         Model::Backend(url) => (url.trim_end_matches('/').to_owned(), None),
         Model::Gguf { path, llama_server } => {
@@ -164,14 +192,7 @@ fn port(base: u16, node: usize, which: u16) -> anyhow::Result<u16> {
 }
 
 pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
-    let (backend, _model_server) = match &opts.model {
-        Some(m) => {
-            let (url, id, started) = model_backend(m).await?;
-            println!("workers answer with model {id} at {url}");
-            (Some((url, id)), started)
-        }
-        None => (None, None),
-    };
+    let (backend, _model_server) = workers_backend(opts.model.as_ref()).await?;
     // The event log and the bridge, embedded.
     let memlog = MemoryLog::new();
     let log = EventLog::Memory(memlog.clone());

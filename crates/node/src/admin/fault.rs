@@ -22,12 +22,20 @@ pub(super) async fn isolate(State(s): Shr, Json(req): Json<Isolate>) -> Response
     Json(req).into_response()
 }
 
+/// The longest delay fault injection takes: each delayed datagram waits in
+/// a task of its own, so the delay bounds how many wait at once.
+const MAX_DELAY_MS: u32 = 60_000;
+
 /// Delays or restores the node's outbound gossip traffic (see
 /// [`GossipHandle::set_delay`](crate::gossip::GossipHandle::set_delay)).
 /// Refused unless the node was started with fault injection enabled.
 pub(super) async fn delay(State(s): Shr, Json(req): Json<LinkDelay>) -> Response {
     if !s.fault_injection {
         return disabled();
+    }
+    if req.delay_ms > MAX_DELAY_MS {
+        let why = format!("delay_ms: at most {MAX_DELAY_MS} (a minute), got {}\n", req.delay_ms);
+        return (StatusCode::UNPROCESSABLE_ENTITY, why).into_response();
     }
     s.gossip.set_delay(Duration::from_millis(u64::from(req.delay_ms)));
     Json(req).into_response()

@@ -19,6 +19,11 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
     let mut e = Exposition::new();
     e.counters("rumor_membership_", snap.stats.fields());
     e.counters("rumor_transport_", snap.transport.fields());
+    e.gauge_f64(
+        "rumor_transport_fault_delay_seconds",
+        "Fault injection: how late this node's outbound gossip traffic leaves; 0 when not slowed.",
+        s.gossip.delay().as_secs_f64(),
+    );
     e.counters("rumor_mesh_", s.router.stats().fields());
     if let Some(w) = s.router.worker() {
         e.counters("rumor_worker_", w.stats().fields());

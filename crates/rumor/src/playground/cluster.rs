@@ -26,6 +26,9 @@ pub(crate) struct Settings {
     pub(crate) preset: String,
     /// The event log's brokers, when there is one.
     pub(crate) brokers: Option<String>,
+    /// Prefix of this run's topics and consumer groups, so that a playground
+    /// pointed at a shared broker never touches another deployment's.
+    pub(crate) topics: String,
     /// The bridge's HTTP address, for history.
     pub(crate) bridge: Option<String>,
     /// Workers answer with this OpenAI-compatible backend (base URL, model
@@ -60,14 +63,17 @@ pub(crate) struct NodeProc {
     pub(crate) delay_ms: u32,
     /// How many times it was started.
     pub(crate) starts: u32,
+    /// The wait for a stopped process to exit, which a restart joins first.
+    leaving: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The nodes, the gossip key, and what was done to them.
 #[derive(Debug)]
 pub(crate) struct Cluster {
     settings: Settings,
-    /// The gossip key every node is started with (the newest after a rotation).
-    key: String,
+    /// The gossip keys a node starts with, comma-separated, the primary
+    /// first: during a rotation, what the running nodes hold at that step.
+    keys: String,
     /// The API key the playground uses at the gateways' client edge.
     pub(crate) edge_key: String,
     pub(crate) nodes: BTreeMap<String, NodeProc>,
@@ -78,6 +84,9 @@ pub(crate) struct Cluster {
 
 /// Actions remembered for the page.
 const MAX_ACTIONS: usize = 50;
+
+/// Workers one playground starts at most: each is a process on this host.
+pub(crate) const MAX_WORKERS: usize = 32;
 
 pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
@@ -92,7 +101,7 @@ impl Cluster {
         std::fs::create_dir_all(&settings.dir).with_context(|| format!("creating {}", settings.dir.display()))?;
         let mut c = Cluster {
             settings,
-            key: Key::generate().to_base64(),
+            keys: Key::generate().to_base64(),
             edge_key: gateway::new_api_key(),
             nodes: BTreeMap::new(),
             next_worker: 1,
@@ -142,7 +151,10 @@ impl Cluster {
             }
         }
         if let Some(brokers) = &self.settings.brokers {
-            t += &format!("[events]\nbrokers = {brokers:?}\n");
+            let p = &self.settings.topics;
+            t += &format!(
+                "[events]\nbrokers = {brokers:?}\nmessages_topic = \"{p}.messages\"\nforward_topic = \"{p}.forward\"\nforward_group = \"{p}.forward\"\n"
+            );
         }
         t
     }
@@ -169,17 +181,22 @@ impl Cluster {
             .open(&log_path)
             .with_context(|| format!("opening {}", log_path.display()))?;
         let mut cmd = Command::new(&self.settings.exe);
-        cmd.arg("node")
+        // Only the config file, the flags and the keys shape a node: the
+        // user's own RUMOR_* settings (brokers, advertise, ...) would override
+        // the file. RUMOR_LOG is kept.
+        cmd.env_clear()
+            .envs(std::env::vars().filter(|(k, _)| !k.starts_with("RUMOR_") || k == "RUMOR_LOG"))
+            .arg("node")
             .arg("--config")
             .arg(&config)
             .args(["--name", name, "--roles", role, "--preset", &self.settings.preset])
             .args(["--gossip-bind", "127.0.0.1:0", "--mesh-bind", "127.0.0.1:0"])
             .args(["--admin-bind", "127.0.0.1:0", "--edge-bind", "127.0.0.1:0"])
-            .env("RUMOR_KEYS", &self.key)
-            .env_remove("RUMOR_SEEDS")
-            .env_remove("RUMOR_NAME")
-            .env_remove("RUMOR_ROLES")
-            .stdin(Stdio::null())
+            // Its stdin is a pipe this process holds: when the playground dies,
+            // however it dies, the node sees the end of it and leaves.
+            .arg("--exit-on-eof")
+            .env("RUMOR_KEYS", &self.keys)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true);
@@ -230,6 +247,7 @@ impl Cluster {
                 isolated: false,
                 delay_ms: 0,
                 starts,
+                leaving: None,
             },
         );
         self.note(if starts == 1 {
@@ -256,6 +274,14 @@ impl Cluster {
 
     /// Adds a worker; its name.
     pub(crate) async fn add_worker(&mut self) -> anyhow::Result<String> {
+        let workers = self
+            .nodes
+            .values()
+            .filter(|n| n.role == "worker" && n.process == Process::Running)
+            .count();
+        if workers >= MAX_WORKERS {
+            bail!("{workers} workers run already; the playground starts at most {MAX_WORKERS}");
+        }
         let name = format!("worker-{}", self.next_worker);
         self.next_worker += 1;
         self.spawn(&name, "worker").await?;
@@ -276,33 +302,39 @@ impl Cluster {
     /// SIGTERM: the node leaves gracefully (a removed worker hands its share on).
     pub(crate) async fn stop(&mut self, name: &str) -> anyhow::Result<()> {
         let n = self.running(name)?;
-        let mut child = n.child.take();
-        if let Some(pid) = child.as_ref().and_then(Child::id) {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+        let Some(mut child) = n.child.take() else {
+            bail!("{name} has no process")
+        };
+        if let Err(e) = terminate(&child).await {
+            n.child = Some(child);
+            bail!("could not send SIGTERM to {name}: {e}");
         }
         n.process = Process::Stopped;
-        self.note(format!("stopped {name} (SIGTERM: it leaves gracefully)"));
         // Reaped in the background; killed if it has not left in 10 s.
-        if let Some(mut child) = child.take() {
-            tokio::spawn(async move {
-                if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                    .await
-                    .is_err()
-                {
-                    let _ = child.kill().await;
-                }
-            });
-        }
+        n.leaving = Some(tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }));
+        self.note(format!("stopped {name} (SIGTERM: it leaves gracefully)"));
         Ok(())
     }
 
-    /// Starts a node that is not running again, at new addresses.
+    /// Starts a node that is not running again, at new addresses, once its
+    /// old process is gone.
     pub(crate) async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
         let n = self.get(name)?;
         if n.process == Process::Running {
             self.kill(name).await?;
         }
-        let role = self.get(name)?.role;
+        let n = self.get(name)?;
+        if let Some(leaving) = n.leaving.take() {
+            let _ = leaving.await;
+        }
+        let role = n.role;
         self.spawn(name, role).await
     }
 
@@ -333,33 +365,35 @@ impl Cluster {
     }
 
     /// Rotates the gossip key on every running node: install the new key
-    /// everywhere, then use it everywhere, then remove the old one. Nodes
-    /// started later get the new key.
+    /// everywhere, then use it everywhere, then remove the old one. A node
+    /// started meanwhile gets the keys the running nodes hold at that step,
+    /// so it can talk to them whatever step failed.
     pub(crate) async fn rotate_key(&mut self) -> anyhow::Result<String> {
         let new = Key::generate().to_base64();
-        let old = self.key.clone();
+        let old = self.keys.split(',').next().unwrap_or_default().to_owned();
         let running: Vec<(String, String)> = self
             .nodes
             .values()
             .filter(|n| n.process == Process::Running)
             .map(|n| (n.name.clone(), n.admin.clone()))
             .collect();
-        for (op, key) in [
-            (KeyOperation::Install, &new),
-            (KeyOperation::Use, &new),
-            (KeyOperation::Remove, &old),
-        ] {
+        let steps = [
+            (KeyOperation::Install, &new, format!("{old},{new}")),
+            (KeyOperation::Use, &new, format!("{new},{old}")),
+            (KeyOperation::Remove, &old, new.clone()),
+        ];
+        for (op, key, keys_after) in steps {
             for (name, admin) in &running {
-                client(admin)
-                    .change_key(op, key)
-                    .await
-                    .with_context(|| format!("{op:?} on {name}"))?;
+                client(admin).change_key(op, key).await.with_context(|| {
+                    format!(
+                        "key rotation step {} failed on {name}; the nodes hold keys up to the step before",
+                        op.short_name()
+                    )
+                })?;
             }
+            self.keys = keys_after;
         }
-        self.key = new;
-        let id = Key::from_base64(&self.key)
-            .map(|k| k.id().to_string())
-            .unwrap_or_default();
+        let id = Key::from_base64(&new).map(|k| k.id().to_string()).unwrap_or_default();
         self.note(format!(
             "rotated the gossip key on {} nodes (install, use, remove the old one); new key id {id}",
             running.len()
@@ -380,14 +414,16 @@ impl Cluster {
             if let Some(n) = self.nodes.get_mut(&name)
                 && let Some(child) = n.child.take()
             {
-                if let Some(pid) = child.id() {
-                    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
-                }
+                let _ = terminate(&child).await;
                 n.process = Process::Stopped;
                 children.push(child);
             }
         }
+        let leaving: Vec<_> = self.nodes.values_mut().filter_map(|n| n.leaving.take()).collect();
         let deadline = Instant::now() + Duration::from_secs(10);
+        for l in leaving {
+            let _ = l.await;
+        }
         for mut child in children {
             let left = deadline.saturating_duration_since(Instant::now());
             if tokio::time::timeout(left, child.wait()).await.is_err() {
@@ -417,6 +453,18 @@ impl Cluster {
     pub(crate) fn settings(&self) -> &Settings {
         &self.settings
     }
+}
+
+/// Sends SIGTERM to `child`.
+async fn terminate(child: &Child) -> anyhow::Result<()> {
+    let pid = child.id().context("it has exited")?;
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .context("running kill")?;
+    anyhow::ensure!(status.success(), "kill -TERM {pid}: {status}");
+    Ok(())
 }
 
 fn append(path: &Path, line: &str) {

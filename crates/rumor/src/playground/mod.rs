@@ -24,7 +24,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use node::client::AdminClient;
 
-use crate::up::{Model, model_backend};
+use crate::up::{Model, Started, workers_backend};
 
 /// What `rumor playground` starts.
 #[derive(Debug, Clone)]
@@ -63,8 +63,9 @@ pub(crate) enum Op {
     /// others to suspect it.
     Slow {
         node: String,
-        #[arg(long, default_value_t = 1500)]
-        ms: u32,
+        /// Milliseconds; default: half again the preset's probe period.
+        #[arg(long)]
+        ms: Option<u32>,
     },
     /// Start one more worker.
     AddWorker,
@@ -100,16 +101,6 @@ fn preset_config(preset: &str) -> anyhow::Result<membership::Config> {
     })
 }
 
-/// A process `rumor playground` started, killed when dropped.
-struct Broker(std::process::Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn find_tansu() -> Option<PathBuf> {
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
     std::env::var_os("PATH")
@@ -121,7 +112,7 @@ fn find_tansu() -> Option<PathBuf> {
 }
 
 /// Starts tansu with in-memory storage on a free port of 127.0.0.1.
-async fn start_tansu(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Broker, String)> {
+async fn start_tansu(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Started, String)> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("tcp://127.0.0.1:{port}");
     let log = std::fs::File::create(dir.join("tansu.log"))?;
@@ -132,7 +123,7 @@ async fn start_tansu(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Re
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let broker = Broker(child);
+    let broker = Started(child);
     let addr = format!("127.0.0.1:{port}");
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
@@ -148,6 +139,11 @@ async fn start_tansu(bin: &std::path::Path, dir: &std::path::Path) -> anyhow::Re
 
 pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     let cfg = preset_config(&opts.preset)?;
+    anyhow::ensure!(
+        opts.bind.ip().is_loopback(),
+        "--addr {}: the playground serves loopback only (its page kills processes and holds the cluster's keys)",
+        opts.bind
+    );
     let listener = tokio::net::TcpListener::bind(opts.bind)
         .await
         .with_context(|| format!("binding the playground's page to {}", opts.bind))?;
@@ -171,14 +167,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
 
     let dir = std::env::temp_dir().join(format!("rumor-playground-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (backend, _model_server) = match &opts.model {
-        Some(m) => {
-            let (url, id, started) = model_backend(m).await?;
-            println!("workers answer with model {id} at {url}");
-            (Some((url, id)), started)
-        }
-        None => (None, None),
-    };
+    let (backend, _model_server) = workers_backend(opts.model.as_ref()).await?;
     // The event log and the bridge.
     let mut _broker = None;
     let brokers = match (&opts.kafka, opts.no_log) {
@@ -193,6 +182,9 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
             None => None,
         },
     };
+    // Topics and consumer groups of this run only: a shared broker's other
+    // users never see the playground's records, nor it theirs.
+    let topics = format!("rumor-playground-{}", std::process::id());
     let mut bridge = None;
     let log = match &brokers {
         Some(addr) => {
@@ -202,6 +194,9 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
                 events::EventLog::Kafka(events::KafkaConfig::new(addr)),
             );
             c.http_bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            c.topics.messages = format!("{topics}.messages");
+            c.topics.forward = format!("{topics}.forward");
+            c.group_id = format!("{topics}.bridge");
             let b = bridge::start(c).await.context("starting the bridge")?;
             let desc = format!("Kafka at {addr}, bridge at {} on SQLite ({})", b.addr(), db.display());
             bridge = Some(b);
@@ -214,6 +209,7 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
         dir: dir.clone(),
         preset: opts.preset.clone(),
         brokers,
+        topics,
         bridge: bridge.as_ref().map(|b| b.addr().to_string()),
         backend,
     };
@@ -223,7 +219,17 @@ pub(crate) async fn run(opts: Options) -> anyhow::Result<()> {
     );
     println!("playground: event log {log}");
     println!("playground: node configs and logs in {}", dir.display());
-    let cluster = cluster::Cluster::start(settings, opts.workers).await?;
+    let cluster = match cluster::Cluster::start(settings, opts.workers).await {
+        Ok(c) => c,
+        Err(e) => {
+            // The nodes started so far are killed as the cluster is dropped;
+            // the directory stays, for the logs the error points to.
+            if let Some(b) = bridge {
+                let _ = b.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
     let shared = Arc::new(web::Shared {
         mode: web::Mode::Cluster(Box::new(web::Live::new(cluster, cfg, opts.preset.clone(), log))),
     });
@@ -264,7 +270,7 @@ pub(crate) async fn op(addr: &str, op: Op) -> anyhow::Result<()> {
     };
     let out = match op {
         Op::Status { view } => {
-            let path = format!("/api/state?view={}", view.unwrap_or_default());
+            let path = format!("/api/state?view={}", web::percent_encode(&view.unwrap_or_default()));
             let s: serde_json::Value = c.get_json(&path).await?;
             println!("as {} sees it:", s["view"].as_str().unwrap_or("?"));
             for n in s["nodes"].as_array().into_iter().flatten() {
@@ -287,12 +293,15 @@ pub(crate) async fn op(addr: &str, op: Op) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Op::Kill { node } => post(format!("/api/nodes/{node}/kill")).await?,
-        Op::Stop { node } | Op::RemoveWorker { node } => post(format!("/api/nodes/{node}/stop")).await?,
-        Op::Restart { node } => post(format!("/api/nodes/{node}/restart")).await?,
-        Op::Isolate { node } => post(format!("/api/nodes/{node}/isolate")).await?,
-        Op::Repair { node } => post(format!("/api/nodes/{node}/repair")).await?,
-        Op::Slow { node, ms } => post(format!("/api/nodes/{node}/slow?ms={ms}")).await?,
+        Op::Kill { node } => post(node_path(&node, "kill")).await?,
+        Op::Stop { node } | Op::RemoveWorker { node } => post(node_path(&node, "stop")).await?,
+        Op::Restart { node } => post(node_path(&node, "restart")).await?,
+        Op::Isolate { node } => post(node_path(&node, "isolate")).await?,
+        Op::Repair { node } => post(node_path(&node, "repair")).await?,
+        Op::Slow { node, ms } => {
+            let ms = ms.map(|ms| format!("?ms={ms}")).unwrap_or_default();
+            post(format!("/api/nodes/{}/slow{ms}", web::percent_encode(&node))).await?
+        }
         Op::AddWorker => post("/api/workers".into()).await?,
         Op::RotateKey => post("/api/keys/rotate".into()).await?,
         Op::Gossip { from, text } => {
@@ -350,4 +359,9 @@ pub(crate) async fn op(addr: &str, op: Op) -> anyhow::Result<()> {
     };
     println!("{out}");
     Ok(())
+}
+
+/// The API path of `action` on node `name`.
+fn node_path(name: &str, action: &str) -> String {
+    format!("/api/nodes/{}/{action}", web::percent_encode(name))
 }

@@ -149,7 +149,9 @@ impl SimRun {
         if let Some(at) = self.converged_at {
             if !self.message_sent && now >= at + MESSAGE_AFTER {
                 self.message_sent = self.c.broadcast(1, MESSAGE, 64);
-                self.note("n1 creates a gossip message".into());
+                if self.message_sent {
+                    self.note("n1 creates a gossip message".into());
+                }
             }
             if self.crashed.is_none() && now >= at + CRASH_AFTER {
                 let victim = self.n / 2;

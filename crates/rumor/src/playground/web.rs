@@ -6,6 +6,7 @@
 //! serde types here rather than `rumor.api.v1` messages.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,13 +52,28 @@ pub(crate) struct Live {
     pub(crate) preset: String,
     /// The event log and the bridge, described for the page.
     pub(crate) log: String,
+    /// Where configs and logs are, and what workers answer with, for the page.
+    dir: String,
+    backend: Option<String>,
+    /// The API key the playground uses at the gateways' edge.
+    edge_key: String,
+    /// Messages sent through the playground, for the page to tell new ones.
+    sent: AtomicU64,
     /// The simulator's spread prediction, by cluster size.
     predictions: Mutex<HashMap<usize, Vec<f64>>>,
 }
 
 impl Live {
     pub(crate) fn new(cluster: Cluster, membership: membership::Config, preset: String, log: String) -> Self {
+        let settings = cluster.settings();
         Live {
+            dir: settings.dir.display().to_string(),
+            backend: settings
+                .backend
+                .as_ref()
+                .map(|(url, model)| format!("{model} at {url}")),
+            edge_key: cluster.edge_key.clone(),
+            sent: AtomicU64::new(0),
             cluster: tokio::sync::Mutex::new(cluster),
             gathered: Mutex::default(),
             flows: Mutex::default(),
@@ -127,7 +143,39 @@ pub(crate) fn routes(shared: Arc<Shared>) -> Router {
         .route("/api/send", post(send))
         .route("/api/owner", get(owner))
         .route("/api/sim/frames/{k}", get(sim_frame))
+        .layer(axum::middleware::from_fn(local_only))
         .with_state(shared)
+}
+
+/// The page's API kills processes and sends messages with the playground's
+/// own credential: it answers only requests addressed to a loopback name
+/// (a page of another site that rebinds its name to 127.0.0.1 is refused),
+/// and takes changes only as JSON (which another site's form cannot post).
+async fn local_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    if !matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+        return bad(
+            StatusCode::FORBIDDEN,
+            format!("the playground answers only on loopback, not {host:?}"),
+        );
+    }
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if req.method() == axum::http::Method::POST && !json {
+        return bad(StatusCode::UNSUPPORTED_MEDIA_TYPE, "send changes as application/json");
+    }
+    next.run(req).await
 }
 
 type Shr = State<Arc<Shared>>;
@@ -152,17 +200,15 @@ fn not_live() -> Response {
 
 async fn info(State(s): Shr) -> Response {
     match &s.mode {
-        Mode::Cluster(l) => {
-            let c = l.cluster.lock().await;
-            Json(serde_json::json!({
-                "mode": "cluster",
-                "preset": l.preset,
-                "log": l.log,
-                "dir": c.settings().dir.display().to_string(),
-                "backend": c.settings().backend.as_ref().map(|(url, model)| format!("{model} at {url}")),
-            }))
-            .into_response()
-        }
+        Mode::Cluster(l) => Json(serde_json::json!({
+            "mode": "cluster",
+            "preset": l.preset,
+            "log": l.log,
+            "dir": l.dir,
+            "backend": l.backend,
+            "slow_ms": slow_default(&l.membership),
+        }))
+        .into_response(),
         Mode::Sim(run) => match run.info().await {
             Some(info) => Json(serde_json::json!({ "mode": "sim", "sim": info })).into_response(),
             None => bad(StatusCode::INTERNAL_SERVER_ERROR, "the simulation stopped"),
@@ -175,26 +221,34 @@ pub(crate) async fn gather(shared: Arc<Shared>) {
     let Mode::Cluster(l) = &shared.mode else { return };
     loop {
         let started = Instant::now();
-        let (nodes, actions) = {
-            let mut c = l.cluster.lock().await;
-            c.reap();
-            let nodes: Vec<NodeRow> = c
-                .nodes
-                .values()
-                .map(|n| NodeRow {
-                    name: n.name.clone(),
-                    role: n.role,
-                    process: n.process,
-                    isolated: n.isolated,
-                    delay_ms: n.delay_ms,
-                    starts: n.starts,
-                    admin: n.admin.clone(),
-                    edge: n.edge.clone(),
-                })
-                .collect();
-            (nodes, c.actions.iter().cloned().collect::<Vec<_>>())
+        // An action holds the cluster while a node starts or an admin call
+        // runs; the views are gathered meanwhile with the roster of the
+        // last look.
+        let roster = match l.cluster.try_lock() {
+            Ok(mut c) => {
+                c.reap();
+                let nodes: Vec<NodeRow> = c
+                    .nodes
+                    .values()
+                    .map(|n| NodeRow {
+                        name: n.name.clone(),
+                        role: n.role,
+                        process: n.process,
+                        isolated: n.isolated,
+                        delay_ms: n.delay_ms,
+                        starts: n.starts,
+                        admin: n.admin.clone(),
+                        edge: n.edge.clone(),
+                    })
+                    .collect();
+                Some((nodes, c.actions.iter().cloned().collect::<Vec<_>>()))
+            }
+            Err(_) => None,
         };
-        let mut nodes = nodes;
+        let (mut nodes, actions) = roster.unwrap_or_else(|| {
+            let g = l.gathered.lock().unwrap_or_else(|e| e.into_inner());
+            (g.nodes.clone(), g.actions.clone())
+        });
         nodes.sort_by_key(|n| (role_rank(n.role), n.name.len(), n.name.clone()));
         let mut asks = JoinSet::new();
         for n in nodes.iter().filter(|n| n.process == Process::Running) {
@@ -257,14 +311,31 @@ struct ViewQuery {
     view: Option<String>,
 }
 
-/// The default point of view: the first gateway, else the first node.
+/// The default point of view: the first running gateway, else the first
+/// running node.
 fn default_view(g: &Gathered) -> String {
-    g.nodes
-        .iter()
+    let running = || g.nodes.iter().filter(|n| n.process == Process::Running);
+    running()
         .find(|n| n.role == "gateway")
-        .or(g.nodes.first())
+        .or_else(|| running().next())
         .map(|n| n.name.clone())
         .unwrap_or_default()
+}
+
+/// The running nodes of the last look, as (name, admin, edge).
+fn running(l: &Live) -> Vec<(String, String, Option<String>)> {
+    let g = l.gathered.lock().unwrap_or_else(|e| e.into_inner());
+    g.nodes
+        .iter()
+        .filter(|n| n.process == Process::Running)
+        .map(|n| (n.name.clone(), n.admin.clone(), n.edge.clone()))
+        .collect()
+}
+
+/// The delay of a slowed link when none is given: half again the preset's
+/// probe period, so that acks come back after the prober gave up.
+fn slow_default(m: &membership::Config) -> u32 {
+    u32::try_from(m.probe_interval.as_millis() * 3 / 2).unwrap_or(u32::MAX)
 }
 
 async fn state(State(s): Shr, Query(q): Query<ViewQuery>) -> Response {
@@ -315,6 +386,7 @@ async fn state(State(s): Shr, Query(q): Query<ViewQuery>) -> Response {
         "ring": g.rings.get(&view_name),
         "rings_agree": checksums.len() <= 1,
         "flows": flows,
+        "sent": l.sent.load(Ordering::Relaxed),
         "actions": actions,
     }))
     .into_response()
@@ -339,7 +411,7 @@ async fn node_action(
         "restart" => c.restart(&name).await,
         "isolate" => c.isolate(&name, true).await,
         "repair" => c.isolate(&name, false).await,
-        "slow" => c.slow(&name, q.ms.unwrap_or(1500)).await,
+        "slow" => c.slow(&name, q.ms.unwrap_or_else(|| slow_default(&l.membership))).await,
         other => {
             return bad(
                 StatusCode::NOT_FOUND,
@@ -387,14 +459,7 @@ struct Receipt {
 
 async fn gossip(State(s): Shr, Json(body): Json<GossipBody>) -> Response {
     let Some(l) = live(&s) else { return not_live() };
-    let running: Vec<(String, String)> = {
-        let c = l.cluster.lock().await;
-        c.nodes
-            .values()
-            .filter(|n| n.process == Process::Running)
-            .map(|n| (n.name.clone(), n.admin.clone()))
-            .collect()
-    };
+    let running: Vec<(String, String)> = running(l).into_iter().map(|(n, a, _)| (n, a)).collect();
     let from = if body.from.is_empty() {
         running
             .iter()
@@ -478,17 +543,10 @@ struct SendBody {
 
 async fn send(State(s): Shr, Json(body): Json<SendBody>) -> Response {
     let Some(l) = live(&s) else { return not_live() };
-    let (gateway, edge, credential) = {
-        let c = l.cluster.lock().await;
-        let g = c
-            .nodes
-            .values()
-            .find(|n| n.process == Process::Running && n.edge.is_some());
-        match g {
-            Some(g) => (g.name.clone(), g.edge.clone().unwrap_or_default(), c.edge_key.clone()),
-            None => return bad(StatusCode::CONFLICT, "no gateway is running"),
-        }
+    let Some((gateway, _, Some(edge))) = running(l).into_iter().find(|(_, _, edge)| edge.is_some()) else {
+        return bad(StatusCode::CONFLICT, "no gateway is running");
     };
+    let credential = l.edge_key.clone();
     let started = Instant::now();
     let path = format!("/v1/conversations/{}/messages", percent_encode(&body.key));
     let edge_client = node::client::AdminClient::new(edge)
@@ -509,6 +567,7 @@ async fn send(State(s): Shr, Json(body): Json<SendBody>) -> Response {
                 flows.pop_front();
             }
             flows.push_back(flow.clone());
+            l.sent.fetch_add(1, Ordering::Relaxed);
             Json(serde_json::json!({ "reply": reply, "gateway": gateway, "ms": flow.ms })).into_response()
         }
         Err(e) => bad(StatusCode::BAD_GATEWAY, e),

@@ -8,6 +8,7 @@
 // the workspace), CHROMIUM (default /usr/bin/chromium), E2E_OUT (where the
 // screenshots go; default target/playground-e2e of the workspace).
 import { spawn, execFileSync } from "node:child_process";
+import { request } from "node:http";
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -49,6 +50,18 @@ function playground(args) {
 
 // `rumor playground SUBCOMMAND...` against the playground at `addr`.
 const cli = (addr, ...args) => execFileSync(rumor, ["playground", "--addr", addr, ...args], { encoding: "utf8", timeout: 120_000 });
+
+// A raw HTTP request, with a Host header of our choosing; its status.
+function httpStatus(url, method, headers = {}) {
+  return new Promise((resolveStatus, reject) => {
+    const req = request(url, { method, headers }, (res) => {
+      res.resume();
+      resolveStatus(res.statusCode);
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
 
 async function until(what, limitMs, fn) {
   const deadline = Date.now() + limitMs;
@@ -94,6 +107,10 @@ try {
   check(true, `the page lists all ${names.length} nodes, each alive`);
   await until("every node computing the same ring", 30_000, async () => ((await page.textContent("#agree")) || "").includes("same ring"));
   check((await page.locator("#ring-legend li").count()) === 5, "the ring shows five workers");
+  // Another site can neither post a form to the API nor reach it under a
+  // rebound name.
+  check((await httpStatus(`${pg.url}api/workers`, "POST")) === 415, "a POST that is not JSON is refused (415)");
+  check((await httpStatus(`${pg.url}api/state`, "GET", { Host: "attacker.example" })) === 403, "a request for another host name is refused (403)");
 
   // A chat message gets its reply, named after the worker that owns the key.
   await page.fill("#chat-key", "chat-1");

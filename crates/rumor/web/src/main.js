@@ -127,7 +127,7 @@ function startCluster(info) {
   app.append(nodesPanel, chatPanel, ringPanel, flowPanel, gossipPanel, actionsPanel);
 
   let state = null;
-  let seenFlows = 0;
+  let seenFlows = -1;
   let accepted = {};
 
   async function act(promise, ok) {
@@ -154,7 +154,7 @@ function startCluster(info) {
       buttons.push(
         n.delay_ms > 0
           ? el("button", { dataset: { action: "unslow" }, onclick: () => nodeAct(n.name, "slow", "?ms=0") }, "Unslow")
-          : el("button", { dataset: { action: "slow" }, onclick: () => nodeAct(n.name, "slow", "?ms=1500") }, "Slow link"),
+          : el("button", { dataset: { action: "slow" }, title: `Delay its gossip by ${info.slow_ms} ms`, onclick: () => nodeAct(n.name, "slow") }, "Slow link"),
       );
       if (n.role === "worker") buttons.push(el("button", { dataset: { action: "stop" }, onclick: () => nodeAct(n.name, "stop") }, "Remove"));
     } else {
@@ -257,10 +257,15 @@ function startCluster(info) {
     agree.textContent = s.rings_agree ? "every node computes the same ring" : "nodes disagree about the ring";
     agree.className = `pill ${s.rings_agree ? "ok" : "warn"}`;
     if (!s.view_answers) agree.textContent = `${s.view} does not answer`;
+    const age = Date.now() - s.t;
+    if (age > 2000) {
+      agree.textContent = `as of ${(age / 1000).toFixed(0)} s ago (an action is running)`;
+      agree.className = "pill warn";
+    }
     drawRing(s.ring);
     drawFlows(s.nodes);
-    if (s.flows.length !== seenFlows) {
-      seenFlows = s.flows.length;
+    if (s.sent !== seenFlows) {
+      seenFlows = s.sent;
       flowList.replaceChildren(
         ...s.flows
           .slice()
