@@ -47,17 +47,8 @@ enum Command {
         /// 0 picks a free one.
         #[arg(long, default_value_t = 8080)]
         edge_port: u16,
-        /// Workers answer with a real model: a GGUF file, served by llama.cpp's
-        /// `llama-server` (see --llama-server), which `rumor up` starts and stops.
-        #[arg(long, value_name = "PATH", conflicts_with = "backend")]
-        model: Option<PathBuf>,
-        /// The llama.cpp server binary for --model.
-        #[arg(long, value_name = "BIN", default_value = "llama-server")]
-        llama_server: PathBuf,
-        /// Workers answer with an OpenAI-compatible server that is already running,
-        /// e.g. http://127.0.0.1:8081/v1 (scripts/llama-server starts one).
-        #[arg(long, value_name = "URL")]
-        backend: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
     },
     /// Run one mesh node (gossip, mesh gRPC, admin HTTP) until Ctrl-C or SIGTERM.
     Node {
@@ -194,16 +185,8 @@ enum Command {
         /// Run without an event log (and so without the bridge).
         #[arg(long, conflicts_with = "kafka")]
         no_log: bool,
-        /// Workers answer with a real model: a GGUF file served by llama.cpp's `llama-server`.
-        #[arg(long, value_name = "PATH", conflicts_with = "backend")]
-        model: Option<PathBuf>,
-        /// The llama.cpp server binary for --model.
-        #[arg(long, value_name = "BIN", default_value = "llama-server")]
-        llama_server: PathBuf,
-        /// Workers answer with an OpenAI-compatible server already running, e.g.
-        /// http://127.0.0.1:8081/v1; without --model or --backend they echo.
-        #[arg(long, value_name = "URL")]
-        backend: Option<String>,
+        #[command(flatten)]
+        model: ModelArgs,
         /// Show the deterministic simulator instead of a real cluster.
         #[arg(long)]
         sim: bool,
@@ -235,6 +218,36 @@ enum Command {
         #[arg(long)]
         no_lifeguard: bool,
     },
+}
+
+/// What workers of `rumor up` and `rumor playground` answer with.
+#[derive(clap::Args, Debug)]
+struct ModelArgs {
+    /// Workers answer with a real model: a GGUF file, served by llama.cpp's
+    /// `llama-server` (see --llama-server), started and stopped with the cluster.
+    #[arg(long, value_name = "PATH", conflicts_with = "backend")]
+    model: Option<PathBuf>,
+    /// The llama.cpp server binary for --model.
+    #[arg(long, value_name = "BIN", default_value = "llama-server")]
+    llama_server: PathBuf,
+    /// Workers answer with an OpenAI-compatible server that is already running,
+    /// e.g. http://127.0.0.1:8081/v1 (scripts/llama-server starts one); without
+    /// --model or --backend they echo.
+    #[arg(long, value_name = "URL")]
+    backend: Option<String>,
+}
+
+impl ModelArgs {
+    fn model(self) -> Option<up::Model> {
+        match (self.model, self.backend) {
+            (Some(path), _) => Some(up::Model::Gguf {
+                path,
+                llama_server: self.llama_server,
+            }),
+            (None, Some(url)) => Some(up::Model::Backend(url)),
+            (None, None) => None,
+        }
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -351,13 +364,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             bridge_port,
             edge_port,
             model,
-            llama_server,
-            backend,
         } => {
             if workers == 0 {
                 bail!("--workers must be at least 1");
             }
-            let model = up::Model::from_flags(model, backend, llama_server);
+            let model = model.model();
             let opts = up::UpOptions {
                 workers,
                 base_port,
@@ -468,8 +479,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kafka,
             no_log,
             model,
-            llama_server,
-            backend,
             sim,
             nodes,
             seed,
@@ -479,7 +488,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if workers == 0 {
                     bail!("--workers must be at least 1");
                 }
-                let model = up::Model::from_flags(model, backend, llama_server);
+                let model = model.model();
                 let opts = playground::Options {
                     workers,
                     bind: addr

@@ -67,22 +67,6 @@ pub(crate) enum Model {
     Backend(String),
 }
 
-impl Model {
-    /// The model `--model PATH` (served by `llama_server`) or `--backend URL`
-    /// name; `None` when neither is given (workers echo).
-    pub(crate) fn from_flags(
-        model: Option<std::path::PathBuf>,
-        backend: Option<String>,
-        llama_server: std::path::PathBuf,
-    ) -> Option<Self> {
-        match (model, backend) {
-            (Some(path), _) => Some(Model::Gguf { path, llama_server }),
-            (None, Some(url)) => Some(Model::Backend(url)),
-            (None, None) => None,
-        }
-    }
-}
-
 /// The backend's base URL and model id for the workers, and the model
 /// server when one was started for them; `(None, None)` when they echo.
 pub(crate) async fn workers_backend(

@@ -19,7 +19,7 @@ use proto::api::{MemberStatus, MessageKind, SendRequest};
 
 mod common;
 
-use common::{TestDb, nanos};
+use common::{TestDb, eventually, nanos};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -27,21 +27,6 @@ async fn within<T>(f: impl Future<Output = T>) -> T {
     tokio::time::timeout(LIMIT, f)
         .await
         .expect("scenario did not finish in time")
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duration, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One `rumor node` process, killed (SIGKILL) when dropped.

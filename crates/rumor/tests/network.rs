@@ -37,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use checker::{Event, Row};
-use common::{TestDb, nanos};
+use common::{TestDb, eventually, nanos};
 use netns::{Net, Traffic};
 use node::client::AdminClient;
 use node::crypto::Key;
@@ -67,25 +67,16 @@ fn enabled(test: &str) -> bool {
 /// processes whose failure detection is timed, on a machine of 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-async fn within<T>(limit: Duration, f: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, f)
-        .await
-        .unwrap_or_else(|_| panic!("scenario did not finish within {limit:?}"))
-}
-
-/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
-async fn eventually<T, F: Future<Output = Option<T>>>(what: &str, limit: Duration, mut check: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+/// Runs `scenario` when the namespace tests are on, alone (see [`SERIAL`]),
+/// within `limit`.
+async fn alone(test: &str, limit: Duration, scenario: impl Future<Output = ()>) {
+    if !enabled(test) {
+        return;
     }
+    let _serial = SERIAL.lock().await;
+    tokio::time::timeout(limit, scenario)
+        .await
+        .unwrap_or_else(|_| panic!("scenario did not finish within {limit:?}"));
 }
 
 /// Prints a scenario's figures and appends them to the figures file.
@@ -718,11 +709,7 @@ const SENDERS: usize = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
-    if !enabled("scenario_crash_kill9_worker_dead_everywhere_then_rejoins") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    within(Duration::from_secs(120), async {
+    alone("scenario_crash_kill9_worker_dead_everywhere_then_rejoins", Duration::from_secs(120), async {
         let mut c = Cluster::start().await;
         let load = Load::start(c.gateways(), SENDERS);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -761,12 +748,8 @@ async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
-    if !enabled("scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     const LOSS_FOR: Duration = Duration::from_secs(60);
-    within(Duration::from_secs(180), async {
+    alone("scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead", Duration::from_secs(180), async {
         let c = Cluster::start().await;
         let all: Vec<usize> = (0..HOSTS).collect();
         let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
@@ -835,60 +818,56 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_partition_50_50_each_side_declares_the_other_dead_then_heals() {
-    if !enabled("scenario_partition_50_50_each_side_declares_the_other_dead_then_heals") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    within(Duration::from_secs(150), async {
-        let c = Cluster::start().await;
-        let load = Load::start(c.gateways(), SENDERS);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    alone(
+        "scenario_partition_50_50_each_side_declares_the_other_dead_then_heals",
+        Duration::from_secs(150),
+        async {
+            let c = Cluster::start().await;
+            let load = Load::start(c.gateways(), SENDERS);
+            tokio::time::sleep(Duration::from_secs(2)).await;
 
-        // gw1, fw, w1..w4 | gw2, w5..w9: a gateway and workers on each side.
-        let a: Vec<usize> = vec![0, 2, 3, 4, 5, 6];
-        let b: Vec<usize> = vec![1, 7, 8, 9, 10, 11];
-        let cut = Instant::now();
-        c.net.partition(&a, &b);
-        let expect: Vec<(usize, Vec<String>)> = a
-            .iter()
-            .map(|&h| (h, c.names(&b)))
-            .chain(b.iter().map(|&h| (h, c.names(&a))))
-            .collect();
-        let d = c.detect(cut, &expect, Duration::from_secs(30)).await;
-        // Each side goes on alone for a moment, its ring over its own workers.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+            // gw1, fw, w1..w4 | gw2, w5..w9: a gateway and workers on each side.
+            let a: Vec<usize> = vec![0, 2, 3, 4, 5, 6];
+            let b: Vec<usize> = vec![1, 7, 8, 9, 10, 11];
+            let cut = Instant::now();
+            c.net.partition(&a, &b);
+            let expect: Vec<(usize, Vec<String>)> = a
+                .iter()
+                .map(|&h| (h, c.names(&b)))
+                .chain(b.iter().map(|&h| (h, c.names(&a))))
+                .collect();
+            let d = c.detect(cut, &expect, Duration::from_secs(30)).await;
+            // Each side goes on alone for a moment, its ring over its own workers.
+            tokio::time::sleep(Duration::from_secs(2)).await;
 
-        let healed = Instant::now();
-        c.net.heal();
-        c.one_view(Duration::from_secs(60)).await;
-        let merged = healed.elapsed();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.check("partition", load).await;
-        let (sim_split, sim_heal) = predict::partition(&a, &b);
-        figures(
-            "partition",
-            &format!(
-                "two-way 6|6 partition: {}; after heal one view in {}. Simulator (median of 21 seeds): each side \
+            let healed = Instant::now();
+            c.net.heal();
+            c.one_view(Duration::from_secs(60)).await;
+            let merged = healed.elapsed();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.check("partition", load).await;
+            let (sim_split, sim_heal) = predict::partition(&a, &b);
+            figures(
+                "partition",
+                &format!(
+                    "two-way 6|6 partition: {}; after heal one view in {}. Simulator (median of 21 seeds): each side \
                  sees the other dead after {} ({:.2}x real), one view {} after repair ({:.2}x real)",
-                d.describe(),
-                ms(merged),
-                ms(sim_split),
-                d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
-                ms(sim_heal),
-                merged.as_secs_f64() / sim_heal.as_secs_f64()
-            ),
-        );
-    })
+                    d.describe(),
+                    ms(merged),
+                    ms(sim_split),
+                    d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
+                    ms(sim_heal),
+                    merged.as_secs_f64() / sim_heal.as_secs_f64()
+                ),
+            );
+        },
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_restart_at_a_new_address_everyone_sees_it_alive_there() {
-    if !enabled("scenario_restart_at_a_new_address_everyone_sees_it_alive_there") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
-    within(Duration::from_secs(120), async {
+    alone("scenario_restart_at_a_new_address_everyone_sees_it_alive_there", Duration::from_secs(120), async {
         let mut c = Cluster::start().await;
         let load = Load::start(c.gateways(), SENDERS);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -925,74 +904,74 @@ async fn scenario_restart_at_a_new_address_everyone_sees_it_alive_there() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_sigstop_worker_is_suspected_then_converges_after_sigcont() {
-    if !enabled("scenario_sigstop_worker_is_suspected_then_converges_after_sigcont") {
-        return;
-    }
-    let _serial = SERIAL.lock().await;
     const STOPPED_FOR: Duration = Duration::from_secs(3);
-    within(Duration::from_secs(120), async {
-        let mut c = Cluster::start().await;
-        let victim = c.index("w7");
-        let others: Vec<usize> = (0..HOSTS).filter(|&h| h != victim).collect();
-        let before_failures = c.counter(&others, "rumor_membership_failures_declared_total").await;
-        let before_refutations = c.counter(&[victim], "rumor_membership_refutations_total").await;
-        let load = Load::start(c.gateways(), SENDERS);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+    alone(
+        "scenario_sigstop_worker_is_suspected_then_converges_after_sigcont",
+        Duration::from_secs(120),
+        async {
+            let mut c = Cluster::start().await;
+            let victim = c.index("w7");
+            let others: Vec<usize> = (0..HOSTS).filter(|&h| h != victim).collect();
+            let before_failures = c.counter(&others, "rumor_membership_failures_declared_total").await;
+            let before_refutations = c.counter(&[victim], "rumor_membership_refutations_total").await;
+            let load = Load::start(c.gateways(), SENDERS);
+            tokio::time::sleep(Duration::from_secs(2)).await;
 
-        let stopped = Instant::now();
-        c.nodes[victim].signal("-STOP");
-        // Watch the others' views of w7 while it is stopped.
-        let mut first_suspect = None;
-        let mut first_dead_somewhere = None;
-        let mut dead_everywhere = None;
-        while stopped.elapsed() < STOPPED_FOR {
-            let views = c.views(&others).await;
-            let statuses: Vec<MemberStatus> = views
+            let stopped = Instant::now();
+            c.nodes[victim].signal("-STOP");
+            // Watch the others' views of w7 while it is stopped.
+            let mut first_suspect = None;
+            let mut first_dead_somewhere = None;
+            let mut dead_everywhere = None;
+            while stopped.elapsed() < STOPPED_FOR {
+                let views = c.views(&others).await;
+                let statuses: Vec<MemberStatus> = views
+                    .iter()
+                    .flatten()
+                    .filter_map(|v| v.members.iter().find(|m| m.name == "w7").map(|m| m.status()))
+                    .collect();
+                let t = stopped.elapsed();
+                if statuses.iter().any(|s| *s != MemberStatus::Alive) {
+                    first_suspect.get_or_insert(t);
+                }
+                if statuses.contains(&MemberStatus::Dead) {
+                    first_dead_somewhere.get_or_insert(t);
+                }
+                if statuses.len() == others.len() && statuses.iter().all(|s| *s == MemberStatus::Dead) {
+                    dead_everywhere.get_or_insert(t);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            c.nodes[victim].signal("-CONT");
+            let resumed = Instant::now();
+            c.one_view(Duration::from_secs(30)).await;
+            let converged = resumed.elapsed();
+            let failures: u64 = c
+                .counter(&others, "rumor_membership_failures_declared_total")
+                .await
                 .iter()
-                .flatten()
-                .filter_map(|v| v.members.iter().find(|m| m.name == "w7").map(|m| m.status()))
-                .collect();
-            let t = stopped.elapsed();
-            if statuses.iter().any(|s| *s != MemberStatus::Alive) {
-                first_suspect.get_or_insert(t);
-            }
-            if statuses.contains(&MemberStatus::Dead) {
-                first_dead_somewhere.get_or_insert(t);
-            }
-            if statuses.len() == others.len() && statuses.iter().all(|s| *s == MemberStatus::Dead) {
-                dead_everywhere.get_or_insert(t);
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        c.nodes[victim].signal("-CONT");
-        let resumed = Instant::now();
-        c.one_view(Duration::from_secs(30)).await;
-        let converged = resumed.elapsed();
-        let failures: u64 = c
-            .counter(&others, "rumor_membership_failures_declared_total")
-            .await
-            .iter()
-            .map(|(k, v)| v - before_failures[k])
-            .sum();
-        let refutations =
-            c.counter(&[victim], "rumor_membership_refutations_total").await["w7"] - before_refutations["w7"];
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.check("sigstop", load).await;
-        let opt = |d: Option<Duration>| d.map_or("never".into(), ms);
-        figures(
-            "sigstop",
-            &format!(
-                "SIGSTOP w7 for {}: first suspicion {}, first dead somewhere {}, dead everywhere {}; \
+                .map(|(k, v)| v - before_failures[k])
+                .sum();
+            let refutations =
+                c.counter(&[victim], "rumor_membership_refutations_total").await["w7"] - before_refutations["w7"];
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.check("sigstop", load).await;
+            let opt = |d: Option<Duration>| d.map_or("never".into(), ms);
+            figures(
+                "sigstop",
+                &format!(
+                    "SIGSTOP w7 for {}: first suspicion {}, first dead somewhere {}, dead everywhere {}; \
                  {failures} declarations of death, {refutations} refutations by w7; one view {} after SIGCONT",
-                ms(STOPPED_FOR),
-                opt(first_suspect),
-                opt(first_dead_somewhere),
-                opt(dead_everywhere),
-                ms(converged)
-            ),
-        );
-        assert!(first_suspect.is_some(), "a stopped worker is suspected");
-    })
+                    ms(STOPPED_FOR),
+                    opt(first_suspect),
+                    opt(first_dead_somewhere),
+                    opt(dead_everywhere),
+                    ms(converged)
+                ),
+            );
+            assert!(first_suspect.is_some(), "a stopped worker is suspected");
+        },
+    )
     .await;
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use node::client::AdminClient;
 use node::crypto::Key;
-use proto::api::{KeyOperation, Members};
+use proto::api::KeyOperation;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -474,16 +474,14 @@ fn append(path: &Path, line: &str) {
     }
 }
 
-/// A client for a node's admin API, with a short timeout: the page wants
-/// fresh answers, not late ones.
+/// A client for a node's admin API, for actions: a node that does not
+/// answer within 2 s is reported.
 pub(crate) fn client(admin: &str) -> AdminClient {
     AdminClient::new(admin.to_owned()).with_timeout(Duration::from_secs(2))
 }
 
-/// The members as `admin`'s node sees them; `None` when it does not answer.
-pub(crate) async fn members(admin: &str) -> Option<Members> {
-    tokio::time::timeout(Duration::from_millis(500), client(admin).members())
-        .await
-        .ok()?
-        .ok()
+/// A client for a glance at a node's state several times a second: an
+/// answer later than 500 ms is no use to the page.
+pub(crate) fn glance(admin: &str) -> AdminClient {
+    AdminClient::new(admin.to_owned()).with_timeout(Duration::from_millis(500))
 }

@@ -254,12 +254,10 @@ pub(crate) async fn gather(shared: Arc<Shared>) {
         for n in nodes.iter().filter(|n| n.process == Process::Running) {
             let (name, admin, worker) = (n.name.clone(), n.admin.clone(), n.role == "worker");
             asks.spawn(async move {
-                let view = cluster::members(&admin).await;
-                let ring = tokio::time::timeout(Duration::from_millis(500), cluster::client(&admin).ring())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                let accepted = if worker { accepted(&admin).await } else { None };
+                let node = cluster::glance(&admin);
+                let view = node.members().await.ok();
+                let ring = node.ring().await.ok();
+                let accepted = if worker { accepted(&node).await } else { None };
                 (name, view, ring, accepted)
             });
         }
@@ -295,11 +293,8 @@ fn role_rank(role: &str) -> u8 {
 }
 
 /// `rumor_worker_accepted_total` from a worker's metrics.
-async fn accepted(admin: &str) -> Option<u64> {
-    let text = tokio::time::timeout(Duration::from_millis(500), cluster::client(admin).metrics())
-        .await
-        .ok()?
-        .ok()?;
+async fn accepted(node: &node::client::AdminClient) -> Option<u64> {
+    let text = node.metrics().await.ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("rumor_worker_accepted_total "))
         .and_then(|v| v.trim().parse::<f64>().ok())
@@ -311,8 +306,8 @@ struct ViewQuery {
     view: Option<String>,
 }
 
-/// The default point of view: the first running gateway, else the first
-/// running node.
+/// The default point of view (and creator of gossip messages): the first
+/// running gateway, else the first running node.
 fn default_view(g: &Gathered) -> String {
     let running = || g.nodes.iter().filter(|n| n.process == Process::Running);
     running()
@@ -461,12 +456,7 @@ async fn gossip(State(s): Shr, Json(body): Json<GossipBody>) -> Response {
     let Some(l) = live(&s) else { return not_live() };
     let running: Vec<(String, String)> = running(l).into_iter().map(|(n, a, _)| (n, a)).collect();
     let from = if body.from.is_empty() {
-        running
-            .iter()
-            .find(|(n, _)| n.starts_with("gateway"))
-            .or(running.first())
-            .map(|(n, _)| n.clone())
-            .unwrap_or_default()
+        default_view(&l.gathered.lock().unwrap_or_else(|e| e.into_inner()))
     } else {
         body.from
     };

@@ -1,5 +1,27 @@
-//! What the real-process test files share: unique names, and a private
-//! PostgreSQL database per test.
+//! What the real-process test files share: unique names, waiting for an
+//! outcome, and a private PostgreSQL database per test.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `limit`.
+pub(crate) async fn eventually<T, F: Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// Nanoseconds since the epoch, to make names unique between runs.
 pub(crate) fn nanos() -> u128 {

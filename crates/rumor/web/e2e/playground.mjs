@@ -87,16 +87,22 @@ const browser = await chromium.launch({
   args: ["--no-sandbox", "--disable-dev-shm-usage"],
 });
 
-try {
-  // ------------------------------------------------ a real local cluster
-  const pg = await playground(["--workers", "5"]);
-  log(`cluster playground at ${pg.url}`);
-  const page = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+// A page at `url`; an error in its scripts fails the run.
+async function open(url, viewport) {
+  const page = await browser.newPage({ viewport });
   page.on("pageerror", (e) => {
     failed = true;
     log(`page error: ${e.message}`);
   });
-  await page.goto(pg.url);
+  await page.goto(url);
+  return page;
+}
+
+try {
+  // ------------------------------------------------ a real local cluster
+  const pg = await playground(["--workers", "5"]);
+  log(`cluster playground at ${pg.url}`);
+  const page = await open(pg.url, { width: 1400, height: 1300 });
 
   const names = ["gateway-1", "forward-1", "worker-1", "worker-2", "worker-3", "worker-4", "worker-5"];
   const status = (name) => page.getAttribute(`[data-node="${name}"]`, "data-status").catch(() => null);
@@ -194,12 +200,7 @@ try {
   // ------------------------------------------------ the simulator
   const sim = await playground(["--sim", "--nodes", "300", "--seed", "7"]);
   log(`simulator playground at ${sim.url}`);
-  const sp = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
-  sp.on("pageerror", (e) => {
-    failed = true;
-    log(`page error: ${e.message}`);
-  });
-  await sp.goto(sim.url);
+  const sp = await open(sim.url, { width: 1300, height: 1000 });
   await until("frame 0 drawn", 30_000, async () => (await sp.getAttribute("#sim-time", "data-frame")) === "0");
   await sp.click("#sim-step");
   await until("frame 1 after one step", 30_000, async () => (await sp.getAttribute("#sim-time", "data-frame")) === "1");
