@@ -26,7 +26,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -90,7 +90,7 @@ pub const ROUTES: &[Route] = &[
         method: "post",
         path: "/v1/forward",
         summary: "Inject a message into the mesh through the forward topic",
-        params: &[],
+        params: &[TRACEPARENT],
         request: Body::Json("SendRequest"),
         ok: (202, Body::Json("Forwarded")),
         errors: &[400, 413, 415, 422, 503],
@@ -132,6 +132,15 @@ pub const ROUTES: &[Route] = &[
         errors: &[],
     },
 ];
+
+const TRACEPARENT: Param = Param {
+    name: "traceparent",
+    location: "header",
+    kind: "string",
+    description: "W3C trace context of the caller's span: the message's spans in the mesh join its trace \
+                  (one not understood is ignored)",
+    values: &[],
+};
 
 const CONVERSATION: Param = Param {
     name: "key",
@@ -180,6 +189,7 @@ fn forward_request(body: SendRequest) -> Result<ForwardRequest, rules::FieldErro
         source,
         created_unix_ms: events::unix_ms(),
         timeout_ms,
+        traceparent: String::new(),
     })
 }
 
@@ -303,17 +313,26 @@ async fn dead_letters(State(s): Shr, params: Result<Query<HistoryParams>, QueryR
     Json(DeadLetters { dead_letters, next }).into_response()
 }
 
-async fn forward(State(s): Shr, body: Result<Json<SendRequest>, JsonRejection>) -> Response {
+async fn forward(State(s): Shr, headers: HeaderMap, body: Result<Json<SendRequest>, JsonRejection>) -> Response {
     let body = match body {
         Ok(Json(b)) => b,
         // The same statuses as a node's admin API for the same faults:
         // 400 bad JSON, 413 too large, 415 not JSON, 422 wrong field types.
         Err(e) => return (e.status(), format!("invalid forward request: {}\n", e.body_text())).into_response(),
     };
-    let req = match forward_request(body) {
+    let mut req = match forward_request(body) {
         Ok(req) => req,
         Err(e) => return bad_request(e.to_string()),
     };
+    // The inject's span starts the message's trace (or joins the caller's),
+    // and the request carries it through the forward topic into the mesh.
+    let received = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!("inject", otel.kind = "server", id = %req.id, key = %req.key);
+    stats::trace::follow(&span, received);
+    req.traceparent = stats::trace::pass_on(&span, received);
     let id = req.id.clone();
     let rec = codec::forward_request(&s.topics.forward, &req);
     match s.producer.send(&rec, s.forward_timeout).await {

@@ -67,6 +67,9 @@ pub(crate) struct Loop {
     firsts: BTreeMap<TopicPartition, i64>,
     batch_bytes: usize,
     batch_started: Option<Instant>,
+    /// The spans of the traced records in the batch, each in its message's
+    /// trace: from when the record was read until its batch was committed.
+    spans: Vec<tracing::Span>,
     /// An event found ready right after a write, handled next.
     peeked: Option<Result<ConsumerEvent, events::LogError>>,
     /// When the write before `peeked` began (`peeked` is a record).
@@ -114,6 +117,7 @@ impl Loop {
             firsts: BTreeMap::new(),
             batch_bytes: 0,
             batch_started: None,
+            spans: Vec::new(),
             peeked: None,
             ready_since: None,
             batches: 0,
@@ -306,33 +310,48 @@ impl Loop {
         }
         count(&self.shared.counters.records, 1);
         match codec::decode_message(&rec) {
-            Ok(m) => pb.rows.push(MessageRow {
-                message_id: m.id,
-                kind: m.kind,
-                conversation_key: m.key,
-                payload: m.payload.to_vec(),
-                worker: m.worker,
-                origin: m.origin,
-                source: m.source,
-                error_code: m.error.as_ref().map(|e| e.code as i32),
-                error_message: m.error.map(|e| e.message),
-                chunks: m.chunks as i64,
-                truncated: m.truncated,
-                created_unix_ms: m.created_unix_ms as i64,
-                deadline_unix_ms: m.deadline_unix_ms as i64,
-                topic: rec.topic,
-                partition: rec.partition,
-                offset: rec.offset,
-                usage: m.usage.map(|u| Usage {
-                    prompt_tokens: u.prompt_tokens.into(),
-                    completion_tokens: u.completion_tokens.into(),
-                    cached_tokens: u.cached_tokens.into(),
-                    first_token_ms: u.first_token_ms.into(),
-                    backend: u.backend,
-                    model: u.model,
-                }),
-                raw: rec.value,
-            }),
+            Ok(m) => {
+                if !m.traceparent.is_empty() {
+                    let span = tracing::info_span!(
+                        "store",
+                        otel.kind = "consumer",
+                        id = %m.id,
+                        kind = m.kind().as_str_name(),
+                        partition = rec.partition,
+                        offset = rec.offset,
+                        outcome = tracing::field::Empty,
+                    );
+                    stats::trace::follow(&span, &m.traceparent);
+                    self.spans.push(span);
+                }
+                pb.rows.push(MessageRow {
+                    message_id: m.id,
+                    kind: m.kind,
+                    conversation_key: m.key,
+                    payload: m.payload.to_vec(),
+                    worker: m.worker,
+                    origin: m.origin,
+                    source: m.source,
+                    error_code: m.error.as_ref().map(|e| e.code as i32),
+                    error_message: m.error.map(|e| e.message),
+                    chunks: m.chunks as i64,
+                    truncated: m.truncated,
+                    created_unix_ms: m.created_unix_ms as i64,
+                    deadline_unix_ms: m.deadline_unix_ms as i64,
+                    topic: rec.topic,
+                    partition: rec.partition,
+                    offset: rec.offset,
+                    usage: m.usage.map(|u| Usage {
+                        prompt_tokens: u.prompt_tokens.into(),
+                        completion_tokens: u.completion_tokens.into(),
+                        cached_tokens: u.cached_tokens.into(),
+                        first_token_ms: u.first_token_ms.into(),
+                        backend: u.backend,
+                        model: u.model,
+                    }),
+                    raw: rec.value,
+                })
+            }
             Err(e) => {
                 tracing::warn!(
                     "bridge: {}/{} offset {}: dead letter: {e}",
@@ -353,6 +372,7 @@ impl Loop {
     }
 
     fn reset_batch(&mut self) {
+        self.spans.clear();
         self.batch.partitions.clear();
         self.firsts.clear();
         self.batch_bytes = 0;
@@ -378,6 +398,7 @@ impl Loop {
             },
         );
         let firsts = std::mem::take(&mut self.firsts);
+        let spans = std::mem::take(&mut self.spans);
         let records = batch.len();
         self.reset_batch();
         match written {
@@ -386,6 +407,9 @@ impl Loop {
                 duplicates,
                 dead,
             } => {
+                for span in &spans {
+                    span.record("outcome", "committed");
+                }
                 let c = &self.shared.counters;
                 count(&c.batches, 1);
                 count(&c.rows_inserted, inserted);
@@ -419,6 +443,9 @@ impl Loop {
             }
             Written::Fenced(fenced) => {
                 count(&self.shared.counters.fence_conflicts, 1);
+                for span in &spans {
+                    span.record("outcome", "another consumer stored it first");
+                }
                 tracing::info!(
                     partitions = ?fenced,
                     "bridge: another consumer stored these partitions first; re-reading from the stored offsets"

@@ -74,6 +74,7 @@ pub fn inbound(worker: &str, msg: &Envelope) -> MessageRecord {
         origin: msg.origin.clone(),
         created_unix_ms: crate::unix_ms(),
         deadline_unix_ms: msg.deadline_unix_ms,
+        traceparent: msg.traceparent.clone(),
         ..Default::default()
     }
 }

@@ -198,6 +198,8 @@ async fn message(s: &Arc<Shared>, key: String, headers: &HeaderMap, body: Body) 
         model: req.model,
         timeout_ms: u64::from(req.timeout_ms),
         resume_grace: s.config.resume_grace,
+        traceparent: crate::message::traceparent(headers),
+        via: "http",
     };
     let events = wants_events(headers);
     let (id, rx) = start(s, &cred, out, permit).await?;

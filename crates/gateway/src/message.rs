@@ -14,6 +14,7 @@ use proto::rules;
 use proto::text::Utf8Chunks;
 use tokio_stream::StreamExt as _;
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::Shared;
 use crate::auth::Credential;
@@ -36,6 +37,10 @@ pub(crate) struct Outbound {
     /// How long the owner goes on when this caller's stream breaks, for
     /// the client to come back and watch the rest (zero: stop at once).
     pub(crate) resume_grace: std::time::Duration,
+    /// The client's W3C trace context, when it sent one; empty otherwise.
+    pub(crate) traceparent: String,
+    /// The route it came by, for its span: `websocket`, `http` or `openai`.
+    pub(crate) via: &'static str,
 }
 
 /// A refusal or failure as clients see it: a stable code, a text for
@@ -177,10 +182,13 @@ pub(crate) struct Steps {
     started: Instant,
     /// Whether the first chunk (or the end) was timed already.
     first_timed: bool,
+    /// The message's span at the edge: it ends when the reply does (or the
+    /// client stops reading it).
+    span: tracing::Span,
 }
 
 impl Steps {
-    fn new(stream: ReplyStream, latency: Latency, started: Instant) -> Self {
+    fn new(stream: ReplyStream, latency: Latency, started: Instant, span: tracing::Span) -> Self {
         Self {
             stream,
             text: Utf8Chunks::default(),
@@ -189,6 +197,7 @@ impl Steps {
             latency,
             started,
             first_timed: false,
+            span,
         }
     }
 
@@ -205,6 +214,8 @@ impl Steps {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(status)) => {
                     self.ended = true;
+                    self.span.record("otel.status_code", "error");
+                    self.span.record("error", status.message());
                     return Some(Step::Failed(EdgeError::from_code(status.code(), status.message())));
                 }
                 None => {
@@ -236,6 +247,13 @@ impl Steps {
         }
         if end && c.error.is_none() {
             self.latency.reply.observe(self.started.elapsed().as_secs_f64());
+        }
+        if end {
+            self.span.record("worker", c.worker.as_str());
+            if let Some(e) = &c.error {
+                self.span.record("otel.status_code", "error");
+                self.span.record("error", e.message.as_str());
+            }
         }
         let chunk = (!text.is_empty()).then(|| Step::Chunk {
             text,
@@ -287,7 +305,22 @@ impl Shared {
             )
             .retry_after(wait));
         }
+        // The message's span at the edge: the root of its trace, or the
+        // child of the client's span when the client sent its trace context.
+        let span = tracing::info_span!(
+            "edge",
+            otel.kind = "server",
+            node = %self.name,
+            id,
+            key = %out.key,
+            via = out.via,
+            worker = tracing::field::Empty,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        stats::trace::follow(&span, &out.traceparent);
         let envelope = Envelope {
+            traceparent: stats::trace::pass_on(&span, &out.traceparent),
             id: id.to_owned(),
             key: out.key,
             payload: out.payload,
@@ -299,9 +332,13 @@ impl Shared {
         };
         self.count(|c| &c.messages);
         let started = Instant::now();
-        match self.router.send(envelope).await {
-            Ok(stream) => Ok(Steps::new(stream, self.latency.clone(), started)),
-            Err(status) => Err(EdgeError::from_code(status.code(), status.message())),
+        match self.router.send(envelope).instrument(span.clone()).await {
+            Ok(stream) => Ok(Steps::new(stream, self.latency.clone(), started, span)),
+            Err(status) => {
+                span.record("otel.status_code", "error");
+                span.record("error", status.message());
+                Err(EdgeError::from_code(status.code(), status.message()))
+            }
         }
     }
 
@@ -329,6 +366,17 @@ impl Shared {
         }
         Ok(())
     }
+}
+
+/// The client's W3C trace context from a request's `traceparent` header;
+/// empty when absent or not text. [`Shared::send`] ignores one it does not
+/// understand, as the spec asks.
+pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A fresh message id.

@@ -242,6 +242,8 @@ async fn completion(s: &Arc<Shared>, headers: &HeaderMap, body: Body) -> Result<
         model: model.clone(),
         timeout_ms: 0,
         resume_grace: std::time::Duration::ZERO,
+        traceparent: crate::message::traceparent(headers),
+        via: "openai",
     };
     let (id, rx) = start(s, &cred, out, permit).await?;
     let id = format!("chatcmpl-{id}");

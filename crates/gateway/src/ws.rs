@@ -486,6 +486,8 @@ async fn deliver(
         model: m.model,
         timeout_ms: u64::from(m.timeout_ms),
         resume_grace: s.config.resume_grace,
+        traceparent: m.traceparent,
+        via: "websocket",
     };
     let mut steps = match s.send(&cred, outbound, &id).await {
         Ok(steps) => steps,

@@ -634,7 +634,7 @@ fn end_event_with(inner: &Inner, log: &Log, id: &str, error: Option<WireError>, 
 
 async fn run_job(inner: &Arc<Inner>, job: Job) {
     let Job {
-        envelope,
+        mut envelope,
         accepted,
         deadline,
         tx,
@@ -643,8 +643,29 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     } = job;
     let id = envelope.id.clone();
     let mkey = message_key(&envelope);
-    inner.queued.observe(accepted.elapsed().as_secs_f64());
+    let queued = accepted.elapsed();
+    inner.queued.observe(queued.as_secs_f64());
+    // The message's span at this worker, in the trace of the router that
+    // handed it over; the processor's spans, the records and so the
+    // bridge's write are its children.
+    let span = tracing::info_span!(
+        "process",
+        id = %id,
+        worker = %inner.name,
+        queued_ms = queued.as_millis() as u64,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    stats::trace::follow(&span, &envelope.traceparent);
+    envelope.traceparent = stats::trace::pass_on(&span, &envelope.traceparent);
+    let ended = |outcome: &str, failed: bool| {
+        span.record("outcome", outcome);
+        if failed {
+            span.record("otel.status_code", "error");
+        }
+    };
     if Instant::now() >= deadline {
+        ended("expired while queued", true);
         inner.counters.expired.fetch_add(1, Ordering::Relaxed);
         inner.finish(&mkey, None);
         let why = format!("message {id}: deadline passed while queued at {}", inner.name);
@@ -656,6 +677,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     if cancel.on.load(Ordering::Relaxed) || (tx.is_closed() && log.watchers() == 0 && grace.is_zero()) {
         // Cancelled, or its caller left while it was queued, may not come
         // back and nobody watches the conversation: nothing to do.
+        ended("cancelled while queued", false);
         inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         inner.finish(&mkey, None);
         end_event(
@@ -701,11 +723,12 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             };
             (outcome, out)
         }
-        .instrument(tracing::info_span!("process", id = %id)),
+        .instrument(span.clone()),
     );
     let (outcome, mut out) = match task.await {
         Ok(done) => done,
         Err(_panic) => {
+            ended("the processor panicked", true);
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
             let why = format!("message {id}: the processor at {} panicked", inner.name);
             end_event(inner, &log, &id, Some(wire_error(Code::Internal, &why)));
@@ -742,6 +765,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             format!("message {id}: deadline passed during processing at {}", inner.name),
         )),
         Outcome::Cancelled(why) => {
+            ended(why, false);
             // Forgotten, so a retry under the same id is processed afresh.
             inner.counters.cancelled.fetch_add(1, Ordering::Relaxed);
             inner.finish(&mkey, None);
@@ -763,6 +787,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     // that has seen the end of the reply and retries always finds it there.
     let mut terminal = match result {
         Ok(()) => {
+            ended("answered", false);
             let last = out.terminal(None);
             out.keep(&last);
             inner.counters.completed.fetch_add(1, Ordering::Relaxed);
@@ -770,6 +795,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
             last
         }
         Err(e) => {
+            ended(&format!("failed: {:?}: {}", e.code, e.message), true);
             inner.counters.failed.fetch_add(1, Ordering::Relaxed);
             inner.finish(&mkey, None);
             out.terminal(Some(WireError {

@@ -264,6 +264,11 @@ impl Http {
         if let Some(key) = &self.api_key {
             req = req.header("authorization", format!("Bearer {key}"));
         }
+        // The backend's spans, when it traces, join the message's trace.
+        let traceparent = stats::trace::traceparent(&tracing::Span::current());
+        if !traceparent.is_empty() {
+            req = req.header("traceparent", traceparent);
+        }
         let req = req
             .body(Full::new(HBytes::copy_from_slice(body)))
             .map_err(|e| Attempt::fail(Code::Internal, format!("building the request: {e}")))?;

@@ -30,6 +30,7 @@ use proto::mesh::{ChatMessage, ChatRequest, Envelope, Usage};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::backend::{BadUrl, Http, Limits, Stream};
 use crate::sse::SseBuffer;
@@ -295,6 +296,11 @@ impl OpenAi {
         t.completion_tokens
             .fetch_add(usage.completion_tokens.into(), Ordering::Relaxed);
         t.cached_tokens.fetch_add(usage.cached_tokens.into(), Ordering::Relaxed);
+        let span = tracing::Span::current();
+        span.record("prompt_tokens", usage.prompt_tokens);
+        span.record("completion_tokens", usage.completion_tokens);
+        span.record("cached_tokens", usage.cached_tokens);
+        span.record("first_token_ms", usage.first_token_ms);
         out.set_usage(usage);
         if let Some(turn) = user_turn {
             self.contexts().remember(&msg.key, turn, answer);
@@ -348,6 +354,22 @@ impl OpenAi {
     }
 }
 
+/// The span of one call to an OpenAI-compatible backend, with what it cost.
+fn backend_span(backend: &str, model: &str) -> tracing::Span {
+    tracing::info_span!(
+        "backend",
+        otel.kind = "client",
+        backend,
+        model,
+        prompt_tokens = tracing::field::Empty,
+        completion_tokens = tracing::field::Empty,
+        cached_tokens = tracing::field::Empty,
+        first_token_ms = tracing::field::Empty,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    )
+}
+
 impl Processor for OpenAi {
     fn models(&self) -> Vec<String> {
         vec![self.cfg.model.clone()]
@@ -356,9 +378,20 @@ impl Processor for OpenAi {
     fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
         Box::pin(async move {
             self.tally.requests.fetch_add(1, Ordering::Relaxed);
-            let r = self.run(msg, out).await;
-            if r.as_ref().is_err_and(|e| e.code != Code::Cancelled) {
-                self.tally.failed.fetch_add(1, Ordering::Relaxed);
+            let span = backend_span(
+                &self.cfg.name,
+                if msg.model.is_empty() {
+                    &self.cfg.model
+                } else {
+                    &msg.model
+                },
+            );
+            let r = self.run(msg, out).instrument(span.clone()).await;
+            if let Err(e) = &r {
+                crate::failed(&span, e);
+                if e.code != Code::Cancelled {
+                    self.tally.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             r
         })

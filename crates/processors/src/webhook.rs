@@ -31,6 +31,7 @@ use proto::mesh::Envelope;
 use serde_json::json;
 use tokio::time::Instant;
 use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::backend::{BadUrl, Http, Limits, Stream};
 use crate::sse::SseBuffer;
@@ -190,9 +191,19 @@ impl Processor for Webhook {
     fn process<'a>(&'a self, msg: &'a Envelope, out: &'a mut Replies) -> ProcessFuture<'a> {
         Box::pin(async move {
             self.requests.fetch_add(1, Ordering::Relaxed);
-            let r = self.run(msg, out).await;
-            if r.as_ref().is_err_and(|e| e.code != Code::Cancelled) {
-                self.failed.fetch_add(1, Ordering::Relaxed);
+            let span = tracing::info_span!(
+                "backend",
+                otel.kind = "client",
+                backend = %self.cfg.name,
+                error = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let r = self.run(msg, out).instrument(span.clone()).await;
+            if let Err(e) = &r {
+                crate::failed(&span, e);
+                if e.code != Code::Cancelled {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
             r
         })

@@ -33,7 +33,7 @@ pub enum Body {
 pub struct Param {
     /// Its name.
     pub name: &'static str,
-    /// `path` or `query`.
+    /// `path`, `query` or `header`.
     pub location: &'static str,
     /// A JSON schema type: `string` or `integer`.
     pub kind: &'static str,

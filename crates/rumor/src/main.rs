@@ -7,6 +7,7 @@ use std::time::Duration;
 mod bridge_cmd;
 mod commands;
 mod playground;
+mod telemetry;
 mod up;
 
 use anyhow::{Context, bail};
@@ -271,55 +272,6 @@ enum KeyOp {
     },
 }
 
-/// rumor's own crates, whose level a plain `RUMOR_LOG=debug` sets.
-const OWN_CRATES: [&str; 12] = [
-    "rumor",
-    "server",
-    "node",
-    "gateway",
-    "rumor_ring",
-    "membership",
-    "events",
-    "bridge",
-    "processors",
-    "sim",
-    "proto",
-    "stats",
-];
-
-/// Logs to stderr, each line with its spans (node name, message id,
-/// conversation key). `RUMOR_LOG` is a level for rumor's own crates (error,
-/// warn, info, debug, trace; default warn, other crates stay at warn), or
-/// per-target directives such as `node=debug,sqlx=info`, with every target
-/// they do not name at warn unless they give a bare level too.
-fn init_logging() -> anyhow::Result<()> {
-    use tracing_subscriber::filter::{LevelFilter, Targets};
-    use tracing_subscriber::prelude::*;
-    let spec = std::env::var("RUMOR_LOG").unwrap_or_default();
-    let filter = match spec.trim() {
-        "" => Targets::new().with_default(LevelFilter::WARN),
-        s => match s.parse::<LevelFilter>() {
-            Ok(level) => Targets::new()
-                .with_default(LevelFilter::WARN)
-                .with_targets(OWN_CRATES.map(|c| (c, level))),
-            Err(_) => {
-                let targets = s.parse::<Targets>().map_err(|e| {
-                    anyhow::anyhow!("RUMOR_LOG: {s:?} is neither a level nor target=level directives: {e}")
-                })?;
-                match targets.default_level() {
-                    Some(_) => targets,
-                    None => targets.with_default(LevelFilter::WARN),
-                }
-            }
-        },
-    };
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
-    Ok(())
-}
-
 /// A seed from the clock when none is given; it is printed, so the run can be replayed.
 fn seed_or_new(seed: Option<u64>) -> u64 {
     seed.unwrap_or_else(|| {
@@ -355,7 +307,24 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    init_logging()?;
+    let rt = runtime()?;
+    // Inside the runtime: the trace exporter starts its tasks on it.
+    let entered = rt.enter();
+    let serves = matches!(
+        cli.command,
+        Command::Up { .. } | Command::Node { .. } | Command::Bridge { .. }
+    );
+    let traces = telemetry::init(serves)?;
+    let result = dispatch(cli, &rt);
+    if let Some(traces) = traces {
+        // The last spans, before the runtime that exports them stops.
+        traces.shutdown();
+    }
+    drop(entered);
+    result
+}
+
+fn dispatch(cli: Cli, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     match cli.command {
         Command::Up {
             workers,
@@ -377,7 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 edge_port,
                 model,
             };
-            runtime()?.block_on(up::run(opts))?;
+            rt.block_on(up::run(opts))?;
         }
         Command::Node {
             config,
@@ -411,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 preset,
             });
             let server_config = file.into_server_config()?;
-            runtime()?.block_on(commands::node(server_config, exit_on_eof))?;
+            rt.block_on(commands::node(server_config, exit_on_eof))?;
         }
         Command::Bridge {
             config,
@@ -429,7 +398,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 crash_after_batch,
             };
             let cfg = bridge_cmd::BridgeFile::load(config.as_deref())?.into_config(|k| std::env::var(k).ok(), flags)?;
-            runtime()?.block_on(bridge_cmd::run(cfg))?;
+            rt.block_on(bridge_cmd::run(cfg))?;
         }
         Command::Key {
             name,
@@ -450,13 +419,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("watch_only = true");
             }
         }
-        Command::Status { admin } => runtime()?.block_on(commands::status(&admin))?,
+        Command::Status { admin } => rt.block_on(commands::status(&admin))?,
         Command::Send {
             admin,
             key,
             timeout_ms,
             message,
-        } => runtime()?.block_on(commands::send(&admin, key, message, Duration::from_millis(timeout_ms)))?,
+        } => rt.block_on(commands::send(&admin, key, message, Duration::from_millis(timeout_ms)))?,
         Command::Keys { admin, all, op } => {
             let op = match op {
                 None | Some(KeyOp::List) => None,
@@ -464,13 +433,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(KeyOp::Use { key }) => Some((KeyOperation::Use, key)),
                 Some(KeyOp::Remove { key }) => Some((KeyOperation::Remove, key)),
             };
-            runtime()?.block_on(commands::keys(&admin, op, all))?
+            rt.block_on(commands::keys(&admin, op, all))?
         }
         Command::Gossip {
             admin,
             wait_ms,
             message,
-        } => runtime()?.block_on(commands::gossip(&admin, message, Duration::from_millis(wait_ms)))?,
+        } => rt.block_on(commands::gossip(&admin, message, Duration::from_millis(wait_ms)))?,
         Command::Playground {
             op,
             addr,
@@ -483,7 +452,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             nodes,
             seed,
         } => match op {
-            Some(op) => runtime()?.block_on(playground::op(&addr, op))?,
+            Some(op) => rt.block_on(playground::op(&addr, op))?,
             None => {
                 if workers == 0 {
                     bail!("--workers must be at least 1");
@@ -500,7 +469,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     model,
                     sim: sim.then_some((nodes, seed)),
                 };
-                runtime()?.block_on(playground::run(opts))?
+                rt.block_on(playground::run(opts))?
             }
         },
         Command::Sim {

@@ -48,7 +48,20 @@ impl Proc {
 
     /// Like [`Proc::start`], with `config` (TOML text) as the config file.
     fn start_with(name: &str, roles: &str, seeds: &[&str], key: &str, config: Option<&str>) -> Proc {
+        Self::start_env(name, roles, seeds, key, config, &[])
+    }
+
+    /// Like [`Proc::start_with`], with environment variables `env` set.
+    fn start_env(
+        name: &str,
+        roles: &str,
+        seeds: &[&str],
+        key: &str,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_rumor"));
+        cmd.envs(env.iter().copied());
         if let Some(text) = config {
             let file = std::env::temp_dir().join(format!("rumor-test-{}-{name}-{}.toml", std::process::id(), nanos()));
             std::fs::write(&file, text).unwrap();
@@ -780,6 +793,11 @@ impl BridgeProc {
 
     /// Like [`BridgeProc::start`], with the database and the brokers given.
     fn start_at(database_url: &str, brokers: &str, topics: &str, extra: &[&str]) -> BridgeProc {
+        Self::start_env(database_url, brokers, topics, extra, &[])
+    }
+
+    /// Like [`BridgeProc::start_at`], with environment variables `env` set.
+    fn start_env(database_url: &str, brokers: &str, topics: &str, extra: &[&str], env: &[(&str, &str)]) -> BridgeProc {
         let file = std::env::temp_dir().join(format!("rumor-test-bridge-{}-{}.toml", std::process::id(), nanos()));
         let text = format!(
             "database_url = \"{database_url}\"\nbrokers = \"{brokers}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
@@ -790,6 +808,7 @@ impl BridgeProc {
             .args(["bridge", "--config"])
             .arg(&file)
             .args(extra)
+            .envs(env.iter().copied())
             .env_remove("RUMOR_DATABASE_URL")
             .env_remove("RUMOR_KAFKA_BROKERS")
             .stdin(Stdio::null())
@@ -1738,6 +1757,414 @@ async fn every_metrics_endpoint_follows_the_prometheus_conventions_promtool_chec
         assert_eq!(count("worker admin", "rumor_worker_processing_seconds"), 1);
         assert_eq!(count("worker admin", "rumor_worker_queued_seconds"), 1);
         assert!(count("bridge", "rumor_bridge_batch_seconds") >= 1);
+    })
+    .await;
+}
+
+/// A small OTLP/gRPC trace receiver (the collector's trace service, on the
+/// opentelemetry-proto types): it keeps every span the processes export.
+mod otlp {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+    use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+
+    /// One span as received.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Got {
+        /// The exporting process's `service.name`.
+        pub(crate) service: String,
+        pub(crate) name: String,
+        pub(crate) trace_id: Vec<u8>,
+        pub(crate) span_id: Vec<u8>,
+        /// Empty for a root span.
+        pub(crate) parent: Vec<u8>,
+        pub(crate) attributes: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Clone, Default)]
+    pub(crate) struct Receiver {
+        pub(crate) spans: Arc<Mutex<Vec<Got>>>,
+    }
+
+    fn text(v: Option<&AnyValue>) -> String {
+        match v.and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            Some(Value::IntValue(i)) => i.to_string(),
+            Some(Value::BoolValue(b)) => b.to_string(),
+            Some(Value::DoubleValue(d)) => d.to_string(),
+            Some(other) => format!("{other:?}"),
+            None => String::new(),
+        }
+    }
+
+    fn map(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+        kvs.iter().map(|kv| (kv.key.clone(), text(kv.value.as_ref()))).collect()
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Receiver {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut got = Vec::new();
+            for rs in request.into_inner().resource_spans {
+                let resource = rs.resource.map(|r| map(&r.attributes)).unwrap_or_default();
+                let service = resource.get("service.name").cloned().unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        got.push(Got {
+                            service: service.clone(),
+                            name: s.name,
+                            trace_id: s.trace_id,
+                            span_id: s.span_id,
+                            parent: s.parent_span_id,
+                            attributes: map(&s.attributes),
+                        });
+                    }
+                }
+            }
+            self.spans.lock().unwrap().extend(got);
+            Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        }
+    }
+
+    impl Receiver {
+        /// Serves on 127.0.0.1; returns the receiver and its endpoint URL.
+        pub(crate) async fn start() -> (Receiver, String) {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let receiver = Receiver::default();
+            let service = TraceServiceServer::new(receiver.clone());
+            tokio::spawn(async move {
+                let incoming = async_incoming(listener);
+                tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(incoming)
+                    .await
+            });
+            (receiver, format!("http://{addr}"))
+        }
+
+        /// The spans of trace `trace_id` received so far.
+        pub(crate) fn trace(&self, trace_id: &[u8]) -> Vec<Got> {
+            let spans = self.spans.lock().unwrap();
+            spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect()
+        }
+
+        /// The trace id of the `edge` span of message `id`, once received.
+        pub(crate) fn trace_of(&self, id: &str) -> Option<Vec<u8>> {
+            let spans = self.spans.lock().unwrap();
+            spans
+                .iter()
+                .find(|s| s.name == "edge" && s.attributes.get("id").map(String::as_str) == Some(id))
+                .map(|s| s.trace_id.clone())
+        }
+    }
+
+    /// The listener's connections as a stream, for tonic.
+    fn async_incoming(
+        listener: tokio::net::TcpListener,
+    ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+        futures_util::stream::unfold(listener, |l| async move {
+            let next = l.accept().await.map(|(s, _)| s);
+            Some((next, l))
+        })
+    }
+}
+
+/// An OpenAI-compatible backend that answers "traced" and keeps the
+/// `traceparent` header of every request.
+async fn traceparent_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::response::IntoResponse as _;
+    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let kept = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let seen = kept.clone();
+            async move {
+                let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
+                seen.lock().unwrap().push(tp.to_owned());
+                let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "traced"}}]});
+                let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
+                ([("content-type", "text/event-stream")], body).into_response()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Checks that `spans` form one trace hanging from one span whose parent is
+/// `root_parent` (empty: a root span): every other span's parent is a span
+/// of the trace. Returns the spans as "service/name" from the top, or why not.
+fn connected(spans: &[otlp::Got], root_parent: &[u8]) -> Result<Vec<String>, String> {
+    let ids: BTreeSet<&[u8]> = spans.iter().map(|s| s.span_id.as_slice()).collect();
+    let tops: Vec<&otlp::Got> = spans.iter().filter(|s| s.parent == root_parent).collect();
+    if tops.len() != 1 {
+        return Err(format!("{} spans hang from the client's span, not 1", tops.len()));
+    }
+    for s in spans {
+        if s.parent != root_parent && !ids.contains(s.parent.as_slice()) {
+            return Err(format!(
+                "{}/{} has parent {}, which is not in the trace",
+                s.service,
+                s.name,
+                hex(&s.parent)
+            ));
+        }
+    }
+    // Walk down from the top, so the order says who called whom.
+    let mut order = Vec::new();
+    let mut frontier = vec![tops[0]];
+    while let Some(s) = frontier.pop() {
+        order.push(format!("{}/{}", s.service, s.name));
+        frontier.extend(spans.iter().filter(|c| c.parent == s.span_id));
+    }
+    if order.len() != spans.len() {
+        return Err(format!(
+            "only {} of {} spans are reached from the top",
+            order.len(),
+            spans.len()
+        ));
+    }
+    Ok(order)
+}
+
+/// POSTs JSON `body` to `addr`'s `path` with `headers`; the status and body.
+async fn post_with(addr: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         {extra}content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned())
+}
+
+/// [`post_with`] to the edge, with its credential.
+async fn edge_post(edge: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let auth = format!("Bearer {EDGE_KEY}");
+    let mut all = vec![("authorization", auth.as_str())];
+    all.extend_from_slice(headers);
+    post_with(edge, path, body, &all).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_yields_one_connected_trace_from_the_edge_through_the_worker_and_backend_to_the_bridge() {
+    within(async {
+        let (receiver, endpoint) = otlp::Receiver::start().await;
+        let env = |service: &'static str| {
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+                ("OTEL_SERVICE_NAME", service.to_owned()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+            ]
+        };
+        let db = TestDb::create("rumor_traces").await;
+        let topics = format!("t{}", nanos());
+        let events = event_config(&topics);
+        let bridge_env = env("rumor-bridge");
+        let bridge_env: Vec<(&str, &str)> = bridge_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let bridge = BridgeProc::start_env(&db.url(), &kafka(), &topics, &[], &bridge_env);
+        let (backend, headers) = traceparent_backend().await;
+        let worker_config = format!(
+            "{events}[worker]\nprocessor = \"openai\"\n[worker.openai]\nbase_url = \"{backend}\"\nmodel = \"m\"\n"
+        );
+        let key = Key::generate().to_base64();
+        let gw_config = format!("{}\n{events}", edge_config());
+        let start = |name: &'static str, roles: &str, seeds: &[&str], config: &str| {
+            let vars = env(match name {
+                "gw" => "rumor-gw",
+                "fw" => "rumor-fw",
+                "w1" => "rumor-w1",
+                _ => "rumor-w2",
+            });
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            Proc::start_env(name, roles, seeds, &key, Some(config), &vars)
+        };
+        let gw = start("gw", "gateway", &[], &gw_config);
+        let seed = gw.gossip.clone();
+        let nodes = [
+            gw,
+            start("fw", "forward", &[&seed], &events),
+            start("w1", "worker", &[&seed], &worker_config),
+            start("w2", "worker", &[&seed], &worker_config),
+        ];
+        let names: BTreeSet<String> = ["gw", "fw", "w1", "w2"].map(String::from).into();
+        agree(&nodes, &names, 2).await;
+        let edge = nodes[0].edge.clone().expect("the gateway serves its edge");
+
+        // A client that traces: its span's context rides on a WebSocket send,
+        // and on an HTTP send as the `traceparent` header.
+        let client_span = [0xc1u8, 0x1e, 0x17, 0, 0, 0, 0, 0x01];
+        let ws_trace = [0xabu8; 16];
+        let http_trace = [0xcdu8; 16];
+        let tp = |trace: &[u8; 16]| format!("00-{}-{}-01", hex(trace), hex(&client_span));
+        let mut ws = EdgeWs::connect(&edge).await;
+        ws.send(
+            serde_json::json!({"send": {"conversation": "trace-ws", "text": "hello", "client_id": "c1",
+            "traceparent": tp(&ws_trace)}}),
+        )
+        .await;
+        loop {
+            let f = ws.next().await;
+            assert!(f.get("error").is_none(), "{f}");
+            if f.get("done").is_some() {
+                break;
+            }
+        }
+        let (status, body) = edge_post(
+            &edge,
+            "/v1/conversations/trace-http/messages",
+            r#"{"text": "hello"}"#,
+            &[("traceparent", &tp(&http_trace))],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        // A client that does not trace: the edge starts the trace.
+        let (status, body) = edge_post(&edge, "/v1/conversations/trace-none/messages", r#"{"text": "hi"}"#, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        let untraced_id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["message_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no message_id in {body}"))
+            .to_owned();
+        // A system outside injects a message through the bridge: the trace
+        // crosses the forward topic to a forward node, then the mesh.
+        let inject_trace = [0xefu8; 16];
+        let (status, body) = post_with(
+            &bridge.http,
+            "/v1/forward",
+            r#"{"key": "trace-inject", "payload": "from outside"}"#,
+            &[("traceparent", &tp(&inject_trace))],
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+
+        // Each message: the edge at the gateway, routing at the gateway and
+        // at the worker, the worker's processing and its backend call, and
+        // the bridge storing the message and its reply.
+        let complete = |spans: &[otlp::Got]| {
+            let n = |name: &str| spans.iter().filter(|s| s.name == name).count();
+            n("edge") == 1 && n("message") == 2 && n("process") == 1 && n("backend") == 1 && n("store") == 2
+        };
+        let mut traces = Vec::new();
+        for (what, trace, parent) in [
+            ("WebSocket", ws_trace.to_vec(), client_span.to_vec()),
+            ("HTTP", http_trace.to_vec(), client_span.to_vec()),
+        ] {
+            let spans = eventually(
+                &format!("the {what} message's trace"),
+                Duration::from_secs(30),
+                || async {
+                    let spans = receiver.trace(&trace);
+                    complete(&spans).then_some(spans)
+                },
+            )
+            .await;
+            traces.push((what, spans, parent));
+        }
+        let trace = eventually("the untraced message's trace", Duration::from_secs(30), || async {
+            let trace = receiver.trace_of(&untraced_id)?;
+            let spans = receiver.trace(&trace);
+            complete(&spans).then_some(spans)
+        })
+        .await;
+        traces.push(("untraced HTTP", trace, Vec::new()));
+        let injected = eventually("the injected message's trace", Duration::from_secs(30), || async {
+            let spans = receiver.trace(&inject_trace);
+            let n = |name: &str| spans.iter().filter(|s| s.name == name).count();
+            (n("inject") == 1 && n("message") == 2 && n("process") == 1 && n("backend") == 1 && n("store") == 2)
+                .then_some(spans)
+        })
+        .await;
+        let order = connected(&injected, &client_span).unwrap_or_else(|e| panic!("injected: {e}\n{injected:#?}"));
+        eprintln!("injected: {}", order.join(", "));
+        assert_eq!(order[0], "rumor-bridge/inject");
+        let inject = injected.iter().find(|s| s.name == "inject").unwrap();
+        let at_fw = injected
+            .iter()
+            .find(|s| s.name == "message" && s.service == "rumor-fw")
+            .expect("the forward node routed it");
+        assert_eq!(at_fw.parent, inject.span_id, "the forward node routes under the inject");
+
+        for (what, spans, parent) in &traces {
+            let order =
+                connected(spans, parent).unwrap_or_else(|e| panic!("{what}: not one connected trace: {e}\n{spans:#?}"));
+            eprintln!("{what}: {}", order.join(", "));
+            assert_eq!(order[0], "rumor-gw/edge", "{what}: {order:?}");
+            let worker = spans.iter().find(|s| s.name == "process").unwrap();
+            let by = |name: &str| spans.iter().find(|s| s.name == name).unwrap();
+            let routed = |service: &str| {
+                spans
+                    .iter()
+                    .find(|s| s.name == "message" && s.service == service)
+                    .unwrap_or_else(|| panic!("{what}: no message span at {service}: {order:?}"))
+            };
+            assert!(
+                ["rumor-w1", "rumor-w2"].contains(&worker.service.as_str()),
+                "{what}: {order:?}"
+            );
+            // Each step is the child of the one before it, across processes.
+            assert_eq!(
+                routed("rumor-gw").parent,
+                by("edge").span_id,
+                "{what}: the gateway routes under the edge"
+            );
+            assert_eq!(
+                routed(&worker.service).parent,
+                routed("rumor-gw").span_id,
+                "{what}: the worker's routing follows the gateway's"
+            );
+            assert_eq!(
+                worker.parent,
+                routed(&worker.service).span_id,
+                "{what}: the worker processes what it routed"
+            );
+            assert_eq!(by("backend").service, worker.service, "{what}");
+            assert_eq!(
+                by("backend").parent,
+                worker.span_id,
+                "{what}: the backend call is the worker's"
+            );
+            for store in spans.iter().filter(|s| s.name == "store") {
+                assert_eq!(store.service, "rumor-bridge", "{what}");
+                assert_eq!(
+                    store.parent, worker.span_id,
+                    "{what}: the bridge stores what the worker recorded"
+                );
+                assert_eq!(store.attributes["outcome"], "committed", "{what}");
+            }
+            // The backend was told the trace too, with its call as the parent.
+            let sent = format!("00-{}-{}-01", hex(&worker.trace_id), hex(&by("backend").span_id));
+            assert!(
+                headers.lock().unwrap().contains(&sent),
+                "{what}: the backend did not get {sent}"
+            );
+        }
+        // Nothing but message spans was exported: no node, lane or gossip spans.
+        let names: BTreeSet<String> = receiver.spans.lock().unwrap().iter().map(|s| s.name.clone()).collect();
+        let expected: BTreeSet<String> = ["edge", "inject", "message", "process", "backend", "store"]
+            .map(String::from)
+            .into();
+        assert_eq!(names, expected);
     })
     .await;
 }

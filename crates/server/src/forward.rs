@@ -249,6 +249,8 @@ fn envelope(req: ForwardRequest, default_timeout: Duration) -> Result<(Envelope,
         key: req.key,
         payload: req.payload,
         source,
+        // The router's span follows it; one not understood is ignored.
+        traceparent: req.traceparent,
         ..Envelope::default()
     };
     Ok((env, timeout))

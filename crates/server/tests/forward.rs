@@ -45,6 +45,7 @@ fn request(key: &str, timeout_ms: u64) -> ForwardRequest {
         source: "bridge".into(),
         created_unix_ms: 1,
         timeout_ms,
+        traceparent: String::new(),
     }
 }
 

@@ -9,6 +9,8 @@
 //! - With the `prometheus` feature, [`prom::Exposition`] writes any of
 //!   them, gauges and histograms in the Prometheus text format through
 //!   `prometheus-client`.
+//! - [`trace`] reads and writes W3C `traceparent` texts; with the `otel`
+//!   feature it links `tracing` spans across processes through them.
 //!
 //! ```
 //! stats::counters! {
@@ -26,6 +28,7 @@
 
 #[cfg(feature = "prometheus")]
 pub mod prom;
+pub mod trace;
 
 /// Declares a `pub` struct of `u64` counters with a `fields()` listing
 /// (name, description from the doc comment, value) for metrics exporters.

@@ -582,7 +582,11 @@ impl Inner {
                 self.me, env.key
             ))));
         };
-        match worker.submit(env.clone(), deadline) {
+        let local = Envelope {
+            traceparent: stats::trace::pass_on(&tracing::Span::current(), &env.traceparent),
+            ..env.clone()
+        };
+        match worker.submit(local, deadline) {
             Ok(stream) => {
                 count(&self.counters.local);
                 Ok(stream)
@@ -612,6 +616,7 @@ impl Inner {
         let mut out = env.clone();
         out.hops += 1;
         out.ring_checksum = checksum;
+        out.traceparent = stats::trace::pass_on(&tracing::Span::current(), &env.traceparent);
         let mut request = Request::new(out);
         request.set_timeout(deadline.saturating_duration_since(Instant::now()));
         let mut client = MeshClient::new(channel);
@@ -726,9 +731,12 @@ impl Drop for Relaying {
 }
 
 /// The span of one message's routing at node `me`: its logs name the node,
-/// the message and its conversation.
+/// the message and its conversation. In a trace it is the child of the
+/// span the envelope's trace context names (the sender's), when there is one.
 fn message_span(me: &str, env: &Envelope) -> tracing::Span {
-    tracing::info_span!("message", node = %me, id = %env.id, key = %env.key)
+    let span = tracing::info_span!("message", node = %me, id = %env.id, key = %env.key, hops = env.hops);
+    stats::trace::follow(&span, &env.traceparent);
+    span
 }
 
 fn is_end(chunk: &ReplyChunk) -> bool {
