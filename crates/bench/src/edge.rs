@@ -149,10 +149,10 @@ fn kind(text: &str) -> &str {
 
 /// Latencies of one message: to the first chunk and to done, µs.
 #[derive(Debug, Default)]
-struct Tally {
+pub(crate) struct Tally {
     first: Vec<f64>,
-    done: Vec<f64>,
-    errors: BTreeMap<String, usize>,
+    pub(crate) done: Vec<f64>,
+    pub(crate) errors: BTreeMap<String, usize>,
 }
 
 impl Tally {
@@ -202,14 +202,20 @@ async fn exchange(ws: &mut Ws, conversation: &str, n: u64, text: &str) -> Result
 
 /// Where the load goes.
 #[derive(Clone)]
-enum Target {
+pub(crate) enum Target {
     Router(Router),
     Ws(SocketAddr),
 }
 
 /// Closed loop: `conc` connections (or router callers), each sending its
 /// next message when the previous reply is done.
-async fn closed_loop(target: &Target, conc: usize, warmup: Duration, duration: Duration, text: &str) -> (Tally, f64) {
+pub(crate) async fn closed_loop(
+    target: &Target,
+    conc: usize,
+    warmup: Duration,
+    duration: Duration,
+    text: &str,
+) -> (Tally, f64) {
     let start = Instant::now();
     let from = start + warmup;
     let end = from + duration;
@@ -525,11 +531,14 @@ fn edge_file(dir: &std::path::Path, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-async fn gateway_process(
+/// A `rumor node` gateway joined through `seed`, with environment `env`,
+/// once a message goes through its edge; the process and the edge's address.
+pub(crate) async fn gateway_process(
     name: &str,
     seed: SocketAddr,
     key: &str,
     dir: &std::path::Path,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<(Proc, SocketAddr)> {
     let mut cmd = Command::new(crate::rumor_exe()?);
     cmd.arg("node")
@@ -540,7 +549,8 @@ async fn gateway_process(
         .args(["--admin-bind", "127.0.0.1:0", "--edge-bind", "127.0.0.1:0"])
         .env("RUMOR_KEYS", key)
         .env_remove("RUMOR_SEEDS")
-        .env_remove("RUMOR_NAME");
+        .env_remove("RUMOR_NAME")
+        .envs(env.iter().copied());
     let p = Proc::spawn(name, cmd).await?;
     raise_nofile(p.pid())?;
     let edge: SocketAddr = p.field("edge")?.parse()?;
@@ -911,7 +921,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
     edge.shutdown().await;
 
     // Idle connections and watchers on gateway processes.
-    let (gw1, edge1) = gateway_process("bench-gw-1", seed, &key, &dir).await?;
+    let (gw1, edge1) = gateway_process("bench-gw-1", seed, &key, &dir, &[]).await?;
     eprintln!("idle: opening {idle} connections to {edge1} (pid {})", gw1.pid());
     res.idle = idle_connections(edge1, gw1.pid(), idle).await;
     res.nofile = nofile;
@@ -922,7 +932,7 @@ pub async fn run(o: Options) -> anyhow::Result<()> {
         res.idle.first_error
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_gw2, edge2) = gateway_process("bench-gw-2", seed, &key, &dir).await?;
+    let (_gw2, edge2) = gateway_process("bench-gw-2", seed, &key, &dir, &[]).await?;
     eprintln!("watch: {} watchers over two gateways", o.watchers);
     res.watch = watch_fanout(&[edge1, edge2], o.watchers, 20, "watched reply").await?;
     eprintln!(

@@ -10,6 +10,7 @@
 //! | `rumor-bench edge` | edge.md: the client edge against the router path and a bare WebSocket echo; idle connections; watchers | [`edge`] |
 //! | `rumor-bench bridge` | bridge.md: Kafka into PostgreSQL against COPY | [`bridge`] |
 //! | `rumor-bench ai` | ai.md: real models: overhead against llama.cpp direct, cache affinity of routing rules, memory of many conversations | [`ai`] |
+//! | `rumor-bench traces` | traces.md: a cluster exporting every message's spans over OTLP against the same cluster untraced | [`traces`] |
 //! | `rumor-bench overload` | overload.md: 1,000 `rumor node` processes on a 2-core host converge and stay converged | [`overload`] |
 //! | `cargo bench -p bench --bench routing` | routing.md: the ring against other consistent-hashing crates | `benches/routing.rs` |
 //!
@@ -24,6 +25,7 @@ pub mod membership;
 pub mod overload;
 pub mod records;
 pub mod report;
+pub mod traces;
 
 use std::path::PathBuf;
 

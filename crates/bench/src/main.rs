@@ -122,6 +122,24 @@ enum Command {
         #[arg(long, default_value = "docs/benchmarks/edge.md")]
         out: PathBuf,
     },
+    /// A cluster exporting every message's spans over OTLP against the same cluster untraced (~1 min).
+    Traces {
+        /// Measured seconds of each step.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Rounds; each runs every cluster once.
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        /// WebSocket connections in the closed loop.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// A smoke run of a few seconds instead of the full benchmark.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the report.
+        #[arg(long, default_value = "docs/benchmarks/traces.md")]
+        out: PathBuf,
+    },
     /// Real models: overhead against llama.cpp direct, cache affinity of ring vs round-robin vs least-loaded over three llama.cpp servers, 100,000 conversations' memory (~15 min; builds llama.cpp once).
     Ai {
         /// Streamed completions each way in the overhead step.
@@ -291,6 +309,19 @@ fn main() -> anyhow::Result<()> {
         } => runtime()?.block_on(bench::edge::run(bench::edge::Options::new(
             duration, rounds, idle, watchers, quick, out,
         )?))?,
+        Command::Traces {
+            duration,
+            rounds,
+            connections,
+            quick,
+            out,
+        } => runtime()?.block_on(bench::traces::run(bench::traces::Options::new(
+            duration,
+            rounds,
+            connections,
+            quick,
+            out,
+        )))?,
         Command::EdgeLoad {
             edge,
             token,

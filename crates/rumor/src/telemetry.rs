@@ -80,8 +80,19 @@ pub(crate) fn init(serves: bool) -> anyhow::Result<Option<Traces>> {
         None
     };
     let traces = provider.as_ref().map(|p| {
+        // Lean spans: their name and fields say where they are, so no source
+        // location, thread or target attributes; no busy and idle times (a
+        // clock read at every poll of the message's futures); and no
+        // OpenTelemetry context switched at every poll, which only other
+        // OpenTelemetry instrumentation would read (rumor passes contexts on
+        // explicitly, through `stats::trace`).
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("rumor"))
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
             .with_filter(FilterFn::new(traced))
     });
     tracing_subscriber::registry().with(logs).with(traces).init();
