@@ -1533,21 +1533,26 @@ async fn a_watcher_is_told_of_the_gap_when_the_owner_dies_mid_reply_and_follows_
     .await;
 }
 
-/// An OpenAI-compatible backend that records the message lists it is sent
-/// and answers each with "answer N".
-async fn recording_backend() -> (String, Arc<std::sync::Mutex<Vec<serde_json::Value>>>) {
+/// What [`recording_backend`] was sent, request by request: the message
+/// list, and the `traceparent` header (empty when there was none).
+type Seen = Arc<std::sync::Mutex<Vec<(serde_json::Value, String)>>>;
+
+/// An OpenAI-compatible backend that records what it is sent and answers
+/// each request with "answer N".
+async fn recording_backend() -> (String, Seen) {
     use axum::response::IntoResponse as _;
-    let seen: Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let seen: Seen = Arc::default();
     let kept = seen.clone();
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move |body: String| {
+        axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
             let seen = kept.clone();
             async move {
                 let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
                 let n = {
                     let mut s = seen.lock().unwrap();
-                    s.push(v["messages"].clone());
+                    s.push((v["messages"].clone(), tp.to_owned()));
                     s.len()
                 };
                 let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": format!("answer {n}")}}]});
@@ -1603,7 +1608,7 @@ async fn the_owner_killed_mid_conversation_its_successor_answers_the_next_turn_w
             owner.clone_from(&last.worker);
         }
         // The owner sent the history it held: the third request carries both earlier turns.
-        assert_eq!(seen.lock().unwrap()[2].as_array().unwrap().len(), 1 + 2 * 2 + 1);
+        assert_eq!(seen.lock().unwrap()[2].0.as_array().unwrap().len(), 1 + 2 * 2 + 1);
         eventually(
             "the three turns and their answers in the bridge",
             Duration::from_secs(30),
@@ -1626,7 +1631,7 @@ async fn the_owner_killed_mid_conversation_its_successor_answers_the_next_turn_w
         let last = lines.last().unwrap();
         assert!(last.last && last.error.is_none(), "{last:?}");
         assert_ne!(last.worker, owner, "the next turn is answered by the new owner");
-        let sent = seen.lock().unwrap().last().unwrap().clone();
+        let sent = seen.lock().unwrap().last().unwrap().0.clone();
         let contents: Vec<(&str, &str)> = sent
             .as_array()
             .unwrap()
@@ -1877,31 +1882,6 @@ mod otlp {
     }
 }
 
-/// An OpenAI-compatible backend that answers "traced" and keeps the
-/// `traceparent` header of every request.
-async fn traceparent_backend() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    use axum::response::IntoResponse as _;
-    let seen: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
-    let kept = seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        axum::routing::post(move |headers: axum::http::HeaderMap| {
-            let seen = kept.clone();
-            async move {
-                let tp = headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("");
-                seen.lock().unwrap().push(tp.to_owned());
-                let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "traced"}}]});
-                let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
-                ([("content-type", "text/event-stream")], body).into_response()
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/v1"), seen)
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -1984,7 +1964,7 @@ async fn one_message_yields_one_connected_trace_from_the_edge_through_the_worker
         let bridge_env = env("rumor-bridge");
         let bridge_env: Vec<(&str, &str)> = bridge_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let bridge = BridgeProc::start_env(&db.url(), &kafka(), &topics, &[], &bridge_env);
-        let (backend, headers) = traceparent_backend().await;
+        let (backend, seen) = recording_backend().await;
         let worker_config = format!(
             "{events}[worker]\nprocessor = \"openai\"\n[worker.openai]\nbase_url = \"{backend}\"\nmodel = \"m\"\n"
         );
@@ -2155,7 +2135,7 @@ async fn one_message_yields_one_connected_trace_from_the_edge_through_the_worker
             // The backend was told the trace too, with its call as the parent.
             let sent = format!("00-{}-{}-01", hex(&worker.trace_id), hex(&by("backend").span_id));
             assert!(
-                headers.lock().unwrap().contains(&sent),
+                seen.lock().unwrap().iter().any(|(_, tp)| *tp == sent),
                 "{what}: the backend did not get {sent}"
             );
         }

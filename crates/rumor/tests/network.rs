@@ -535,6 +535,31 @@ impl Cluster {
         }
     }
 
+    /// Cuts the network with `cut` and waits until every observer in
+    /// `expect` sees its targets dead; lets the sides go on apart for 2 s,
+    /// heals and waits for one view; then checks the load's history. Returns
+    /// the detection and the time from the heal to one view.
+    async fn cut_and_heal(
+        &self,
+        scenario: &str,
+        load: Load,
+        cut: impl FnOnce(&Net),
+        expect: &[(usize, Vec<String>)],
+    ) -> (Detection, Duration) {
+        let at = Instant::now();
+        cut(&self.net);
+        let d = self.detect(at, expect, Duration::from_secs(30)).await;
+        // Each side goes on alone for a moment, its ring over its own workers.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let healed = Instant::now();
+        self.net.heal();
+        self.one_view(Duration::from_secs(60)).await;
+        let merged = healed.elapsed();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.check(scenario, load).await;
+        (d, merged)
+    }
+
     /// The gateways' admin addresses, for the client load.
     fn gateways(&self) -> Vec<String> {
         (0..2).map(|h| self.nodes[h].running().admin.clone()).collect()
@@ -829,29 +854,118 @@ async fn scenario_partition_50_50_each_side_declares_the_other_dead_then_heals()
             // gw1, fw, w1..w4 | gw2, w5..w9: a gateway and workers on each side.
             let a: Vec<usize> = vec![0, 2, 3, 4, 5, 6];
             let b: Vec<usize> = vec![1, 7, 8, 9, 10, 11];
-            let cut = Instant::now();
-            c.net.partition(&a, &b);
             let expect: Vec<(usize, Vec<String>)> = a
                 .iter()
                 .map(|&h| (h, c.names(&b)))
                 .chain(b.iter().map(|&h| (h, c.names(&a))))
                 .collect();
-            let d = c.detect(cut, &expect, Duration::from_secs(30)).await;
-            // Each side goes on alone for a moment, its ring over its own workers.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-
-            let healed = Instant::now();
-            c.net.heal();
-            c.one_view(Duration::from_secs(60)).await;
-            let merged = healed.elapsed();
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            c.check("partition", load).await;
+            let (d, merged) = c
+                .cut_and_heal("partition", load, |net| net.partition(&a, &b), &expect)
+                .await;
             let (sim_split, sim_heal) = predict::partition(&a, &b);
             figures(
                 "partition",
                 &format!(
                     "two-way 6|6 partition: {}; after heal one view in {}. Simulator (median of 21 seeds): each side \
                  sees the other dead after {} ({:.2}x real), one view {} after repair ({:.2}x real)",
+                    d.describe(),
+                    ms(merged),
+                    ms(sim_split),
+                    d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
+                    ms(sim_heal),
+                    merged.as_secs_f64() / sim_heal.as_secs_f64()
+                ),
+            );
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_member_dead() {
+    const FAULT_FOR: Duration = Duration::from_secs(30);
+    alone(
+        "scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_member_dead",
+        Duration::from_secs(150),
+        async {
+            let c = Cluster::start().await;
+            let all: Vec<usize> = (0..HOSTS).collect();
+            let before = c.counter(&all, "rumor_membership_failures_declared_total").await;
+            let load = Load::start(c.gateways(), SENDERS);
+
+            // w1 and w2 cannot reach each other at all, and half of what w3
+            // sends to gw1 is lost; every other link is healthy, so indirect
+            // probes through the others find them alive.
+            c.net.link_loss(3, 4, 100);
+            c.net.link_loss(4, 3, 100);
+            c.net.link_loss(5, 0, 50);
+            let started = Instant::now();
+            let mut dead_seen: Vec<String> = Vec::new();
+            while started.elapsed() < FAULT_FOR {
+                for (h, view) in all.iter().zip(c.views(&all).await) {
+                    let Some(view) = view else { continue };
+                    dead_seen.extend(
+                        view.members
+                            .iter()
+                            .filter(|m| matches!(m.status(), MemberStatus::Dead | MemberStatus::Left))
+                            .map(|m| format!("{} listed {} as {:?}", c.nodes[*h].name, m.name, m.status())),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            c.net.heal();
+            let after = c.counter(&all, "rumor_membership_failures_declared_total").await;
+            let failures: u64 = after.iter().map(|(k, v)| v.saturating_sub(before[k])).sum();
+            let summary = c.check("cut link", load).await;
+            let (sim_declared, seeds) = predict::cut_link(HOSTS, 3, 4, FAULT_FOR);
+            figures(
+                "cut link",
+                &format!(
+                    "w1-w2 cut both ways and 50% loss from w3 to gw1 for {}: {failures} members declared dead; {} \
+                     acknowledged. Simulator (the w1-w2 cut alone, {seeds} seeds of the same length): {sim_declared} \
+                     healthy members declared dead",
+                    ms(FAULT_FOR),
+                    summary.acknowledged
+                ),
+            );
+            assert!(
+                dead_seen.is_empty(),
+                "a healthy member was declared dead: {dead_seen:?}"
+            );
+            assert_eq!(
+                failures, 0,
+                "no node declares a healthy member dead: {after:?} (before {before:?})"
+            );
+            c.one_view(Duration::from_secs(10)).await;
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_rejoin() {
+    alone(
+        "scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_rejoin",
+        Duration::from_secs(150),
+        async {
+            let c = Cluster::start().await;
+            let load = Load::start(c.gateways(), SENDERS);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+
+            // w1 and w2 still hear everyone, but nobody hears them: their
+            // acks, refutations and replies are lost on the way out.
+            let a: Vec<usize> = vec![3, 4];
+            let b: Vec<usize> = (0..HOSTS).filter(|h| !a.contains(h)).collect();
+            let expect: Vec<(usize, Vec<String>)> = b.iter().map(|&h| (h, c.names(&a))).collect();
+            let (d, merged) = c
+                .cut_and_heal("one-way partition", load, |net| net.partition_one_way(&a, &b), &expect)
+                .await;
+            let (sim_split, sim_heal) = predict::one_way(&a, &b);
+            figures(
+                "one-way partition",
+                &format!(
+                    "2 workers unheard by the other 10: {}; after heal one view in {}. Simulator (median of 21 \
+                     seeds): the other 10 see both dead after {} ({:.2}x real), one view {} after repair ({:.2}x real)",
                     d.describe(),
                     ms(merged),
                     ms(sim_split),

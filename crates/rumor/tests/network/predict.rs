@@ -55,18 +55,31 @@ pub(crate) fn crash(n: usize) -> (Duration, Duration) {
 /// A two-way partition into halves `a` and `b` (node indices), then repair:
 /// (each side sees all of the other dead, one view after repair), medians.
 pub(crate) fn partition(a: &[usize], b: &[usize]) -> (Duration, Duration) {
+    cut(a, b, true)
+}
+
+/// Packets from `a` to `b` dropped (`b` no longer hears `a`), then repair:
+/// (every node of `b` sees every node of `a` dead, one view after repair), medians.
+pub(crate) fn one_way(a: &[usize], b: &[usize]) -> (Duration, Duration) {
+    cut(a, b, false)
+}
+
+fn cut(a: &[usize], b: &[usize], two_way: bool) -> (Duration, Duration) {
     let n = a.len() + b.len();
-    let cross = 2 * a.len() * b.len();
     let (mut split, mut healed) = (Vec::new(), Vec::new());
     for seed in 1..=SEEDS {
         let mut c = cluster(n, seed, 0.0);
-        c.partition(a, b, true);
+        c.partition(a, b, two_way);
         let t0 = c.now();
-        let side = |o: usize| a.contains(&o);
+        let cut_off = |&&(observer, subject): &&(usize, usize)| {
+            (b.contains(&observer) && a.contains(&subject))
+                || (two_way && a.contains(&observer) && b.contains(&subject))
+        };
+        let pairs = if two_way { 2 } else { 1 } * a.len() * b.len();
         let t = c.run_until_cond(Duration::from_millis(10), Duration::from_secs(60), |c| {
-            c.unseen_pairs().iter().filter(|&&(o, s)| side(o) != side(s)).count() == cross
+            c.unseen_pairs().iter().filter(cut_off).count() == pairs
         });
-        split.push(t.expect("each side declares the other dead") - t0);
+        split.push(t.expect("the side cut off is declared dead") - t0);
         c.run_for(Duration::from_secs(2));
         c.repair();
         let t1 = c.now();
@@ -83,6 +96,20 @@ pub(crate) fn loss(n: usize, loss: f64, d: Duration) -> (u64, u64) {
     for seed in 1..=SEEDS {
         let mut c = cluster(n, seed, 0.0);
         c.net_mut().loss = loss;
+        let before = c.obs.false_positive_declarations;
+        c.run_for(d);
+        declared += c.obs.false_positive_declarations - before;
+    }
+    (declared, SEEDS)
+}
+
+/// The links between `x` and `y` cut both ways for `d`, everything else
+/// healthy: healthy members declared dead (summed over the seeds) and seeds.
+pub(crate) fn cut_link(n: usize, x: usize, y: usize, d: Duration) -> (u64, u64) {
+    let mut declared = 0;
+    for seed in 1..=SEEDS {
+        let mut c = cluster(n, seed, 0.0);
+        c.partition(&[x], &[y], true);
         let before = c.obs.false_positive_declarations;
         c.run_for(d);
         declared += c.obs.false_positive_declarations - before;
