@@ -341,6 +341,9 @@ struct Cluster {
     db: TestDb,
     key: String,
     net: Net,
+    /// The broker, and the messages topic the workers publish to.
+    brokers: String,
+    messages_topic: String,
 }
 
 /// Who runs where: hosts 0 and 1 gateways, 2 the forward node, 3.. workers.
@@ -395,6 +398,8 @@ impl Cluster {
             db,
             key,
             net,
+            brokers,
+            messages_topic: format!("{topics}.messages"),
         };
         let started = Instant::now();
         for h in 0..HOSTS {
@@ -560,6 +565,53 @@ impl Cluster {
         (d, merged)
     }
 
+    /// Every record in the messages topic now, read from Kafka by a
+    /// consumer group of its own (the bridge's reading is what is checked,
+    /// so the checker does not rely on it).
+    async fn topic(&self) -> Vec<checker::TopicRecord> {
+        use events::kafka::{KafkaConfig, KafkaConsumer};
+        use events::{ConsumerEvent, TopicPartition};
+        let cfg = KafkaConfig::new(self.brokers.clone());
+        let group = format!("checker-{}", nanos());
+        let mut consumer = KafkaConsumer::new(&cfg, &group, &[&self.messages_topic]).expect("a Kafka consumer");
+        // Each partition's end when it was assigned; the topic is read up to there.
+        let mut ends: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let all_read = ends.len() == 2 && ends.iter().all(|(tp, end)| next.get(tp).copied().unwrap_or(0) >= *end);
+            if all_read {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the checker could not read the topic within 60 s"
+            );
+            let Ok(ev) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+                continue;
+            };
+            match ev.expect("reading the topic") {
+                ConsumerEvent::Assigned(tps) => {
+                    for tp in tps {
+                        let (_, high) = consumer.watermarks(&tp).await.expect("the topic's watermarks");
+                        ends.insert(tp, high);
+                    }
+                }
+                ConsumerEvent::Revoked(_) => {}
+                ConsumerEvent::Record(rec) => {
+                    next.insert(rec.tp(), rec.offset + 1);
+                    let m = events::codec::decode_message(&rec).expect("a message record");
+                    records.push(checker::TopicRecord {
+                        id: m.id,
+                        kind: m.kind,
+                        worker: m.worker,
+                    });
+                }
+            }
+        }
+    }
+
     /// The gateways' admin addresses, for the client load.
     fn gateways(&self) -> Vec<String> {
         (0..2).map(|h| self.nodes[h].running().admin.clone()).collect()
@@ -585,15 +637,26 @@ impl Cluster {
         };
         let rows = self.db.rows().await.len() as i64;
         let (consumed, dead) = self.db.consumed_and_dead_letters().await;
-        // Records in the topic beyond the rows and dead letters are the same
-        // record twice (one message processed twice, or a producer retry);
-        // the bridge stores each once.
+        // The topic itself: every acknowledged message must be there, and a
+        // record there twice (one message processed twice, or a producer
+        // retry) is listed with the workers that wrote it; the bridge
+        // stores each once.
+        let topic = self.topic().await;
+        let (twice, in_topic) = checker::check_topic(&history, &topic);
+        let violations: Vec<checker::Violation> = violations.into_iter().chain(in_topic).collect();
+        let twice: Vec<String> = twice.iter().map(ToString::to_string).collect();
         figures(
             scenario,
             &format!(
-                "history: {summary}; {rows} rows in PostgreSQL, {consumed} records consumed from Kafka, \
-                 {dead} dead letters, so {} records in the topic more than once",
-                consumed - rows - dead
+                "history: {summary}; {rows} rows in PostgreSQL, {consumed} records consumed by the bridge, \
+                 {dead} dead letters; {} records in the topic, {} of them there more than once{}",
+                topic.len(),
+                twice.len(),
+                if twice.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", twice.join(", "))
+                }
             ),
         );
         if !violations.is_empty() {

@@ -16,7 +16,7 @@
 //!   messages of a conversation must be stored in the order they were sent,
 //!   each one's reply before the next one's message.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 /// One thing a client saw, with the milliseconds since the load started.
@@ -102,6 +102,7 @@ impl Violation {
             | Violation::StoredTwice { id, .. }
             | Violation::Missing { id, .. }
             | Violation::StoredReplyDiffers { id, .. }
+            | Violation::NotInTopic { id, .. }
             | Violation::Phantom { id, .. } => id,
             Violation::OutOfOrder { first, .. } => first,
         }
@@ -141,6 +142,8 @@ pub(crate) enum Violation {
     },
     /// A row for a message no client sent.
     Phantom { id: String, kind: i32 },
+    /// An acknowledged message without its record in the Kafka topic.
+    NotInTopic { id: String, kind: i32 },
     /// Two acknowledged messages of one conversation stored out of send order.
     OutOfOrder {
         conv: String,
@@ -165,6 +168,12 @@ impl fmt::Display for Violation {
                 "message {id}: stored reply {stored:?} differs from the reply received {received:?}"
             ),
             Violation::Phantom { id, kind } => write!(f, "row {id} kind {kind} was never sent by a client"),
+            Violation::NotInTopic { id, kind } => {
+                write!(
+                    f,
+                    "acknowledged message {id} has no record of kind {kind} in the Kafka topic"
+                )
+            }
             Violation::OutOfOrder {
                 conv,
                 first,
@@ -194,6 +203,69 @@ impl fmt::Display for Summary {
             self.sent, self.acknowledged, self.failed, self.unknown, self.by_worker
         )
     }
+}
+
+/// One record of the messages topic, as read back from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TopicRecord {
+    pub(crate) id: String,
+    /// 1 inbound, 2 reply.
+    pub(crate) kind: i32,
+    /// The worker that published it.
+    pub(crate) worker: String,
+}
+
+/// A message's record that is in the topic more than once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Twice {
+    pub(crate) id: String,
+    pub(crate) kind: i32,
+    /// The workers that published the copies, one per copy.
+    pub(crate) workers: Vec<String>,
+}
+
+impl fmt::Display for Twice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = if self.kind == INBOUND { "inbound" } else { "reply" };
+        write!(f, "{} {kind} by {}", self.id, self.workers.join(" and "))
+    }
+}
+
+/// Checks `history` against the messages topic: every acknowledged message
+/// has its inbound and reply records there (a worker acknowledges only
+/// once the log has them). Returns the records that are there more than
+/// once, with who wrote each copy, and the violations.
+pub(crate) fn check_topic(history: &[Event], records: &[TopicRecord]) -> (Vec<Twice>, Vec<Violation>) {
+    let mut copies: BTreeMap<(&str, i32), Vec<&str>> = BTreeMap::new();
+    for r in records {
+        copies.entry((&r.id, r.kind)).or_default().push(&r.worker);
+    }
+    let acknowledged: BTreeSet<&str> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::Chunk { id, last: true, .. } => Some(id.as_str()),
+            _ => None,
+        })
+        .collect();
+    let violations = acknowledged
+        .iter()
+        .flat_map(|id| [INBOUND, REPLY].map(|kind| (*id, kind)))
+        .filter(|key| !copies.contains_key(key))
+        .map(|(id, kind)| Violation::NotInTopic {
+            id: id.to_owned(),
+            kind,
+        })
+        .collect();
+    let twice = copies
+        .into_iter()
+        .filter(|(_, workers)| workers.len() > 1)
+        .map(|((id, kind), workers)| Twice {
+            id: id.to_owned(),
+            kind,
+            workers: workers.into_iter().map(str::to_owned).collect(),
+        })
+        .collect();
+    (twice, violations)
 }
 
 /// Checks `history` against `rows`; returns the summary and every violation found.
@@ -478,6 +550,38 @@ mod tests {
             matches!(&v[..], [Violation::StoredReplyDiffers { id, .. }] if id == "b"),
             "{v:?}"
         );
+    }
+
+    fn record(id: &str, kind: i32, worker: &str) -> TopicRecord {
+        TopicRecord {
+            id: id.into(),
+            kind,
+            worker: worker.into(),
+        }
+    }
+
+    #[test]
+    fn the_topic_must_hold_every_acknowledged_message_and_its_copies_are_listed() {
+        let (history, _) = good();
+        let all: Vec<TopicRecord> = ["a", "b"]
+            .iter()
+            .flat_map(|id| [record(id, INBOUND, "w1"), record(id, REPLY, "w1")])
+            .collect();
+        assert_eq!(check_topic(&history, &all), (vec![], vec![]));
+
+        let mut records = all.clone();
+        records.retain(|r| !(r.id == "b" && r.kind == REPLY));
+        records.push(record("a", REPLY, "w2"));
+        let (twice, violations) = check_topic(&history, &records);
+        assert_eq!(
+            violations,
+            vec![Violation::NotInTopic {
+                id: "b".into(),
+                kind: REPLY
+            }]
+        );
+        assert_eq!(twice.len(), 1);
+        assert_eq!(twice[0].to_string(), "a reply by w1 and w2");
     }
 
     #[test]
