@@ -574,21 +574,24 @@ impl Cluster {
         let cfg = KafkaConfig::new(self.brokers.clone());
         let group = format!("checker-{}", nanos());
         let mut consumer = KafkaConsumer::new(&cfg, &group, &[&self.messages_topic]).expect("a Kafka consumer");
-        // Each partition's end when it was assigned; the topic is read up to there.
+        // Each partition's end when it was assigned; the topic is read up to
+        // there, and then until no more records come.
         let mut ends: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut records = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let all_read = ends.len() == 2 && ends.iter().all(|(tp, end)| next.get(tp).copied().unwrap_or(0) >= *end);
-            if all_read {
-                return records;
-            }
             assert!(
                 Instant::now() < deadline,
                 "the checker could not read the topic within 60 s"
             );
             let Ok(ev) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
+                // Past the ends, and nothing more for a second: that is all
+                // (a broker's end offset may lag the records it serves).
+                if all_read {
+                    return records;
+                }
                 continue;
             };
             match ev.expect("reading the topic") {
