@@ -106,6 +106,12 @@ export interface SendOptions {
   model?: string;
   /** Time the mesh has to answer, 1 to 3,600,000 ms; default: the gateway's. */
   timeoutMs?: number;
+  /**
+   * The W3C trace context of your span for this message
+   * (`00-<trace id>-<span id>-<flags>`): the message's spans in the cluster
+   * join your trace. One the gateway does not understand is ignored.
+   */
+  traceparent?: string;
   /** Aborting it cancels the message: `cancel` is sent and the reply ends with `CANCELLED`. */
   signal?: AbortSignal;
 }
@@ -626,6 +632,7 @@ export class RumorClient extends EventEmitter {
             text: send.text,
             model: send.model,
             timeoutMs: send.timeoutMs,
+            traceparent: send.traceparent,
           },
         },
       }),
@@ -1078,6 +1085,7 @@ class PendingSend {
   readonly text: string;
   readonly model: string;
   readonly timeoutMs: number;
+  readonly traceparent: string;
   /** The last position of this reply seen (its chunks, or replayed events). */
   lastPosition: Position | undefined;
   /** Resuming: whether the events that follow cover the whole rest of the reply. */
@@ -1102,6 +1110,7 @@ class PendingSend {
     this.text = text;
     this.model = options.model ?? "";
     this.timeoutMs = options.timeoutMs ?? 0;
+    this.traceparent = options.traceparent ?? "";
   }
 
   get conversation(): string {

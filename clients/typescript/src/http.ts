@@ -30,6 +30,8 @@ export interface HttpSendOptions {
   model?: string;
   /** Time the mesh has to answer, 1 to 3,600,000 ms; default: the gateway's. */
   timeoutMs?: number;
+  /** Your span's W3C trace context, sent as the `traceparent` header (see SendOptions). */
+  traceparent?: string;
   /** Aborting it ends the request (and the reply, with `CANCELLED`). */
   signal?: AbortSignal;
   /** The fetch to use; default: the global one. */
@@ -81,6 +83,7 @@ export function sendHttp(
   );
   const headers: Record<string, string> = { "content-type": "application/json" };
   if (options.token !== undefined) headers["authorization"] = `Bearer ${options.token}`;
+  if (options.traceparent) headers["traceparent"] = options.traceparent;
   const doFetch = options.fetch ?? fetch;
 
   if (!options.stream) {

@@ -98,6 +98,11 @@ describe("RumorClient with the fake gateway", () => {
       const done = events.at(-1)!;
       assert.equal(done.type === "done" && done.usage?.backend, "echo");
       assert.equal(c.welcome?.gateway, "fake-gateway");
+      // A trace context given rides on the send frame.
+      const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+      await c.send("conv-traced", "traced", { clientId: "traced", traceparent }).text();
+      const sent = gw.received.find((r) => r.frame.frame.case === "send" && r.frame.frame.value.clientId === "traced");
+      assert.equal(sent?.frame.frame.case === "send" && sent.frame.frame.value.traceparent, traceparent);
       const hello = gw.received.find((r) => r.frame.frame.case === "hello");
       assert.deepEqual(hello?.frame.frame.case === "hello" && hello.frame.frame.value.versions, [1]);
       // text() and result() work on the same reply.

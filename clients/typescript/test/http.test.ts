@@ -25,6 +25,12 @@ describe("sendHttp with the fake gateway", () => {
     assert.equal(reply.usage?.backend, "echo");
   });
 
+  test("a trace context given goes as the traceparent header", async () => {
+    const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    await sendHttp(gw.url, "http-traced", "traced", { token: "t0k", traceparent });
+    assert.equal(gw.httpHeaders.at(-1)?.["traceparent"], traceparent);
+  });
+
   test("SSE: accepted, chunks, done", async () => {
     const stream = sendHttp(gw.url, "http-sse", "streamed over http", { token: "t0k", stream: true });
     const types: string[] = [];

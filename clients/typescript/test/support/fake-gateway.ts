@@ -81,6 +81,8 @@ export class FakeGateway {
   readonly peers = new Set<Peer>();
   /** Every client frame received, for assertions. */
   readonly received: { frame: proto.ClientFrame; binary: boolean }[] = [];
+  /** The headers of every HTTP request received, for assertions. */
+  readonly httpHeaders: IncomingMessage["headers"][] = [];
   chunkDelayMs: number;
   private epochCounter = 0;
 
@@ -342,6 +344,7 @@ export class FakeGateway {
   // ---- HTTP ----
 
   private async http(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    this.httpHeaders.push(req.headers);
     const url = new URL(req.url ?? "/", "http://x");
     if (this.options.token !== undefined && req.headers.authorization !== `Bearer ${this.options.token}`) {
       return json(res, 401, { error: { code: "ERROR_CODE_UNAUTHENTICATED", message: "no credential" } });
