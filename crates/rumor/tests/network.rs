@@ -846,6 +846,7 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
         let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
         let before_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
         let before_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
+        let before_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
         let load = Load::start(c.gateways(), SENDERS);
 
         // 10% of every IPv4 packet every host receives: gossip, gRPC, Kafka
@@ -876,6 +877,8 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         c.net.heal();
+        let lossy_for = started.elapsed();
+        let after_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
         let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
         let after_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
         let after_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
@@ -884,17 +887,22 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
         };
         let failures = delta(&after_failures, &before_failures);
         let summary = c.check("loss", load).await;
-        let (sim_declared, seeds) = predict::loss(HOSTS, 0.10, LOSS_FOR);
+        let (sim_declared, seeds, sim_bytes) = predict::loss(HOSTS, 0.10, LOSS_FOR);
+        // Gossip payload each node produced per second (before encryption;
+        // the counters are read after the heal, a moment past the loss).
+        let bytes = delta(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
         figures(
             "loss",
             &format!(
                 "10% inbound loss on all 12 hosts for {}: {} suspicions, {} refutations, {failures} members declared dead, \
-                 {suspect_seen} suspect sightings in polls every 500 ms; {} acknowledged. Simulator (10% datagram loss, \
-                 {seeds} seeds of the same length): {sim_declared} healthy members declared dead",
+                 {suspect_seen} suspect sightings in polls every 500 ms; {} acknowledged; gossip {bytes:.0} bytes per \
+                 node per second. Simulator (10% datagram loss, {seeds} seeds of the same length): {sim_declared} \
+                 healthy members declared dead; gossip {sim_bytes:.0} bytes per node per second ({:.2}x real)",
                 ms(LOSS_FOR),
                 delta(&after_suspicions, &before_suspicions),
                 delta(&after_refutations, &before_refutations),
-                summary.acknowledged
+                summary.acknowledged,
+                bytes / sim_bytes
             ),
         );
         assert!(dead_seen.is_empty(), "a healthy member was declared dead: {dead_seen:?}");
