@@ -40,6 +40,7 @@ use proto::rules;
 use serde::Deserialize;
 use stats::prom::{CONTENT_TYPE, Exposition};
 use tokio::net::TcpListener;
+use tracing::Instrument as _;
 
 use crate::Shared;
 use crate::metrics::count;
@@ -330,12 +331,19 @@ async fn forward(State(s): Shr, headers: HeaderMap, body: Result<Json<SendReques
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let span = tracing::info_span!("inject", otel.kind = "server", id = %req.id, key = %req.key);
+    let span = tracing::info_span!(
+        "inject",
+        otel.kind = "server",
+        id = %req.id,
+        key = %req.key,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     stats::trace::follow(&span, received);
     req.traceparent = stats::trace::pass_on(&span, received);
     let id = req.id.clone();
     let rec = codec::forward_request(&s.topics.forward, &req);
-    match s.producer.send(&rec, s.forward_timeout).await {
+    match s.producer.send(&rec, s.forward_timeout).instrument(span.clone()).await {
         Ok(d) => {
             count(&s.counters.forwarded, 1);
             (
@@ -351,6 +359,8 @@ async fn forward(State(s): Shr, headers: HeaderMap, body: Result<Json<SendReques
         }
         Err(e) => {
             count(&s.counters.forward_errors, 1);
+            span.record("error", e.to_string());
+            span.record("otel.status_code", "error");
             tracing::warn!("bridge: forward request {id} not taken by the event log: {e}");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -67,9 +67,10 @@ pub(crate) struct Loop {
     firsts: BTreeMap<TopicPartition, i64>,
     batch_bytes: usize,
     batch_started: Option<Instant>,
-    /// The spans of the traced records in the batch, each in its message's
-    /// trace: from when the record was read until its batch was committed.
-    spans: Vec<tracing::Span>,
+    /// The spans of the traced records in the batch, by partition, each in
+    /// its message's trace: from when the record was read until its batch
+    /// was committed (or the partition went to another consumer).
+    spans: BTreeMap<TopicPartition, Vec<tracing::Span>>,
     /// An event found ready right after a write, handled next.
     peeked: Option<Result<ConsumerEvent, events::LogError>>,
     /// When the write before `peeked` began (`peeked` is a record).
@@ -117,7 +118,7 @@ impl Loop {
             firsts: BTreeMap::new(),
             batch_bytes: 0,
             batch_started: None,
-            spans: Vec::new(),
+            spans: BTreeMap::new(),
             peeked: None,
             ready_since: None,
             batches: 0,
@@ -254,6 +255,9 @@ impl Loop {
             self.parts.remove(tp);
             self.firsts.remove(tp);
             self.shared.set_position(tp, None);
+            for span in self.spans.remove(tp).unwrap_or_default() {
+                span.record("outcome", "partition revoked; its next owner stores it");
+            }
             if let Some(pb) = self.batch.partitions.remove(tp) {
                 // The next owner reads them again from the stored offset.
                 self.batch_bytes = self
@@ -322,7 +326,7 @@ impl Loop {
                         outcome = tracing::field::Empty,
                     );
                     stats::trace::follow(&span, &m.traceparent);
-                    self.spans.push(span);
+                    self.spans.entry(rec.tp()).or_default().push(span);
                 }
                 pb.rows.push(MessageRow {
                     message_id: m.id,
@@ -407,7 +411,7 @@ impl Loop {
                 duplicates,
                 dead,
             } => {
-                for span in &spans {
+                for span in spans.values().flatten() {
                     span.record("outcome", "committed");
                 }
                 let c = &self.shared.counters;
@@ -443,8 +447,15 @@ impl Loop {
             }
             Written::Fenced(fenced) => {
                 count(&self.shared.counters.fence_conflicts, 1);
-                for span in &spans {
-                    span.record("outcome", "another consumer stored it first");
+                for (tp, spans) in &spans {
+                    let outcome = if fenced.contains(tp) {
+                        "another consumer stored it first"
+                    } else {
+                        "rolled back with a partition another consumer had stored; read again"
+                    };
+                    for span in spans {
+                        span.record("outcome", outcome);
+                    }
                 }
                 tracing::info!(
                     partitions = ?fenced,

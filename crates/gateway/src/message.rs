@@ -183,8 +183,8 @@ pub(crate) struct Steps {
     /// Whether the first chunk (or the end) was timed already.
     first_timed: bool,
     /// The message's span at the edge: it ends when the reply does (or the
-    /// client stops reading it).
-    span: tracing::Span,
+    /// client stops reading it), when `Steps` is dropped.
+    span: stats::trace::EndAtDrop,
 }
 
 impl Steps {
@@ -197,7 +197,7 @@ impl Steps {
             latency,
             started,
             first_timed: false,
-            span,
+            span: stats::trace::EndAtDrop(span),
         }
     }
 
@@ -214,8 +214,8 @@ impl Steps {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(status)) => {
                     self.ended = true;
-                    self.span.record("otel.status_code", "error");
-                    self.span.record("error", status.message());
+                    self.span.0.record("otel.status_code", "error");
+                    self.span.0.record("error", status.message());
                     return Some(Step::Failed(EdgeError::from_code(status.code(), status.message())));
                 }
                 None => {
@@ -249,10 +249,10 @@ impl Steps {
             self.latency.reply.observe(self.started.elapsed().as_secs_f64());
         }
         if end {
-            self.span.record("worker", c.worker.as_str());
+            self.span.0.record("worker", c.worker.as_str());
             if let Some(e) = &c.error {
-                self.span.record("otel.status_code", "error");
-                self.span.record("error", e.message.as_str());
+                self.span.0.record("otel.status_code", "error");
+                self.span.0.record("error", e.message.as_str());
             }
         }
         let chunk = (!text.is_empty()).then(|| Step::Chunk {

@@ -504,7 +504,9 @@ impl Worker {
             Some(queue) => queue.push_back(job),
             None => {
                 st.lanes.insert(key.clone(), VecDeque::from([job]));
-                let span = tracing::info_span!("lane", worker = %self.inner.name, key = %key);
+                // A root: the lane outlives the message that started it, and
+                // a parent would be held open (and exported late) with it.
+                let span = tracing::info_span!(parent: None, "lane", worker = %self.inner.name, key = %key);
                 tokio::spawn(run_lane(self.inner.clone(), key).instrument(span));
             }
         }
@@ -658,6 +660,8 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
     );
     stats::trace::follow(&span, &envelope.traceparent);
     envelope.traceparent = stats::trace::pass_on(&span, &envelope.traceparent);
+    // The span ends when the job does, after the records and the last chunk.
+    let _end = stats::trace::EndAtDrop(span.clone());
     let ended = |outcome: &str, failed: bool| {
         span.record("outcome", outcome);
         if failed {

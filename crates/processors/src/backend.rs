@@ -187,17 +187,20 @@ impl Http {
     /// POSTs `body` to `{path}{suffix}` until the backend answers with a
     /// success (whose body is then read by a [`Stream`]), retrying connect
     /// errors, 429 and 5xx with backoff and jitter (or the `Retry-After`
-    /// the backend asks for), within `total_end`.
+    /// the backend asks for), within `total_end`. A non-empty `traceparent`
+    /// goes as the header of that name, so a backend that traces joins the
+    /// message's trace.
     pub(crate) async fn post(
         &self,
         suffix: &str,
         accept: &str,
         body: &[u8],
+        traceparent: &str,
         total_end: Instant,
     ) -> Result<Response<Incoming>, ProcessError> {
         let mut attempt = 0;
         loop {
-            let e = match tokio::time::timeout_at(total_end, self.attempt(suffix, accept, body)).await {
+            let e = match tokio::time::timeout_at(total_end, self.attempt(suffix, accept, body, traceparent)).await {
                 Ok(Ok(resp)) => return Ok(resp),
                 Ok(Err(e)) => e,
                 Err(_) => {
@@ -225,26 +228,39 @@ impl Http {
     }
 
     /// One attempt: the response head, or why it failed and whether to retry.
-    async fn attempt(&self, suffix: &str, accept: &str, body: &[u8]) -> Result<Response<Incoming>, Attempt> {
+    async fn attempt(
+        &self,
+        suffix: &str,
+        accept: &str,
+        body: &[u8],
+        traceparent: &str,
+    ) -> Result<Response<Incoming>, Attempt> {
         let stream = TcpStream::connect(&self.authority)
             .await
             .map_err(|e| Attempt::retry(format!("connecting to {}: {e}", self.authority)))?;
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => self.exchange(stream, suffix, accept, body).await,
+            None => self.exchange(stream, suffix, accept, body, traceparent).await,
             Some(tls) => {
                 let stream = tls
                     .connector
                     .connect(tls.name.clone(), stream)
                     .await
                     .map_err(|e| Attempt::retry(format!("TLS with {}: {e}", self.authority)))?;
-                self.exchange(stream, suffix, accept, body).await
+                self.exchange(stream, suffix, accept, body, traceparent).await
             }
         }
     }
 
     /// The request on a connection, and the answer's head.
-    async fn exchange<T>(&self, io: T, suffix: &str, accept: &str, body: &[u8]) -> Result<Response<Incoming>, Attempt>
+    async fn exchange<T>(
+        &self,
+        io: T,
+        suffix: &str,
+        accept: &str,
+        body: &[u8],
+        traceparent: &str,
+    ) -> Result<Response<Incoming>, Attempt>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -264,8 +280,6 @@ impl Http {
         if let Some(key) = &self.api_key {
             req = req.header("authorization", format!("Bearer {key}"));
         }
-        // The backend's spans, when it traces, join the message's trace.
-        let traceparent = stats::trace::traceparent(&tracing::Span::current());
         if !traceparent.is_empty() {
             req = req.header("traceparent", traceparent);
         }

@@ -249,7 +249,13 @@ impl OpenAi {
         let total_end = started + self.http.limits.total;
         let resp = self
             .http
-            .post("/chat/completions", "text/event-stream", &body, total_end)
+            .post(
+                "/chat/completions",
+                "text/event-stream",
+                &body,
+                &stats::trace::pass_on(&tracing::Span::current(), &msg.traceparent),
+                total_end,
+            )
             .await?;
         let mut stream = Stream::new(&self.http, resp, started, total_end);
         let mut events = SseBuffer::default();

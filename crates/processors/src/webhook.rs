@@ -139,7 +139,13 @@ impl Webhook {
         let total_end = started + self.http.limits.total;
         let resp = self
             .http
-            .post("", "text/event-stream, text/plain, application/json", &body, total_end)
+            .post(
+                "",
+                "text/event-stream, text/plain, application/json",
+                &body,
+                &stats::trace::pass_on(&tracing::Span::current(), &msg.traceparent),
+                total_end,
+            )
             .await?;
         let sse = resp
             .headers()

@@ -53,10 +53,21 @@ pub(crate) const TRACED: [&str; 6] = ["edge", "inject", "message", "process", "b
 pub(crate) struct Traces(SdkTracerProvider);
 
 impl Traces {
-    /// Exports the spans still buffered (waiting up to 5 s) and stops.
+    /// Exports the spans still buffered and stops, waiting at most 5 s:
+    /// the batch processor's own shutdown waits for its export however long
+    /// that takes (the collector may be unreachable), so it runs on a
+    /// thread of its own, left behind when it takes longer. Call before the
+    /// runtime stops: the export runs on it.
     pub(crate) fn shutdown(self) {
-        if let Err(e) = self.0.shutdown_with_timeout(std::time::Duration::from_secs(5)) {
-            eprintln!("rumor: traces: the last spans were not all exported: {e}");
+        let (done, wait) = std::sync::mpsc::channel();
+        let provider = self.0;
+        std::thread::spawn(move || {
+            let _ = done.send(provider.shutdown());
+        });
+        match wait.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("rumor: traces: the last spans were not all exported: {e}"),
+            Err(_) => eprintln!("rumor: traces: the last spans were not exported within 5 s; exiting without them"),
         }
     }
 }
@@ -81,8 +92,8 @@ pub(crate) fn init(serves: bool) -> anyhow::Result<Option<Traces>> {
     };
     let traces = provider.as_ref().map(|p| {
         // Lean spans: their name and fields say where they are, so no source
-        // location, thread or target attributes; no busy and idle times (a
-        // clock read at every poll of the message's futures); and no
+        // location, thread or target attributes; no busy and idle times
+        // (attributes summed at every poll of the message's futures); and no
         // OpenTelemetry context switched at every poll, which only other
         // OpenTelemetry instrumentation would read (rumor passes contexts on
         // explicitly, through `stats::trace`).

@@ -1538,7 +1538,7 @@ async fn a_watcher_is_told_of_the_gap_when_the_owner_dies_mid_reply_and_follows_
 type Seen = Arc<std::sync::Mutex<Vec<(serde_json::Value, String)>>>;
 
 /// An OpenAI-compatible backend that records what it is sent and answers
-/// each request with "answer N".
+/// each request with "answer N", ending its stream 100 ms after the answer.
 async fn recording_backend() -> (String, Seen) {
     use axum::response::IntoResponse as _;
     let seen: Seen = Arc::default();
@@ -1556,8 +1556,23 @@ async fn recording_backend() -> (String, Seen) {
                     s.len()
                 };
                 let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": format!("answer {n}")}}]});
-                let body = format!("data: {chunk}\n\ndata: [DONE]\n\n");
-                ([("content-type", "text/event-stream")], body).into_response()
+                // The answer, then the end 100 ms later, as a model streams:
+                // the reply is on its way before the backend call ends.
+                let events = [format!("data: {chunk}\n\n"), "data: [DONE]\n\n".to_owned()];
+                let body = futures_util::stream::unfold(0, move |i| {
+                    let event = events.get(i).cloned();
+                    async move {
+                        if i > 0 {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        event.map(|e| (Ok::<_, std::io::Error>(e), i + 1))
+                    }
+                });
+                (
+                    [("content-type", "text/event-stream")],
+                    axum::body::Body::from_stream(body),
+                )
+                    .into_response()
             }
         }),
     );
@@ -1788,6 +1803,8 @@ mod otlp {
         /// Empty for a root span.
         pub(crate) parent: Vec<u8>,
         pub(crate) attributes: BTreeMap<String, String>,
+        /// When it ended, in unix nanoseconds.
+        pub(crate) end: u64,
     }
 
     #[derive(Debug, Clone, Default)]
@@ -1829,6 +1846,7 @@ mod otlp {
                             span_id: s.span_id,
                             parent: s.parent_span_id,
                             attributes: map(&s.attributes),
+                            end: s.end_time_unix_nano,
                         });
                     }
                 }
@@ -2123,6 +2141,16 @@ async fn one_message_yields_one_connected_trace_from_the_edge_through_the_worker
                 by("backend").parent,
                 worker.span_id,
                 "{what}: the backend call is the worker's"
+            );
+            // A span lasts as long as its step: the edge's until the reply
+            // was sent, the worker's until its records were in the log.
+            assert!(
+                by("edge").end >= by("backend").end,
+                "{what}: the edge span ended before the backend call"
+            );
+            assert!(
+                worker.end >= by("backend").end,
+                "{what}: the process span ended before the backend call"
             );
             for store in spans.iter().filter(|s| s.name == "store") {
                 assert_eq!(store.service, "rumor-bridge", "{what}");

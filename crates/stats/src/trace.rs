@@ -7,8 +7,10 @@
 //! is read as the spec says, by its first four fields). With the `otel`
 //! feature, [`traceparent`] reads it off a `tracing` span and [`follow`]
 //! makes a span the child of one received; both do nothing when no
-//! OpenTelemetry layer is installed, so a node that does not export traces
-//! passes none on.
+//! OpenTelemetry layer is installed. [`pass_on`] is what to send on: the
+//! span's own context, or, in a process that does not trace, the one it
+//! received, so that one untraced hop does not break a trace. [`EndAtDrop`]
+//! gives a span that outlives its last poll its true end time.
 //!
 //! ```
 //! use stats::trace::TraceParent;
@@ -175,18 +177,35 @@ mod otel {
     /// own when it is traced; otherwise the one `received`, when it is
     /// understood, so that a process that does not trace passes a trace
     /// through instead of breaking it.
+    /// What is passed on is always the plain version-00 text, however long
+    /// the received one was.
     pub fn pass_on(span: &tracing::Span, received: &str) -> String {
         let mine = traceparent(span);
-        if !mine.is_empty() || received.parse::<TraceParent>().is_err() {
-            mine
-        } else {
-            received.to_owned()
+        if !mine.is_empty() {
+            return mine;
+        }
+        received
+            .parse::<TraceParent>()
+            .map(|tp| tp.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Ends span `.0` when dropped. An exported span ends when it was last
+    /// exited (left after a poll), so a span that goes on after its last
+    /// poll (waiting for a reply to be read, or for records to be
+    /// acknowledged) is entered and left once more when it is done.
+    #[derive(Debug)]
+    pub struct EndAtDrop(pub tracing::Span);
+
+    impl Drop for EndAtDrop {
+        fn drop(&mut self) {
+            let _entered = self.0.enter();
         }
     }
 }
 
 #[cfg(feature = "otel")]
-pub use otel::{follow, pass_on, traceparent};
+pub use otel::{EndAtDrop, follow, pass_on, traceparent};
 
 #[cfg(test)]
 mod tests {

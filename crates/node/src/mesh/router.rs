@@ -223,7 +223,7 @@ impl Router {
             envelope.deadline_unix_ms = envelope::deadline_in(deadline - Instant::now());
         }
         let span = message_span(&inner.me, &envelope);
-        inner.deliver(envelope, deadline).instrument(span).await
+        deliver_in(inner, span, envelope, deadline).await
     }
 
     /// Subscribes to conversation `key`'s events at its owner: the events
@@ -307,7 +307,7 @@ impl Router {
             count(&inner.counters.checksum_mismatch);
         }
         let span = message_span(&inner.me, &envelope);
-        inner.deliver(envelope, deadline).instrument(span).await
+        deliver_in(inner, span, envelope, deadline).await
     }
 }
 
@@ -734,9 +734,32 @@ impl Drop for Relaying {
 /// the message and its conversation. In a trace it is the child of the
 /// span the envelope's trace context names (the sender's), when there is one.
 fn message_span(me: &str, env: &Envelope) -> tracing::Span {
-    let span = tracing::info_span!("message", node = %me, id = %env.id, key = %env.key, hops = env.hops);
+    let span = tracing::info_span!(
+        "message",
+        node = %me,
+        id = %env.id,
+        key = %env.key,
+        hops = env.hops,
+        error = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     stats::trace::follow(&span, &env.traceparent);
     span
+}
+
+/// Routes `env` under `span`, which says why when no owner took it.
+async fn deliver_in(
+    inner: &Arc<Inner>,
+    span: tracing::Span,
+    env: Envelope,
+    deadline: Instant,
+) -> Result<ReplyStream, Status> {
+    let result = inner.deliver(env, deadline).instrument(span.clone()).await;
+    if let Err(status) = &result {
+        span.record("error", status.message());
+        span.record("otel.status_code", "error");
+    }
+    result
 }
 
 fn is_end(chunk: &ReplyChunk) -> bool {

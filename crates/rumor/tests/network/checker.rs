@@ -232,9 +232,10 @@ impl fmt::Display for Twice {
 }
 
 /// Checks `history` against the messages topic: every acknowledged message
-/// has its inbound and reply records there (a worker acknowledges only
-/// once the log has them). Returns the records that are there more than
-/// once, with who wrote each copy, and the violations.
+/// has its inbound and reply records there (while the log is healthy, a
+/// worker sends the last chunk only once the log has them; a scenario that
+/// takes the log away must not use this check). Returns the records that
+/// are there more than once, with who wrote each copy, and the violations.
 pub(crate) fn check_topic(history: &[Event], records: &[TopicRecord]) -> (Vec<Twice>, Vec<Violation>) {
     let mut copies: BTreeMap<(&str, i32), Vec<&str>> = BTreeMap::new();
     for r in records {
