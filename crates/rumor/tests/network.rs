@@ -840,9 +840,16 @@ async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
     const LOSS_FOR: Duration = Duration::from_secs(60);
+    const QUIET_FOR: Duration = Duration::from_secs(10);
     alone("scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead", Duration::from_secs(180), async {
         let c = Cluster::start().await;
         let all: Vec<usize> = (0..HOSTS).collect();
+        // First the gossip of the converged cluster with nothing wrong.
+        let quiet_from = c.counter(&all, "rumor_membership_bytes_out_total").await;
+        let quiet_started = Instant::now();
+        tokio::time::sleep(QUIET_FOR).await;
+        let quiet_to = c.counter(&all, "rumor_membership_bytes_out_total").await;
+        let quiet_for = quiet_started.elapsed();
         let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
         let before_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
         let before_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
@@ -888,6 +895,17 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
         let failures = delta(&after_failures, &before_failures);
         let summary = c.check("loss", load).await;
         let (sim_declared, seeds, sim_bytes) = predict::loss(HOSTS, 0.10, LOSS_FOR);
+        let (_, _, sim_quiet) = predict::loss(HOSTS, 0.0, QUIET_FOR);
+        let quiet = delta(&quiet_to, &quiet_from) as f64 / HOSTS as f64 / quiet_for.as_secs_f64();
+        figures(
+            "quiet",
+            &format!(
+                "converged 12 hosts, nothing wrong, for {}: gossip {quiet:.0} bytes per node per second. Simulator \
+                 ({seeds} seeds): {sim_quiet:.0} bytes per node per second ({:.2}x real)",
+                ms(QUIET_FOR),
+                quiet / sim_quiet
+            ),
+        );
         // Gossip payload each node produced per second (before encryption;
         // the counters are read after the heal, a moment past the loss).
         let bytes = delta(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
