@@ -131,14 +131,10 @@ impl Receiver {
         let addr = listener.local_addr()?;
         let receiver = Receiver::default();
         let service = TraceServiceServer::new(receiver.clone());
-        let incoming = futures_util::stream::unfold(listener, |l| async move {
-            let next = l.accept().await.map(|(s, _)| s);
-            Some((next, l))
-        });
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming(incoming),
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         Ok((receiver, addr))
     }

@@ -339,8 +339,7 @@ async fn forward(State(s): Shr, headers: HeaderMap, body: Result<Json<SendReques
         error = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    stats::trace::follow(&span, received);
-    req.traceparent = stats::trace::pass_on(&span, received);
+    req.traceparent = stats::trace::adopt(&span, received);
     let id = req.id.clone();
     let rec = codec::forward_request(&s.topics.forward, &req);
     match s.producer.send(&rec, s.forward_timeout).instrument(span.clone()).await {
@@ -359,8 +358,7 @@ async fn forward(State(s): Shr, headers: HeaderMap, body: Result<Json<SendReques
         }
         Err(e) => {
             count(&s.counters.forward_errors, 1);
-            span.record("error", e.to_string());
-            span.record("otel.status_code", "error");
+            stats::trace::failed(&span, &e.to_string());
             tracing::warn!("bridge: forward request {id} not taken by the event log: {e}");
             (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -214,8 +214,7 @@ impl Steps {
                 Some(Ok(chunk)) => chunk,
                 Some(Err(status)) => {
                     self.ended = true;
-                    self.span.0.record("otel.status_code", "error");
-                    self.span.0.record("error", status.message());
+                    stats::trace::failed(&self.span.0, status.message());
                     return Some(Step::Failed(EdgeError::from_code(status.code(), status.message())));
                 }
                 None => {
@@ -251,8 +250,7 @@ impl Steps {
         if end {
             self.span.0.record("worker", c.worker.as_str());
             if let Some(e) = &c.error {
-                self.span.0.record("otel.status_code", "error");
-                self.span.0.record("error", e.message.as_str());
+                stats::trace::failed(&self.span.0, &e.message);
             }
         }
         let chunk = (!text.is_empty()).then(|| Step::Chunk {
@@ -318,9 +316,8 @@ impl Shared {
             error = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        stats::trace::follow(&span, &out.traceparent);
         let envelope = Envelope {
-            traceparent: stats::trace::pass_on(&span, &out.traceparent),
+            traceparent: stats::trace::adopt(&span, &out.traceparent),
             id: id.to_owned(),
             key: out.key,
             payload: out.payload,
@@ -335,8 +332,7 @@ impl Shared {
         match self.router.send(envelope).instrument(span.clone()).await {
             Ok(stream) => Ok(Steps::new(stream, self.latency.clone(), started, span)),
             Err(status) => {
-                span.record("otel.status_code", "error");
-                span.record("error", status.message());
+                stats::trace::failed(&span, status.message());
                 Err(EdgeError::from_code(status.code(), status.message()))
             }
         }

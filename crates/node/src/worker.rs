@@ -658,8 +658,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         outcome = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    stats::trace::follow(&span, &envelope.traceparent);
-    envelope.traceparent = stats::trace::pass_on(&span, &envelope.traceparent);
+    envelope.traceparent = stats::trace::adopt(&span, &envelope.traceparent);
     // The span ends when the job does, after the records and the last chunk.
     let _end = stats::trace::EndAtDrop(span.clone());
     let ended = |outcome: &str, failed: bool| {

@@ -29,8 +29,9 @@ pub const NAMES: [&str; 3] = ["echo", "openai", "webhook"];
 
 /// Marks a backend call's span as failed, with why (a cancel is not a failure).
 fn failed(span: &tracing::Span, e: &node::ProcessError) {
-    span.record("error", e.message.as_str());
-    if e.code != tonic::Code::Cancelled {
-        span.record("otel.status_code", "error");
+    if e.code == tonic::Code::Cancelled {
+        span.record("error", e.message.as_str());
+    } else {
+        stats::trace::failed(span, &e.message);
     }
 }

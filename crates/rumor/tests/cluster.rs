@@ -1864,10 +1864,9 @@ mod otlp {
             let receiver = Receiver::default();
             let service = TraceServiceServer::new(receiver.clone());
             tokio::spawn(async move {
-                let incoming = async_incoming(listener);
                 tonic::transport::Server::builder()
                     .add_service(service)
-                    .serve_with_incoming(incoming)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                     .await
             });
             (receiver, format!("http://{addr}"))
@@ -1887,16 +1886,6 @@ mod otlp {
                 .find(|s| s.name == "edge" && s.attributes.get("id").map(String::as_str) == Some(id))
                 .map(|s| s.trace_id.clone())
         }
-    }
-
-    /// The listener's connections as a stream, for tonic.
-    fn async_incoming(
-        listener: tokio::net::TcpListener,
-    ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-        futures_util::stream::unfold(listener, |l| async move {
-            let next = l.accept().await.map(|(s, _)| s);
-            Some((next, l))
-        })
     }
 }
 

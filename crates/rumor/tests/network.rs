@@ -445,6 +445,33 @@ impl Cluster {
         futures_util::future::join_all(clients.iter().map(|c| async move { c.members().await.ok() })).await
     }
 
+    /// Polls the views of `hosts` every 500 ms for `d`: who listed whom dead
+    /// (or left), and how many suspects they showed.
+    async fn sightings(&self, hosts: &[usize], d: Duration) -> Sightings {
+        let started = Instant::now();
+        let mut seen = Sightings::default();
+        while started.elapsed() < d {
+            for (h, view) in hosts.iter().zip(self.views(hosts).await) {
+                let Some(view) = view else { continue };
+                for m in &view.members {
+                    match m.status() {
+                        MemberStatus::Dead | MemberStatus::Left => seen.dead.push(format!(
+                            "{} listed {} as {:?} at {}",
+                            self.nodes[*h].name,
+                            m.name,
+                            m.status(),
+                            ms(started.elapsed())
+                        )),
+                        MemberStatus::Suspect => seen.suspect += 1,
+                        _ => {}
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        seen
+    }
+
     /// A counter from the /metrics of each of `hosts`, by node name.
     async fn counter(&self, hosts: &[usize], name: &str) -> BTreeMap<String, u64> {
         let mut out = BTreeMap::new();
@@ -796,14 +823,53 @@ impl Load {
 
 const SENDERS: usize = 4;
 
+/// A cluster with the client load running for 2 s.
+async fn loaded() -> (Cluster, Load) {
+    let c = Cluster::start().await;
+    let load = Load::start(c.gateways(), SENDERS);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    (c, load)
+}
+
+/// How much `after` exceeds `before`, summed over the nodes (counters by node).
+fn increase(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> u64 {
+    after.iter().map(|(k, v)| v.saturating_sub(before[k])).sum()
+}
+
+/// What the nodes' views showed, polled every 500 ms.
+#[derive(Debug, Default)]
+struct Sightings {
+    /// A member listed dead or left, by whom and when.
+    dead: Vec<String>,
+    /// Suspect members seen, summed over the polls.
+    suspect: usize,
+}
+
+/// The figures of a cut and its heal, beside the simulator's prediction
+/// (time until `seen`, time to one view after repair).
+fn split_figures(scenario: &str, fault: &str, seen: &str, d: &Detection, merged: Duration, sim: (Duration, Duration)) {
+    let (sim_split, sim_heal) = sim;
+    figures(
+        scenario,
+        &format!(
+            "{fault}: {}; after heal one view in {}. Simulator (median of 21 seeds): {seen} after {} ({:.2}x real), \
+             one view {} after repair ({:.2}x real)",
+            d.describe(),
+            ms(merged),
+            ms(sim_split),
+            d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
+            ms(sim_heal),
+            merged.as_secs_f64() / sim_heal.as_secs_f64()
+        ),
+    );
+}
+
 // ---- Scenarios ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
     alone("scenario_crash_kill9_worker_dead_everywhere_then_rejoins", Duration::from_secs(120), async {
-        let mut c = Cluster::start().await;
-        let load = Load::start(c.gateways(), SENDERS);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut c, load) = loaded().await;
 
         let victim = c.index("w5");
         let killed = Instant::now();
@@ -862,41 +928,18 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
             c.net.loss(h, 10, Traffic::All);
         }
         let started = Instant::now();
-        let mut dead_seen: Vec<String> = Vec::new();
-        let mut suspect_seen = 0usize;
-        while started.elapsed() < LOSS_FOR {
-            for (h, view) in all.iter().zip(c.views(&all).await) {
-                let Some(view) = view else { continue };
-                for m in &view.members {
-                    match m.status() {
-                        MemberStatus::Dead | MemberStatus::Left => dead_seen.push(format!(
-                            "{} listed {} as {:?} at {}",
-                            c.nodes[*h].name,
-                            m.name,
-                            m.status(),
-                            ms(started.elapsed())
-                        )),
-                        MemberStatus::Suspect => suspect_seen += 1,
-                        _ => {}
-                    }
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        let seen = c.sightings(&all, LOSS_FOR).await;
         c.net.heal();
         let lossy_for = started.elapsed();
         let after_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
         let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
         let after_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
         let after_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
-        let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>| -> u64 {
-            a.iter().map(|(k, v)| v.saturating_sub(b[k])).sum()
-        };
-        let failures = delta(&after_failures, &before_failures);
+        let failures = increase(&after_failures, &before_failures);
         let summary = c.check("loss", load).await;
         let (sim_declared, seeds, sim_bytes) = predict::loss(HOSTS, 0.10, LOSS_FOR);
         let (_, _, sim_quiet) = predict::loss(HOSTS, 0.0, QUIET_FOR);
-        let quiet = delta(&quiet_to, &quiet_from) as f64 / HOSTS as f64 / quiet_for.as_secs_f64();
+        let quiet = increase(&quiet_to, &quiet_from) as f64 / HOSTS as f64 / quiet_for.as_secs_f64();
         figures(
             "quiet",
             &format!(
@@ -908,22 +951,23 @@ async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
         );
         // Gossip payload each node produced per second (before encryption;
         // the counters are read after the heal, a moment past the loss).
-        let bytes = delta(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
+        let bytes = increase(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
         figures(
             "loss",
             &format!(
                 "10% inbound loss on all 12 hosts for {}: {} suspicions, {} refutations, {failures} members declared dead, \
-                 {suspect_seen} suspect sightings in polls every 500 ms; {} acknowledged; gossip {bytes:.0} bytes per \
+                 {} suspect sightings in polls every 500 ms; {} acknowledged; gossip {bytes:.0} bytes per \
                  node per second. Simulator (10% datagram loss, {seeds} seeds of the same length): {sim_declared} \
                  healthy members declared dead; gossip {sim_bytes:.0} bytes per node per second ({:.2}x real)",
                 ms(LOSS_FOR),
-                delta(&after_suspicions, &before_suspicions),
-                delta(&after_refutations, &before_refutations),
+                increase(&after_suspicions, &before_suspicions),
+                increase(&after_refutations, &before_refutations),
+                seen.suspect,
                 summary.acknowledged,
                 bytes / sim_bytes
             ),
         );
-        assert!(dead_seen.is_empty(), "a healthy member was declared dead: {dead_seen:?}");
+        assert!(seen.dead.is_empty(), "a healthy member was declared dead: {:?}", seen.dead);
         assert_eq!(
             failures, 0,
             "no node declares a healthy member dead: {after_failures:?} (before {before_failures:?})"
@@ -939,9 +983,7 @@ async fn scenario_partition_50_50_each_side_declares_the_other_dead_then_heals()
         "scenario_partition_50_50_each_side_declares_the_other_dead_then_heals",
         Duration::from_secs(150),
         async {
-            let c = Cluster::start().await;
-            let load = Load::start(c.gateways(), SENDERS);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (c, load) = loaded().await;
 
             // gw1, fw, w1..w4 | gw2, w5..w9: a gateway and workers on each side.
             let a: Vec<usize> = vec![0, 2, 3, 4, 5, 6];
@@ -954,19 +996,14 @@ async fn scenario_partition_50_50_each_side_declares_the_other_dead_then_heals()
             let (d, merged) = c
                 .cut_and_heal("partition", load, |net| net.partition(&a, &b), &expect)
                 .await;
-            let (sim_split, sim_heal) = predict::partition(&a, &b);
-            figures(
+            let sim = predict::partition(&a, &b);
+            split_figures(
                 "partition",
-                &format!(
-                    "two-way 6|6 partition: {}; after heal one view in {}. Simulator (median of 21 seeds): each side \
-                 sees the other dead after {} ({:.2}x real), one view {} after repair ({:.2}x real)",
-                    d.describe(),
-                    ms(merged),
-                    ms(sim_split),
-                    d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
-                    ms(sim_heal),
-                    merged.as_secs_f64() / sim_heal.as_secs_f64()
-                ),
+                "two-way 6|6 partition",
+                "each side sees the other dead",
+                &d,
+                merged,
+                sim,
             );
         },
     )
@@ -991,23 +1028,10 @@ async fn scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_me
             c.net.link_loss(3, 4, 100);
             c.net.link_loss(4, 3, 100);
             c.net.link_loss(5, 0, 50);
-            let started = Instant::now();
-            let mut dead_seen: Vec<String> = Vec::new();
-            while started.elapsed() < FAULT_FOR {
-                for (h, view) in all.iter().zip(c.views(&all).await) {
-                    let Some(view) = view else { continue };
-                    dead_seen.extend(
-                        view.members
-                            .iter()
-                            .filter(|m| matches!(m.status(), MemberStatus::Dead | MemberStatus::Left))
-                            .map(|m| format!("{} listed {} as {:?}", c.nodes[*h].name, m.name, m.status())),
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+            let seen = c.sightings(&all, FAULT_FOR).await;
             c.net.heal();
             let after = c.counter(&all, "rumor_membership_failures_declared_total").await;
-            let failures: u64 = after.iter().map(|(k, v)| v.saturating_sub(before[k])).sum();
+            let failures = increase(&after, &before);
             let summary = c.check("cut link", load).await;
             let (sim_declared, seeds) = predict::cut_link(HOSTS, 3, 4, FAULT_FOR);
             figures(
@@ -1021,8 +1045,9 @@ async fn scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_me
                 ),
             );
             assert!(
-                dead_seen.is_empty(),
-                "a healthy member was declared dead: {dead_seen:?}"
+                seen.dead.is_empty(),
+                "a healthy member was declared dead: {:?}",
+                seen.dead
             );
             assert_eq!(
                 failures, 0,
@@ -1040,9 +1065,7 @@ async fn scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_r
         "scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_rejoin",
         Duration::from_secs(150),
         async {
-            let c = Cluster::start().await;
-            let load = Load::start(c.gateways(), SENDERS);
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (c, load) = loaded().await;
 
             // w1 and w2 still hear everyone, but nobody hears them: their
             // acks, refutations and replies are lost on the way out.
@@ -1052,19 +1075,14 @@ async fn scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_r
             let (d, merged) = c
                 .cut_and_heal("one-way partition", load, |net| net.partition_one_way(&a, &b), &expect)
                 .await;
-            let (sim_split, sim_heal) = predict::one_way(&a, &b);
-            figures(
+            let sim = predict::one_way(&a, &b);
+            split_figures(
                 "one-way partition",
-                &format!(
-                    "2 workers unheard by the other 10: {}; after heal one view in {}. Simulator (median of 21 \
-                     seeds): the other 10 see both dead after {} ({:.2}x real), one view {} after repair ({:.2}x real)",
-                    d.describe(),
-                    ms(merged),
-                    ms(sim_split),
-                    d.dead_everywhere.as_secs_f64() / sim_split.as_secs_f64(),
-                    ms(sim_heal),
-                    merged.as_secs_f64() / sim_heal.as_secs_f64()
-                ),
+                "2 workers unheard by the other 10",
+                "the other 10 see both dead",
+                &d,
+                merged,
+                sim,
             );
         },
     )
@@ -1074,9 +1092,7 @@ async fn scenario_one_way_partition_the_unheard_side_is_declared_dead_then_all_r
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_restart_at_a_new_address_everyone_sees_it_alive_there() {
     alone("scenario_restart_at_a_new_address_everyone_sees_it_alive_there", Duration::from_secs(120), async {
-        let mut c = Cluster::start().await;
-        let load = Load::start(c.gateways(), SENDERS);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (mut c, load) = loaded().await;
 
         let victim = c.index("w3");
         let old = c.nodes[victim].running().gossip.clone();

@@ -190,6 +190,22 @@ mod otel {
             .unwrap_or_default()
     }
 
+    /// Makes `span` (just created) the child of `received`, as [`follow`],
+    /// and returns what to pass on for work done under it, as [`pass_on`]:
+    /// the two in the order they need, since reading a span's context
+    /// starts it, after which its parent cannot change.
+    pub fn adopt(span: &tracing::Span, received: &str) -> String {
+        follow(span, received);
+        pass_on(span, received)
+    }
+
+    /// Marks `span` failed: why in its `error` field (which it must declare,
+    /// as `error = tracing::field::Empty`), and the OpenTelemetry status.
+    pub fn failed(span: &tracing::Span, why: &str) {
+        span.record("error", why);
+        span.record("otel.status_code", "error");
+    }
+
     /// Ends span `.0` when dropped. An exported span ends when it was last
     /// exited (left after a poll), so a span that goes on after its last
     /// poll (waiting for a reply to be read, or for records to be
@@ -205,7 +221,7 @@ mod otel {
 }
 
 #[cfg(feature = "otel")]
-pub use otel::{EndAtDrop, follow, pass_on, traceparent};
+pub use otel::{EndAtDrop, adopt, failed, follow, pass_on, traceparent};
 
 #[cfg(test)]
 mod tests {

@@ -756,8 +756,7 @@ async fn deliver_in(
 ) -> Result<ReplyStream, Status> {
     let result = inner.deliver(env, deadline).instrument(span.clone()).await;
     if let Err(status) = &result {
-        span.record("error", status.message());
-        span.record("otel.status_code", "error");
+        stats::trace::failed(&span, status.message());
     }
     result
 }
