@@ -473,14 +473,23 @@ fn up_with_a_real_model_answers_the_demo_message_with_it() {
     );
     assert!(ok, "exit status: stdout {out}\nstderr {err}");
     assert!(out.contains("workers answer with model SmolLM2-135M-Instruct"), "{out}");
-    let reply = out
-        .lines()
-        .find(|l| l.contains("for key \"conversation-1\" through gateway-1: reply"))
-        .unwrap_or_else(|| panic!("no demo reply:\n{out}"));
     assert!(
-        !reply.contains("reply \"hello through the mesh\""),
-        "an echo, not the model: {reply}"
+        out.contains("for key \"conversation-1\" through gateway-1: reply"),
+        "no demo reply:\n{out}"
     );
+    // The reply's text cannot tell the model from an echo: a small model may
+    // answer by repeating the message. The usage stored with the reply can:
+    // an echo has none.
+    let usage = out
+        .lines()
+        .find(|l| l.contains("the reply's usage: model SmolLM2-135M-Instruct"))
+        .unwrap_or_else(|| panic!("no model usage stored with the reply:\n{out}"));
+    let completion: u64 = usage
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" completion tokens"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no completion tokens in {usage:?}"));
+    assert!(completion > 0, "{usage}");
     assert!(out.contains("model=\"SmolLM2-135M-Instruct\""), "{out}");
 }
 
