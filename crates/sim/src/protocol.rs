@@ -67,9 +67,17 @@ pub struct Rumor {
 }
 
 impl Rumor {
-    /// Creates a node with `cfg`.
+    /// Creates a node with `cfg` and no metadata.
     pub fn new(cfg: Config, spec: &NodeSpec) -> Self {
-        let inner = Membership::new(cfg, spec.name.clone(), spec.addr, Meta::default(), spec.seed, spec.now)
+        Self::with_meta(cfg, spec, Meta::default())
+    }
+
+    /// Creates a node with `cfg` that advertises `meta`, as a real node
+    /// advertises its roles, services and models: every member entry a
+    /// push-pull or an update carries includes it, so the gossip bytes
+    /// depend on it.
+    pub fn with_meta(cfg: Config, spec: &NodeSpec, meta: Meta) -> Self {
+        let inner = Membership::new(cfg, spec.name.clone(), spec.addr, meta, spec.seed, spec.now)
             .expect("simulator configs are valid");
         Self { inner }
     }

@@ -5,11 +5,31 @@
 
 use std::time::Duration;
 
-use membership::Config;
+use membership::{Config, Meta};
 use sim::{Cluster, NetConfig, Rumor};
 
 /// Seeds per prediction; figures are medians over them.
 const SEEDS: u64 = 21;
+
+/// What the real node on host `h` advertises (see `Node::start` in the
+/// crate root): its role, its mesh and admin addresses, a worker's capacity
+/// and model. Packets that carry member entries (push-pull above all) are as
+/// large as the real ones only with it.
+fn real_meta(h: usize) -> Meta {
+    let (_, role) = crate::roles(h);
+    let addr = |port: u16| format!("10.213.100.{}:{port}", 10 + h);
+    let mut meta = Meta {
+        roles: vec![role.to_owned()],
+        ..Meta::default()
+    };
+    meta.services.insert("mesh".into(), addr(crate::MESH_PORT));
+    meta.services.insert("admin".into(), addr(crate::ADMIN_PORT));
+    if role == "worker" {
+        meta.capacity = 256;
+        meta.tags.insert("models".into(), "echo".into());
+    }
+    meta
+}
 
 fn cluster(n: usize, seed: u64, loss: f64) -> Cluster<Rumor> {
     // Loopback-like veths: a tenth of a millisecond each way.
@@ -18,7 +38,9 @@ fn cluster(n: usize, seed: u64, loss: f64) -> Cluster<Rumor> {
         jitter: Duration::from_micros(100),
         loss,
     };
-    let mut c = Cluster::new(seed, net, |spec| Rumor::new(Config::for_tests(), spec));
+    let mut c = Cluster::new(seed, net, |spec| {
+        Rumor::with_meta(Config::for_tests(), spec, real_meta(spec.index))
+    });
     for _ in 0..n {
         c.add_node(&[0]);
     }
