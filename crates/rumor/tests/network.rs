@@ -2,8 +2,9 @@
 //! a Linux network namespace of its own (network/netns.rs), so gossip, gRPC
 //! and Kafka traffic cross veths and a bridge, and faults (loss, partitions)
 //! are nftables rules the kernel applies. A client load runs through the
-//! gateways during each scenario and records a history, which
-//! network/checker.rs checks against what the bridge stored in PostgreSQL.
+//! gateways during each scenario (half over the client edge's WebSocket,
+//! half over the admin API) and records a history, which network/checker.rs
+//! checks against the Kafka topic and what the bridge stored in PostgreSQL.
 //!
 //! Twelve hosts: gateways gw1 and gw2, forward node fw, workers w1..w9, all
 //! on the `test` membership preset (100 ms protocol period). A tansu broker
@@ -15,6 +16,8 @@
 //! root) and are skipped, saying so, when it is not. With it set, a missing
 //! requirement fails the test. Each scenario prints its figures and appends
 //! them to `network-figures.txt` in the test's target temporary directory.
+//! Two runs of an hour (`long_*` and `soak_*`) are ignored by default;
+//! `scripts/network-long` runs them.
 
 // The harness's parts, in tests/network/ (a test's root file resolves its
 // modules beside itself, hence the paths).
@@ -215,6 +218,18 @@ const MESH_PORT: u16 = 7947;
 const ADMIN_PORT: u16 = 7948;
 const EDGE_PORT: u16 = 8080;
 
+/// The client edge's API key of the load, and the gateways' edge settings:
+/// that key, and rate limits the load never reaches (it is not what is
+/// tested here).
+const EDGE_KEY: &str = "network-test-key";
+
+fn edge_config() -> String {
+    format!(
+        "[edge]\nmessages_per_second = 100000\nburst = 100000\n[[edge.api_keys]]\nname = \"load\"\nsha256 = \"{}\"\n",
+        gateway::key_hash(EDGE_KEY)
+    )
+}
+
 /// Workers answer in 3 chunks, 2 ms apart, so that replies are in flight
 /// when a fault strikes.
 const WORKER_ECHO: &str = "[worker.echo]\nchunks = 3\ndelay_ms = 2\n";
@@ -232,6 +247,8 @@ struct Running {
     child: Child,
     gossip: String,
     admin: String,
+    /// The client edge, on gateways.
+    edge: Option<String>,
     /// SIGSTOPped: its admin API does not answer.
     stopped: bool,
 }
@@ -290,6 +307,10 @@ impl Node {
         self.proc = Some(Running {
             gossip: field("gossip="),
             admin: field("admin="),
+            edge: line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("edge="))
+                .map(str::to_owned),
             child,
             stopped: false,
         });
@@ -310,6 +331,23 @@ impl Node {
         if let Some(mut p) = self.proc.take() {
             let _ = p.child.kill();
             let _ = p.child.wait();
+        }
+    }
+
+    /// SIGTERM: the node leaves the cluster gracefully and exits; killed
+    /// if it has not within 10 s.
+    fn terminate(&mut self) {
+        self.signal("-TERM");
+        let mut p = self.proc.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while p.child.try_wait().expect("waiting for the node").is_none() {
+            if Instant::now() > deadline {
+                eprintln!("{} did not exit within 10 s of SIGTERM: killed", self.name);
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -376,7 +414,7 @@ impl Cluster {
                 let text = match roles {
                     "worker" => format!("{WORKER_ECHO}{events}"),
                     "forward" => events.clone(),
-                    _ => String::new(),
+                    _ => edge_config(),
                 };
                 let config =
                     std::env::temp_dir().join(format!("rumor-net-{}-{name}-{}.toml", std::process::id(), nanos()));
@@ -606,12 +644,14 @@ impl Cluster {
         let mut ends: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
         let mut records = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Generous: after an hour-long run the topic holds a few hundred
+        // thousand records.
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let all_read = ends.len() == 2 && ends.iter().all(|(tp, end)| next.get(tp).copied().unwrap_or(0) >= *end);
             assert!(
                 Instant::now() < deadline,
-                "the checker could not read the topic within 60 s"
+                "the checker could not read the topic within 300 s"
             );
             let Ok(ev) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else {
                 // Past the ends, and nothing more for a second: that is all
@@ -642,20 +682,29 @@ impl Cluster {
         }
     }
 
-    /// The gateways' admin addresses, for the client load.
-    fn gateways(&self) -> Vec<String> {
-        (0..2).map(|h| self.nodes[h].running().admin.clone()).collect()
+    /// The gateways' admin API and client edge addresses, for the client load.
+    fn gateways(&self) -> Vec<Gateway> {
+        (0..2)
+            .map(|h| {
+                let r = self.nodes[h].running();
+                Gateway {
+                    admin: r.admin.clone(),
+                    edge: r.edge.clone().expect("a gateway has a client edge"),
+                }
+            })
+            .collect()
     }
 
     /// Stops the load, waits for the bridge to store what was acknowledged
     /// and runs the checker; panics with the counterexamples if it fails.
     async fn check(&self, scenario: &str, load: Load) -> checker::Summary {
-        let history = load.stop().await;
+        let mut history = load.stop().await;
         // Acknowledged means the records were in Kafka (the worker waits for
         // them), so the bridge must get them all; give it a moment.
         let deadline = Instant::now() + Duration::from_secs(30);
         let (summary, violations) = loop {
             let rows = self.db.rows().await;
+            checker::resolve_unaccepted(&mut history, &rows);
             let (summary, violations) = checker::check(&history, &rows);
             let missing = violations
                 .iter()
@@ -702,7 +751,11 @@ impl Cluster {
                 shown.join("\n")
             );
         }
-        assert!(summary.acknowledged > 0, "{scenario}: the load got answers");
+        let (edge, admin) = acknowledged_by_path(&history);
+        assert!(
+            edge > 0 && admin > 0,
+            "{scenario}: both paths got answers: {edge} acknowledged over the edge, {admin} over the admin API"
+        );
         summary
     }
 }
@@ -725,8 +778,16 @@ impl Detection {
 
 // ---- The client load and its history ----
 
-/// Senders through the gateways' admin API, each with conversations of its
-/// own, sending one message at a time per sender, and recording a history.
+/// Where the load reaches a gateway.
+struct Gateway {
+    admin: String,
+    edge: String,
+}
+
+/// Senders through the gateways, each with conversations of its own,
+/// sending one message at a time and recording a history. Half the senders
+/// use the client edge (WebSocket, as applications do), half the admin API
+/// (`rumor send`); each gateway gets one of each.
 struct Load {
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -744,72 +805,50 @@ fn new_id() -> String {
     proto::message_id(unix_ms, random)
 }
 
+/// What every sender shares: when to stop, the history, its clock.
+#[derive(Clone)]
+struct Recorder {
+    stop: Arc<AtomicBool>,
+    history: Arc<Mutex<Vec<Event>>>,
+    epoch: Instant,
+}
+
+impl Recorder {
+    fn at(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn push(&self, e: Event) {
+        self.history.lock().unwrap().push(e);
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+}
+
 impl Load {
-    fn start(gateways: Vec<String>, senders: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let history = Arc::new(Mutex::new(Vec::new()));
-        let epoch = Instant::now();
+    fn start(gateways: Vec<Gateway>, senders: usize) -> Load {
+        let rec = Recorder {
+            stop: Arc::new(AtomicBool::new(false)),
+            history: Arc::new(Mutex::new(Vec::new())),
+            epoch: Instant::now(),
+        };
         let tasks = (0..senders)
             .map(|s| {
-                let gw = AdminClient::new(gateways[s % gateways.len()].clone()).with_timeout(Duration::from_secs(6));
-                let (stop, history) = (stop.clone(), history.clone());
-                tokio::spawn(async move {
-                    let at = || epoch.elapsed().as_millis() as u64;
-                    let mut i = 0usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (id, conv, payload) = (
-                            new_id(),
-                            format!("conv-{s}-{}", i % CONVERSATIONS),
-                            format!("s{s}-m{i}"),
-                        );
-                        history.lock().unwrap().push(Event::Sent {
-                            id: id.clone(),
-                            conv: conv.clone(),
-                            payload: payload.clone(),
-                            at_ms: at(),
-                        });
-                        let req = SendRequest {
-                            key: conv,
-                            payload,
-                            id: Some(id.clone()),
-                            timeout_ms: Some(3000),
-                            ..Default::default()
-                        };
-                        let result = gw
-                            .send(&req, |l| {
-                                let e = match &l.error {
-                                    Some(err) => Event::Failed {
-                                        id: l.id.clone(),
-                                        code: err.code,
-                                        name: err.name.clone(),
-                                        at_ms: at(),
-                                    },
-                                    None => Event::Chunk {
-                                        id: l.id.clone(),
-                                        seq: l.seq,
-                                        data: l.data.clone(),
-                                        worker: l.worker.clone(),
-                                        last: l.last,
-                                        at_ms: at(),
-                                    },
-                                };
-                                history.lock().unwrap().push(e);
-                            })
-                            .await;
-                        if let Err(e) = result {
-                            history.lock().unwrap().push(Event::Unknown {
-                                id,
-                                why: e.to_string(),
-                                at_ms: at(),
-                            });
-                        }
-                        i += 1;
-                        tokio::time::sleep(Duration::from_millis(30)).await;
-                    }
-                })
+                let gw = &gateways[s % gateways.len()];
+                if s < senders.div_ceil(2) {
+                    tokio::spawn(edge_sender(gw.edge.clone(), s, rec.clone()))
+                } else {
+                    tokio::spawn(admin_sender(gw.admin.clone(), s, rec.clone()))
+                }
             })
             .collect();
-        Load { stop, tasks, history }
+        Load {
+            stop: rec.stop,
+            tasks,
+            history: rec.history,
+        }
     }
 
     async fn stop(self) -> Vec<Event> {
@@ -818,6 +857,253 @@ impl Load {
             t.await.expect("a sender panicked");
         }
         std::mem::take(&mut *self.history.lock().unwrap())
+    }
+}
+
+/// Acknowledged messages of the edge senders and of the admin API senders
+/// (the edge senders are the first half; a payload names its sender).
+fn acknowledged_by_path(history: &[Event]) -> (usize, usize) {
+    let sender: BTreeMap<&str, usize> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sent { id, payload, .. } => {
+                let s = payload.strip_prefix('s')?.split_once('-')?.0.parse().ok()?;
+                Some((id.as_str(), s))
+            }
+            _ => None,
+        })
+        .collect();
+    let (mut edge, mut admin) = (0, 0);
+    for e in history {
+        if let Event::Chunk { id, last: true, .. } = e
+            && let Some(&s) = sender.get(id.as_str())
+        {
+            if s < SENDERS.div_ceil(2) {
+                edge += 1;
+            } else {
+                admin += 1;
+            }
+        }
+    }
+    (edge, admin)
+}
+
+/// Time a message has in the mesh, and how long a sender waits for its end.
+const MESSAGE_TIMEOUT_MS: u32 = 3000;
+const CLIENT_WAIT: Duration = Duration::from_secs(6);
+
+/// Sends through a gateway's admin API: the sender picks each message's id.
+async fn admin_sender(admin: String, s: usize, rec: Recorder) {
+    let gw = AdminClient::new(admin).with_timeout(CLIENT_WAIT);
+    let mut i = 0usize;
+    while !rec.stopped() {
+        let (id, conv, payload) = (
+            new_id(),
+            format!("conv-{s}-{}", i % CONVERSATIONS),
+            format!("s{s}-m{i}"),
+        );
+        rec.push(Event::Sent {
+            id: id.clone(),
+            conv: conv.clone(),
+            payload: payload.clone(),
+            at_ms: rec.at(),
+        });
+        let req = SendRequest {
+            key: conv,
+            payload,
+            id: Some(id.clone()),
+            timeout_ms: Some(MESSAGE_TIMEOUT_MS.into()),
+            ..Default::default()
+        };
+        let result = gw
+            .send(&req, |l| {
+                rec.push(match &l.error {
+                    Some(err) => Event::Failed {
+                        id: l.id.clone(),
+                        code: err.code,
+                        name: err.name.clone(),
+                        at_ms: rec.at(),
+                    },
+                    None => Event::Chunk {
+                        id: l.id.clone(),
+                        seq: l.seq,
+                        data: l.data.clone(),
+                        worker: l.worker.clone(),
+                        last: l.last,
+                        at_ms: rec.at(),
+                    },
+                })
+            })
+            .await;
+        if let Err(e) = result {
+            rec.push(Event::Unknown {
+                id,
+                why: e.to_string(),
+                at_ms: rec.at(),
+            });
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+}
+
+type EdgeSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends over one WebSocket to a gateway's client edge, reconnecting when
+/// it breaks. The gateway names each message (`accepted`); until it has, the
+/// message is known by a provisional id (see [`checker::resolve_unaccepted`]).
+/// Chunks are numbered as they arrive, and `done` is recorded as an empty
+/// final chunk.
+async fn edge_sender(edge: String, s: usize, rec: Recorder) {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let connect = async || -> Result<EdgeSocket, String> {
+        let mut req = format!("ws://{edge}/v1/ws").into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {EDGE_KEY}").parse().unwrap());
+        match tokio::time::timeout(CLIENT_WAIT, tokio_tungstenite::connect_async(req)).await {
+            Ok(Ok((ws, _))) => Ok(ws),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("connecting timed out".into()),
+        }
+    };
+    let mut ws: Option<EdgeSocket> = None;
+    let mut i = 0usize;
+    while !rec.stopped() {
+        if ws.is_none() {
+            match connect().await {
+                Ok(new) => ws = Some(new),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let socket = ws.as_mut().expect("connected");
+        let (conv, payload) = (format!("conv-{s}-{}", i % CONVERSATIONS), format!("s{s}-m{i}"));
+        let client_id = payload.clone();
+        i += 1;
+        let sent_at = rec.at();
+        let mut id: Option<String> = None;
+        let sent = |id: &str| Event::Sent {
+            id: id.to_owned(),
+            conv: conv.clone(),
+            payload: payload.clone(),
+            at_ms: sent_at,
+        };
+        let frame = serde_json::json!({"send": {
+            "conversation": conv, "client_id": client_id, "text": payload, "timeout_ms": MESSAGE_TIMEOUT_MS,
+        }});
+        let mut outcome: Result<(), String> = socket
+            .send(Message::text(frame.to_string()))
+            .await
+            .map_err(|e| format!("sending: {e}"));
+        let deadline = tokio::time::Instant::now() + CLIENT_WAIT;
+        let mut chunks = 0u64;
+        while outcome.is_ok() {
+            let f = match tokio::time::timeout_at(deadline, socket.next()).await {
+                Err(_) => Err("no end within the client's wait".to_owned()),
+                Ok(None) => Err("connection closed".to_owned()),
+                Ok(Some(Err(e))) => Err(e.to_string()),
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    serde_json::from_str::<serde_json::Value>(&t).map_err(|e| format!("a frame that is not JSON: {e}"))
+                }
+                Ok(Some(Ok(_))) => continue,
+            };
+            let f = match f {
+                Ok(f) => f,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            let Some((kind, body)) = f.as_object().and_then(|o| o.iter().next()) else {
+                outcome = Err(format!("a frame of no kind: {f}"));
+                break;
+            };
+            if body["client_id"].as_str() != Some(client_id.as_str()) {
+                continue; // the welcome, or a late frame of an earlier message
+            }
+            let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+            // The gateway says `accepted` before anything else about a
+            // message; should that ever change, the history still has it sent.
+            if id.is_none() && matches!(kind.as_str(), "chunk" | "done") {
+                rec.push(sent(&text("message_id")));
+                id = Some(text("message_id"));
+            }
+            match kind.as_str() {
+                "accepted" => {
+                    let mesh_id = text("message_id");
+                    rec.push(sent(&mesh_id));
+                    id = Some(mesh_id);
+                }
+                "chunk" => {
+                    rec.push(Event::Chunk {
+                        id: text("message_id"),
+                        seq: chunks,
+                        data: text("text"),
+                        worker: text("worker"),
+                        last: false,
+                        at_ms: rec.at(),
+                    });
+                    chunks += 1;
+                }
+                "done" => {
+                    rec.push(Event::Chunk {
+                        id: text("message_id"),
+                        seq: chunks,
+                        data: String::new(),
+                        worker: text("worker"),
+                        last: true,
+                        at_ms: rec.at(),
+                    });
+                    break;
+                }
+                "error" => {
+                    let mesh_id = text("message_id");
+                    let mesh_id = match (&id, mesh_id.is_empty()) {
+                        (Some(id), _) => id.clone(),
+                        (None, false) => {
+                            rec.push(sent(&mesh_id));
+                            id = Some(mesh_id.clone());
+                            mesh_id
+                        }
+                        (None, true) => {
+                            let provisional = format!("{}{client_id}", checker::UNACCEPTED);
+                            rec.push(sent(&provisional));
+                            id = Some(provisional.clone());
+                            provisional
+                        }
+                    };
+                    rec.push(Event::Failed {
+                        id: mesh_id,
+                        code: 0,
+                        name: text("code"),
+                        at_ms: rec.at(),
+                    });
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Err(why) = outcome {
+            let id = id.unwrap_or_else(|| {
+                let provisional = format!("{}{client_id}", checker::UNACCEPTED);
+                rec.push(sent(&provisional));
+                provisional
+            });
+            rec.push(Event::Unknown {
+                id,
+                why,
+                at_ms: rec.at(),
+            });
+            // A fresh connection: frames still to come on this one would be
+            // about a message whose end was already recorded.
+            ws = None;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
 }
 
@@ -905,76 +1191,122 @@ async fn scenario_crash_kill9_worker_dead_everywhere_then_rejoins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead() {
-    const LOSS_FOR: Duration = Duration::from_secs(60);
-    const QUIET_FOR: Duration = Duration::from_secs(10);
-    alone("scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead", Duration::from_secs(180), async {
-        let c = Cluster::start().await;
-        let all: Vec<usize> = (0..HOSTS).collect();
-        // First the gossip of the converged cluster with nothing wrong.
-        let quiet_from = c.counter(&all, "rumor_membership_bytes_out_total").await;
-        let quiet_started = Instant::now();
-        tokio::time::sleep(QUIET_FOR).await;
-        let quiet_to = c.counter(&all, "rumor_membership_bytes_out_total").await;
-        let quiet_for = quiet_started.elapsed();
-        let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
-        let before_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
-        let before_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
-        let before_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
-        let load = Load::start(c.gateways(), SENDERS);
-
-        // 10% of every IPv4 packet every host receives: gossip, gRPC, Kafka
-        // and the test's own admin requests alike.
-        for h in 0..HOSTS {
-            c.net.loss(h, 10, Traffic::All);
-        }
-        let started = Instant::now();
-        let seen = c.sightings(&all, LOSS_FOR).await;
-        c.net.heal();
-        let lossy_for = started.elapsed();
-        let after_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
-        let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
-        let after_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
-        let after_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
-        let failures = increase(&after_failures, &before_failures);
-        let summary = c.check("loss", load).await;
-        let (sim_declared, seeds, sim_bytes) = predict::loss(HOSTS, 0.10, LOSS_FOR);
-        let (_, _, sim_quiet) = predict::loss(HOSTS, 0.0, QUIET_FOR);
-        let quiet = increase(&quiet_to, &quiet_from) as f64 / HOSTS as f64 / quiet_for.as_secs_f64();
-        figures(
-            "quiet",
-            &format!(
-                "converged 12 hosts, nothing wrong, for {}: gossip {quiet:.0} bytes per node per second. Simulator \
-                 ({seeds} seeds): {sim_quiet:.0} bytes per node per second ({:.2}x real)",
-                ms(QUIET_FOR),
-                quiet / sim_quiet
-            ),
-        );
-        // Gossip payload each node produced per second (before encryption;
-        // the counters are read after the heal, a moment past the loss).
-        let bytes = increase(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
-        figures(
-            "loss",
-            &format!(
-                "10% inbound loss on all 12 hosts for {}: {} suspicions, {} refutations, {failures} members declared dead, \
-                 {} suspect sightings in polls every 500 ms; {} acknowledged; gossip {bytes:.0} bytes per \
-                 node per second. Simulator (10% datagram loss, {seeds} seeds of the same length): {sim_declared} \
-                 healthy members declared dead; gossip {sim_bytes:.0} bytes per node per second ({:.2}x real)",
-                ms(LOSS_FOR),
-                increase(&after_suspicions, &before_suspicions),
-                increase(&after_refutations, &before_refutations),
-                seen.suspect,
-                summary.acknowledged,
-                bytes / sim_bytes
-            ),
-        );
-        assert!(seen.dead.is_empty(), "a healthy member was declared dead: {:?}", seen.dead);
-        assert_eq!(
-            failures, 0,
-            "no node declares a healthy member dead: {after_failures:?} (before {before_failures:?})"
-        );
-        c.one_view(Duration::from_secs(10)).await;
-    })
+    alone(
+        "scenario_loss_10_percent_everywhere_declares_no_healthy_member_dead",
+        Duration::from_secs(180),
+        async {
+            loss_everywhere("loss", Duration::from_secs(60)).await;
+        },
+    )
     .await;
+}
+
+/// How long the long runs last: RUMOR_NETWORK_MINUTES, an hour by default.
+fn long_run() -> Duration {
+    let minutes: f64 = std::env::var("RUMOR_NETWORK_MINUTES")
+        .ok()
+        .map(|m| m.parse().expect("RUMOR_NETWORK_MINUTES is a number of minutes"))
+        .unwrap_or(60.0);
+    Duration::from_secs_f64(minutes * 60.0)
+}
+
+/// The loss scenario for an hour (scripts/network-long): the goal is no
+/// healthy member declared dead, and the figure is false positives per
+/// node-hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "an hour long; scripts/network-long runs it"]
+async fn long_loss_10_percent_everywhere_for_an_hour_declares_no_healthy_member_dead() {
+    let lasts = long_run();
+    alone(
+        "long_loss_10_percent_everywhere_for_an_hour_declares_no_healthy_member_dead",
+        lasts + Duration::from_secs(600),
+        async {
+            loss_everywhere("long loss", lasts).await;
+        },
+    )
+    .await;
+}
+
+/// 10% inbound loss on every host for `loss_for`, with the client load
+/// running; before it, 10 s of the converged cluster with nothing wrong.
+/// Reports gossip bytes of both beside the simulator's, and fails if any
+/// node declares a healthy member dead or the checker finds a violation.
+async fn loss_everywhere(scenario: &str, loss_for: Duration) {
+    const QUIET_FOR: Duration = Duration::from_secs(10);
+    let c = Cluster::start().await;
+    let all: Vec<usize> = (0..HOSTS).collect();
+    // First the gossip of the converged cluster with nothing wrong.
+    let quiet_from = c.counter(&all, "rumor_membership_bytes_out_total").await;
+    let quiet_started = Instant::now();
+    tokio::time::sleep(QUIET_FOR).await;
+    let quiet_to = c.counter(&all, "rumor_membership_bytes_out_total").await;
+    let quiet_for = quiet_started.elapsed();
+    let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+    let before_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
+    let before_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
+    let before_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
+    let load = Load::start(c.gateways(), SENDERS);
+
+    // 10% of every IPv4 packet every host receives: gossip, gRPC, Kafka
+    // and the test's own admin requests alike.
+    for h in 0..HOSTS {
+        c.net.loss(h, 10, Traffic::All);
+    }
+    let started = Instant::now();
+    let seen = c.sightings(&all, loss_for).await;
+    c.net.heal();
+    let lossy_for = started.elapsed();
+    let after_bytes = c.counter(&all, "rumor_membership_bytes_out_total").await;
+    let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+    let after_suspicions = c.counter(&all, "rumor_membership_suspicions_total").await;
+    let after_refutations = c.counter(&all, "rumor_membership_refutations_total").await;
+    let failures = increase(&after_failures, &before_failures);
+    let summary = c.check(scenario, load).await;
+    let (sim_declared, seeds, sim_bytes) = predict::loss(HOSTS, 0.10, loss_for);
+    let (_, _, sim_quiet) = predict::loss(HOSTS, 0.0, QUIET_FOR);
+    let quiet = increase(&quiet_to, &quiet_from) as f64 / HOSTS as f64 / quiet_for.as_secs_f64();
+    figures(
+        &format!("{scenario} (quiet before it)"),
+        &format!(
+            "converged 12 hosts, nothing wrong, for {}: gossip {quiet:.0} bytes per node per second. Simulator \
+             ({seeds} seeds): {sim_quiet:.0} bytes per node per second ({:.2}x real)",
+            ms(QUIET_FOR),
+            quiet / sim_quiet
+        ),
+    );
+    // Gossip payload each node produced per second (before encryption;
+    // the counters are read after the heal, a moment past the loss).
+    let bytes = increase(&after_bytes, &before_bytes) as f64 / HOSTS as f64 / lossy_for.as_secs_f64();
+    let node_hours = HOSTS as f64 * lossy_for.as_secs_f64() / 3600.0;
+    let suspicions = increase(&after_suspicions, &before_suspicions);
+    figures(
+        scenario,
+        &format!(
+            "10% inbound loss on all 12 hosts for {:.1} min ({node_hours:.2} node-hours): {suspicions} suspicions \
+             ({:.0} per node-hour), {} refutations, {failures} members declared dead ({:.2} false positives per \
+             node-hour), {} suspect sightings in polls every 500 ms; {} acknowledged; gossip {bytes:.0} bytes per \
+             node per second. Simulator (10% datagram loss, {seeds} seeds of {:.1} min): {sim_declared} healthy \
+             members declared dead; gossip {sim_bytes:.0} bytes per node per second ({:.2}x real)",
+            lossy_for.as_secs_f64() / 60.0,
+            suspicions as f64 / node_hours,
+            increase(&after_refutations, &before_refutations),
+            failures as f64 / node_hours,
+            seen.suspect,
+            summary.acknowledged,
+            loss_for.as_secs_f64() / 60.0,
+            bytes / sim_bytes
+        ),
+    );
+    assert!(
+        seen.dead.is_empty(),
+        "a healthy member was declared dead: {:?}",
+        seen.dead
+    );
+    assert_eq!(
+        failures, 0,
+        "no node declares a healthy member dead: {after_failures:?} (before {before_failures:?})"
+    );
+    c.one_view(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1192,6 +1524,176 @@ async fn scenario_sigstop_worker_is_suspected_then_converges_after_sigcont() {
                 ),
             );
             assert!(first_suspect.is_some(), "a stopped worker is suspected");
+        },
+    )
+    .await;
+}
+
+/// Resident memory (KiB) and open file descriptors of a process, from /proc.
+fn resources(pid: u32) -> Option<(u64, usize)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count();
+    Some((rss, fds))
+}
+
+/// The median of the samples of `who` taken within `window` of `at`.
+fn median_near(
+    samples: &[(Duration, BTreeMap<String, (u64, usize)>)],
+    who: &str,
+    at: Duration,
+    window: Duration,
+) -> (u64, usize) {
+    let near: Vec<(u64, usize)> = samples
+        .iter()
+        .filter(|(t, _)| t.abs_diff(at) <= window)
+        .filter_map(|(_, m)| m.get(who).copied())
+        .collect();
+    assert!(!near.is_empty(), "no sample of {who} near {at:?}");
+    let mut rss: Vec<u64> = near.iter().map(|s| s.0).collect();
+    let mut fds: Vec<usize> = near.iter().map(|s| s.1).collect();
+    rss.sort_unstable();
+    fds.sort_unstable();
+    (rss[rss.len() / 2], fds[fds.len() / 2])
+}
+
+/// An hour of client load with churn (scripts/network-long): every few
+/// minutes (RUMOR_SOAK_CHURN_SECS, 180 by default) one of w7, w8 and w9 in
+/// turn is killed with SIGKILL or stopped with SIGTERM, and restarted 5 s
+/// later. The processes that run throughout (both gateways, the forward
+/// node, w1..w6, the bridge and the broker) are sampled every 30 s; the
+/// resident memory and descriptors of the rumor processes must not grow by
+/// 5% or more over the last half of the run, and the checker must pass over
+/// the whole history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "an hour long; scripts/network-long runs it"]
+async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
+    let lasts = long_run();
+    let churn_every = Duration::from_secs(
+        std::env::var("RUMOR_SOAK_CHURN_SECS")
+            .ok()
+            .map(|s| s.parse().expect("RUMOR_SOAK_CHURN_SECS is a number of seconds"))
+            .unwrap_or(180),
+    );
+    const SAMPLE_EVERY: Duration = Duration::from_secs(30);
+    alone(
+        "soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat",
+        lasts + Duration::from_secs(900),
+        async {
+            let (mut c, load) = loaded().await;
+            let churned: Vec<usize> = ["w7", "w8", "w9"].iter().map(|n| c.index(n)).collect();
+            let steady: Vec<usize> = (0..HOSTS).filter(|h| !churned.contains(h)).collect();
+            let mut watched: Vec<(String, u32)> = steady
+                .iter()
+                .map(|&h| (c.nodes[h].name.clone(), c.nodes[h].running().child.id()))
+                .collect();
+            watched.push(("bridge".into(), c._bridge.0.id()));
+            watched.push(("tansu".into(), c._tansu.0.id()));
+            let all: Vec<usize> = (0..HOSTS).collect();
+            let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+
+            let started = Instant::now();
+            let mut samples: Vec<(Duration, BTreeMap<String, (u64, usize)>)> = Vec::new();
+            let (mut next_sample, mut next_churn) = (Duration::ZERO, churn_every);
+            let mut rejoins: Vec<Duration> = Vec::new();
+            let mut churns = 0usize;
+            while started.elapsed() < lasts {
+                let now = started.elapsed();
+                if now >= next_sample {
+                    let sample = watched
+                        .iter()
+                        .map(|(who, pid)| {
+                            let r = resources(*pid).unwrap_or_else(|| panic!("{who} (pid {pid}) is gone"));
+                            (who.clone(), r)
+                        })
+                        .collect();
+                    samples.push((now, sample));
+                    next_sample = now + SAMPLE_EVERY;
+                }
+                // A churn takes up to a minute; none starts that could not end in time.
+                if now >= next_churn && now + Duration::from_secs(70) < lasts {
+                    let victim = churned[churns % churned.len()];
+                    // Alternately a crash and a graceful leave.
+                    if churns % 2 == 0 {
+                        c.nodes[victim].kill();
+                    } else {
+                        c.nodes[victim].terminate();
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let restarted = Instant::now();
+                    c.start_node(victim);
+                    c.one_view(Duration::from_secs(60)).await;
+                    rejoins.push(restarted.elapsed());
+                    churns += 1;
+                    next_churn += churn_every;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let ran = started.elapsed();
+            samples.push((
+                ran,
+                watched
+                    .iter()
+                    .map(|(who, pid)| {
+                        let r = resources(*pid).unwrap_or_else(|| panic!("{who} (pid {pid}) is gone"));
+                        (who.clone(), r)
+                    })
+                    .collect(),
+            ));
+            let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
+            let summary = c.check("soak", load).await;
+
+            // Growth over the last half: the median of the samples near the
+            // end against those near the middle (within a minute, or an eighth
+            // of the run if it is short, so the two sets never overlap).
+            let window = Duration::from_secs(60).min(ran / 8);
+            let mut lines = Vec::new();
+            let mut grew = Vec::new();
+            for (who, _) in &watched {
+                let (first_rss, first_fds) = samples[0].1[who];
+                let (mid_rss, mid_fds) = median_near(&samples, who, ran / 2, window);
+                let (end_rss, end_fds) = median_near(&samples, who, ran, window);
+                let rss_growth = end_rss as f64 / mid_rss as f64 - 1.0;
+                let fd_growth = end_fds as f64 / mid_fds as f64 - 1.0;
+                lines.push(format!(
+                    "{who} {first_rss}/{mid_rss}/{end_rss} KiB ({:+.1}%), {first_fds}/{mid_fds}/{end_fds} fds ({:+.1}%)",
+                    rss_growth * 100.0,
+                    fd_growth * 100.0
+                ));
+                // The broker keeps every record in memory by design: reported
+                // only. Descriptors come and go with connections: a couple
+                // more is not growth.
+                let fds_grew = end_fds as f64 >= (mid_fds as f64 * 1.05).max(mid_fds as f64 + 3.0);
+                if who != "tansu" && (rss_growth >= 0.05 || fds_grew) {
+                    grew.push(who.clone());
+                }
+            }
+            rejoins.sort();
+            figures(
+                "soak",
+                &format!(
+                    "{:.1} min of load with {churns} churns (one of w7..w9 every {} s, alternately kill -9 and SIGTERM, \
+                     restarted 5 s later; one view again after a median {} and at most {}); {} failure declarations \
+                     counted by the nodes (kill -9 is declared, SIGTERM is a leave; a restarted node counts from \
+                     zero); {} acknowledged. Resident memory and \
+                     descriptors, start/middle/end (end against middle): {}",
+                    ran.as_secs_f64() / 60.0,
+                    churn_every.as_secs(),
+                    rejoins.get(rejoins.len() / 2).map_or("-".into(), |d| ms(*d)),
+                    rejoins.last().map_or("-".into(), |d| ms(*d)),
+                    increase(&after_failures, &before_failures),
+                    summary.acknowledged,
+                    lines.join("; ")
+                ),
+            );
+            assert!(grew.is_empty(), "grew by 5% or more over the last half: {grew:?}\n{}", lines.join("\n"));
         },
     )
     .await;

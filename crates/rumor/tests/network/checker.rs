@@ -10,7 +10,9 @@
 //! - no message is stored twice (one row per conversation, id and kind);
 //! - no acknowledged message is missing from PostgreSQL: its inbound row and
 //!   its reply row are there, the reply equal to what the client received;
-//! - no row is stored that no client sent;
+//! - no row is stored that no client sent (a message sent over the client
+//!   edge whose acceptance the client never saw is matched to its row by its
+//!   payload first: [`resolve_unaccepted`]);
 //! - per-conversation order: each conversation has one client that sends its
 //!   next message only after the previous one ended, so the acknowledged
 //!   messages of a conversation must be stored in the order they were sent,
@@ -22,14 +24,17 @@ use std::fmt;
 /// One thing a client saw, with the milliseconds since the load started.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Event {
-    /// A message was sent (its id chosen by the client).
+    /// A message was sent: its id chosen by the client (admin API), given by
+    /// the gateway (the edge's `accepted`), or provisional ([`UNACCEPTED`]).
     Sent {
         id: String,
         conv: String,
         payload: String,
         at_ms: u64,
     },
-    /// A reply chunk arrived; `last` marks the acknowledgement.
+    /// A reply chunk arrived; `last` marks the acknowledgement. Over the
+    /// edge, chunks are numbered as they arrive and `done` is an empty last
+    /// chunk.
     Chunk {
         id: String,
         seq: u64,
@@ -269,6 +274,41 @@ pub(crate) fn check_topic(history: &[Event], records: &[TopicRecord]) -> (Vec<Tw
     (twice, violations)
 }
 
+/// The id prefix of a message sent through the client edge that the gateway
+/// never accepted: such a message has no mesh id in the history.
+pub(crate) const UNACCEPTED: &str = "unaccepted:";
+
+/// Gives back their mesh ids to messages sent through the client edge whose
+/// acceptance the client never saw (the connection broke, or the time ran
+/// out first). They are in the history under a provisional id starting with
+/// [`UNACCEPTED`]; an inbound row carrying such a message's payload
+/// (payloads are unique within a load) shows an owner took it after all,
+/// and its events are renamed to the row's id. The others stay as they are:
+/// never stored, as a message never taken must be.
+pub(crate) fn resolve_unaccepted(history: &mut [Event], rows: &[Row]) {
+    let by_payload: BTreeMap<&str, &str> = rows
+        .iter()
+        .filter(|r| r.kind == INBOUND)
+        .map(|r| (r.payload.as_str(), r.id.as_str()))
+        .collect();
+    let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+    for e in history.iter() {
+        if let Event::Sent { id, payload, .. } = e
+            && id.starts_with(UNACCEPTED)
+            && let Some(row_id) = by_payload.get(payload.as_str())
+        {
+            renamed.insert(id.clone(), (*row_id).to_owned());
+        }
+    }
+    for e in history.iter_mut() {
+        let (Event::Sent { id, .. } | Event::Chunk { id, .. } | Event::Failed { id, .. } | Event::Unknown { id, .. }) =
+            e;
+        if let Some(new) = renamed.get(id.as_str()) {
+            *id = new.clone();
+        }
+    }
+}
+
 /// Checks `history` against `rows`; returns the summary and every violation found.
 pub(crate) fn check(history: &[Event], rows: &[Row]) -> (Summary, Vec<Violation>) {
     let mut summary = Summary::default();
@@ -437,6 +477,47 @@ pub(crate) fn check(history: &[Event], rows: &[Row]) -> (Summary, Vec<Violation>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unaccepted_message_that_was_stored_gets_its_mesh_id_and_one_never_stored_keeps_its_own() {
+        let mut history = vec![
+            Event::Sent {
+                id: format!("{UNACCEPTED}s0-m0"),
+                conv: "c".into(),
+                payload: "s0-m0".into(),
+                at_ms: 0,
+            },
+            Event::Unknown {
+                id: format!("{UNACCEPTED}s0-m0"),
+                why: "connection closed".into(),
+                at_ms: 5,
+            },
+            Event::Sent {
+                id: format!("{UNACCEPTED}s0-m1"),
+                conv: "c".into(),
+                payload: "s0-m1".into(),
+                at_ms: 6,
+            },
+        ];
+        let rows = vec![Row {
+            seq: 1,
+            id: "M0".into(),
+            kind: INBOUND,
+            conv: "c".into(),
+            payload: "s0-m0".into(),
+            error_code: None,
+        }];
+        // Before: the row is a phantom.
+        let (_, v) = check(&history, &rows);
+        assert!(matches!(v.as_slice(), [Violation::Phantom { .. }]), "{v:?}");
+        resolve_unaccepted(&mut history, &rows);
+        assert_eq!(history[0].id(), "M0");
+        assert_eq!(history[1].id(), "M0");
+        assert_eq!(history[2].id(), format!("{UNACCEPTED}s0-m1"));
+        let (summary, v) = check(&history, &rows);
+        assert!(v.is_empty(), "{v:?}");
+        assert_eq!((summary.sent, summary.unknown), (2, 1));
+    }
 
     fn sent(id: &str, conv: &str, payload: &str) -> Event {
         Event::Sent {
