@@ -1544,13 +1544,11 @@ fn resources(pid: u32) -> Option<(u64, usize)> {
     Some((rss, fds))
 }
 
+/// Resident memory (KiB) and descriptors of each watched process, and when.
+type Sample = (Duration, BTreeMap<String, (u64, usize)>);
+
 /// The median of the samples of `who` taken within `window` of `at`.
-fn median_near(
-    samples: &[(Duration, BTreeMap<String, (u64, usize)>)],
-    who: &str,
-    at: Duration,
-    window: Duration,
-) -> (u64, usize) {
+fn median_near(samples: &[Sample], who: &str, at: Duration, window: Duration) -> (u64, usize) {
     let near: Vec<(u64, usize)> = samples
         .iter()
         .filter(|(t, _)| t.abs_diff(at) <= window)
@@ -1600,7 +1598,7 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
             let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
 
             let started = Instant::now();
-            let mut samples: Vec<(Duration, BTreeMap<String, (u64, usize)>)> = Vec::new();
+            let mut samples: Vec<Sample> = Vec::new();
             let (mut next_sample, mut next_churn) = (Duration::ZERO, churn_every);
             let mut rejoins: Vec<Duration> = Vec::new();
             let mut churns = 0usize;
@@ -1621,7 +1619,7 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
                 if now >= next_churn && now + Duration::from_secs(70) < lasts {
                     let victim = churned[churns % churned.len()];
                     // Alternately a crash and a graceful leave.
-                    if churns % 2 == 0 {
+                    if churns.is_multiple_of(2) {
                         c.nodes[victim].kill();
                     } else {
                         c.nodes[victim].terminate();
