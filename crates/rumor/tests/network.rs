@@ -1131,6 +1131,21 @@ struct Sightings {
     suspect: usize,
 }
 
+/// Fails if a poll saw a member dead or left, or a node's count of failure
+/// declarations went up (`after` against `before`, by node).
+fn no_member_declared_dead(seen: &Sightings, after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) {
+    assert!(
+        seen.dead.is_empty(),
+        "a healthy member was declared dead: {:?}",
+        seen.dead
+    );
+    assert_eq!(
+        increase(after, before),
+        0,
+        "no node declares a healthy member dead: {after:?} (before {before:?})"
+    );
+}
+
 /// The figures of a cut and its heal, beside the simulator's prediction
 /// (time until `seen`, time to one view after repair).
 fn split_figures(scenario: &str, fault: &str, seen: &str, d: &Detection, merged: Duration, sim: (Duration, Duration)) {
@@ -1297,15 +1312,7 @@ async fn loss_everywhere(scenario: &str, loss_for: Duration) {
             bytes / sim_bytes
         ),
     );
-    assert!(
-        seen.dead.is_empty(),
-        "a healthy member was declared dead: {:?}",
-        seen.dead
-    );
-    assert_eq!(
-        failures, 0,
-        "no node declares a healthy member dead: {after_failures:?} (before {before_failures:?})"
-    );
+    no_member_declared_dead(&seen, &after_failures, &before_failures);
     c.one_view(Duration::from_secs(10)).await;
 }
 
@@ -1376,15 +1383,7 @@ async fn scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_me
                     summary.acknowledged
                 ),
             );
-            assert!(
-                seen.dead.is_empty(),
-                "a healthy member was declared dead: {:?}",
-                seen.dead
-            );
-            assert_eq!(
-                failures, 0,
-                "no node declares a healthy member dead: {after:?} (before {before:?})"
-            );
+            no_member_declared_dead(&seen, &after, &before);
             c.one_view(Duration::from_secs(10)).await;
         },
     )
@@ -1547,6 +1546,18 @@ fn resources(pid: u32) -> Option<(u64, usize)> {
 /// Resident memory (KiB) and descriptors of each watched process, and when.
 type Sample = (Duration, BTreeMap<String, (u64, usize)>);
 
+/// The resources of each of `watched` (name, pid) now, as taken at `at`.
+fn sample(at: Duration, watched: &[(String, u32)]) -> Sample {
+    let by_name = watched
+        .iter()
+        .map(|(who, pid)| {
+            let r = resources(*pid).unwrap_or_else(|| panic!("{who} (pid {pid}) is gone"));
+            (who.clone(), r)
+        })
+        .collect();
+    (at, by_name)
+}
+
 /// The median of the samples of `who` taken within `window` of `at`.
 fn median_near(samples: &[Sample], who: &str, at: Duration, window: Duration) -> (u64, usize) {
     let near: Vec<(u64, usize)> = samples
@@ -1605,14 +1616,7 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
             while started.elapsed() < lasts {
                 let now = started.elapsed();
                 if now >= next_sample {
-                    let sample = watched
-                        .iter()
-                        .map(|(who, pid)| {
-                            let r = resources(*pid).unwrap_or_else(|| panic!("{who} (pid {pid}) is gone"));
-                            (who.clone(), r)
-                        })
-                        .collect();
-                    samples.push((now, sample));
+                    samples.push(sample(now, &watched));
                     next_sample = now + SAMPLE_EVERY;
                 }
                 // A churn takes up to a minute; none starts that could not end in time.
@@ -1635,16 +1639,7 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
             let ran = started.elapsed();
-            samples.push((
-                ran,
-                watched
-                    .iter()
-                    .map(|(who, pid)| {
-                        let r = resources(*pid).unwrap_or_else(|| panic!("{who} (pid {pid}) is gone"));
-                        (who.clone(), r)
-                    })
-                    .collect(),
-            ));
+            samples.push(sample(ran, &watched));
             let after_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
             let summary = c.check("soak", load).await;
 
