@@ -190,6 +190,14 @@ impl Replies {
         if self.is_cancelled() {
             return Err(Cancelled);
         }
+        // The chunk outlives this message in the de-duplication window and
+        // the event log. Data a processor hands over is often a slice of a
+        // larger buffer (a message decoded from a gRPC frame, a body read
+        // from a backend), and a slice keeps all of its buffer alive: a
+        // few-byte chunk would pin a receive buffer of 8 KiB or more for as
+        // long as it is remembered. One copy of its own, shared by the
+        // caller's chunk, the log and the window, keeps only its bytes.
+        let data = Bytes::copy_from_slice(&data);
         let position = self.log.append(EventKind::Chunk(EventChunk {
             id: self.id.clone(),
             data: data.clone(),

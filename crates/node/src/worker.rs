@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use proto::bytes::Bytes;
 use proto::mesh::{Envelope, Error as WireError, ReplyChunk};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -308,20 +309,42 @@ fn message_key(env: &Envelope) -> MessageKey {
 struct Window {
     ids: HashMap<MessageKey, Seen>,
     completed: VecDeque<MessageKey>,
+    /// Data bytes of the replies the completed ones keep.
+    reply_bytes: usize,
+}
+
+fn reply_bytes(reply: Option<&Arc<[ReplyChunk]>>) -> usize {
+    reply.map_or(0, |r| r.iter().map(|c| c.data.len()).sum())
 }
 
 impl Window {
     fn complete(&mut self, id: &MessageKey, reply: Option<Arc<[ReplyChunk]>>, limit: usize) {
         if let Some(seen) = self.ids.get_mut(id) {
+            self.reply_bytes += reply_bytes(reply.as_ref());
             *seen = Seen::Done(reply);
             self.completed.push_back(id.clone());
         }
         while self.completed.len() > limit {
-            if let Some(old) = self.completed.pop_front() {
-                self.ids.remove(&old);
+            if let Some(old) = self.completed.pop_front()
+                && let Some(Seen::Done(reply)) = self.ids.remove(&old)
+            {
+                self.reply_bytes -= reply_bytes(reply.as_ref());
             }
         }
     }
+}
+
+/// What a worker remembers beyond the messages it holds, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Remembered {
+    /// Completed messages in the de-duplication window.
+    pub messages: usize,
+    /// Data bytes of the replies the window keeps to replay.
+    pub reply_bytes: usize,
+    /// Conversations with an event log.
+    pub conversations: usize,
+    /// Bytes the event logs hold, each log's fixed overhead included.
+    pub log_bytes: u64,
 }
 
 impl Worker {
@@ -410,6 +433,21 @@ impl Worker {
         self.inner.lock().in_flight
     }
 
+    /// What the worker remembers now: its de-duplication window and its
+    /// conversations' event logs, both bounded by its configuration.
+    pub fn remembered(&self) -> Remembered {
+        let (messages, reply_bytes) = {
+            let st = self.inner.lock();
+            (st.window.completed.len(), st.window.reply_bytes)
+        };
+        Remembered {
+            messages,
+            reply_bytes,
+            conversations: self.inner.logs.len(),
+            log_bytes: self.inner.logs.bytes(),
+        }
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> WorkerStats {
         self.inner.counters.read()
@@ -487,7 +525,9 @@ impl Worker {
         let log = inner.logs.get(&key);
         log.append(EventKind::Message(EventMessage {
             id: envelope.id.clone(),
-            payload: envelope.payload.clone(),
+            // A copy of its own: the envelope's payload is a slice of the
+            // buffer it was decoded from, which the log would keep alive.
+            payload: Bytes::copy_from_slice(&envelope.payload),
             source: source_of(&envelope),
             origin: envelope.origin.clone(),
             format: envelope.format.clone(),

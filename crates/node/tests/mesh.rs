@@ -18,8 +18,8 @@ use node::worker::{Worker, WorkerConfig};
 use node::{ProcessFuture, Processor, Replies};
 use processors::Echo;
 use proto::bytes::Bytes;
-use proto::mesh::Envelope;
 use proto::mesh::mesh_client::MeshClient;
+use proto::mesh::{Envelope, Position};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, sleep, timeout};
@@ -336,6 +336,55 @@ async fn the_same_id_in_two_conversations_is_two_messages() {
             .await
             .unwrap();
         assert!(again.replayed);
+    })
+    .await;
+}
+
+/// A worker remembers replies (to replay to duplicates) and events (for
+/// watchers) long after a message is answered. A payload decoded from a
+/// gRPC frame is a slice of the frame's buffer, and a slice keeps its whole
+/// buffer alive: what is remembered must be copies of their own, or a
+/// few-byte reply pins a receive buffer of many kilobytes per message.
+#[tokio::test]
+async fn what_a_worker_remembers_holds_its_own_bytes_not_the_buffers_they_were_sliced_from() {
+    within(async {
+        let worker = Worker::new("w", WorkerConfig::default(), Arc::new(Echo::default()));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+        let inside = |b: &Bytes| {
+            let start = frame.as_ptr() as usize;
+            (start..start + frame.len()).contains(&(b.as_ptr() as usize))
+        };
+        let mut env = envelope("m1", "conv", "");
+        env.payload = frame.slice(100..112);
+        assert!(inside(&env.payload));
+        let first = collect(worker.submit(env.clone(), deadline).unwrap()).await.unwrap();
+        assert_eq!(first.data, vec![b'x'; 12]);
+        // The reply the window keeps, replayed to a duplicate.
+        let mut replay = worker.submit(env, deadline).unwrap();
+        let mut chunks = 0;
+        while let Some(chunk) = replay.next().await {
+            let chunk = chunk.unwrap();
+            assert!(chunk.replayed);
+            assert!(!inside(&chunk.data), "a remembered reply chunk points into the frame");
+            chunks += 1;
+        }
+        assert!(chunks > 1, "echo answers in several chunks");
+        // The events the log keeps for watchers.
+        // (An empty epoch asks for everything the log holds.)
+        let events = worker.watch("conv", Some(&Position::default())).replay;
+        assert!(events.len() > 2, "{events:?}");
+        for e in &events {
+            use proto::mesh::conversation_event::Event as Kind;
+            let data = match &e.event {
+                Some(Kind::Message(m)) => &m.payload,
+                Some(Kind::Chunk(c)) => &c.data,
+                _ => continue,
+            };
+            assert!(!inside(data), "a remembered event points into the frame: {e:?}");
+        }
+        let r = worker.remembered();
+        assert_eq!((r.messages, r.reply_bytes, r.conversations), (1, 12, 1));
     })
     .await;
 }

@@ -37,6 +37,27 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             "Messages the worker accepts at once.",
             w.capacity() as i64,
         );
+        let r = w.remembered();
+        e.gauge(
+            "rumor_worker_dedup_window_messages",
+            "Completed messages the de-duplication window remembers (at most worker.dedup_window).",
+            r.messages as i64,
+        );
+        e.gauge(
+            "rumor_worker_dedup_window_reply_bytes",
+            "Data bytes of the replies the de-duplication window keeps to replay to duplicates.",
+            r.reply_bytes as i64,
+        );
+        e.gauge(
+            "rumor_worker_event_log_conversations",
+            "Conversations with an event log (for watchers) at this worker.",
+            r.conversations as i64,
+        );
+        e.gauge(
+            "rumor_worker_event_log_bytes",
+            "Bytes the conversations' event logs hold, a fixed overhead per log included (at most 64 MiB; the least recently used are forgotten first).",
+            r.log_bytes as i64,
+        );
         e.histograms("rumor_worker_", w.latencies());
         e.histograms("rumor_processor_", w.processor().latencies());
         let sink = w.sink().map(|s| s.metrics()).unwrap_or_default();
