@@ -24,6 +24,14 @@ pub struct NetConfig {
     pub jitter: Duration,
     /// Probability that a datagram is lost, on every link.
     pub loss: f64,
+    /// Whether the loss hits stream (TCP) messages too, as on a network
+    /// that drops packets of every kind. TCP still delivers them, but late:
+    /// the transport opens a connection per message, so a lost SYN or
+    /// SYN-ACK costs the kernel's initial retransmission timeout (1 s,
+    /// doubling) and a lost data segment its minimum (200 ms, doubling).
+    /// Off (the default): only datagrams are lost, as when only UDP is
+    /// dropped, and streams are never late.
+    pub stream_loss: bool,
 }
 
 impl Default for NetConfig {
@@ -33,6 +41,7 @@ impl Default for NetConfig {
             latency: Duration::from_micros(500),
             jitter: Duration::from_micros(500),
             loss: 0.0,
+            stream_loss: false,
         }
     }
 }
@@ -404,6 +413,38 @@ impl<P: Protocol> Cluster<P> {
     /// The network settings, to change loss or latency mid-run.
     pub fn net_mut(&mut self) -> &mut NetConfig {
         &mut self.net
+    }
+
+    /// How late TCP delivers one message over a new connection whose
+    /// packets are lost with probability `forward` one way and `back` the
+    /// other (see [`NetConfig::stream_loss`]). Draws nothing when neither
+    /// loses, so loss-free runs keep their random sequence.
+    fn tcp_retransmissions(&mut self, forward: f64, back: f64) -> Duration {
+        if forward <= 0.0 && back <= 0.0 {
+            return Duration::ZERO;
+        }
+        let mut late = Duration::ZERO;
+        // SYN there and SYN-ACK back; Linux gives up after 6 retries.
+        let mut rto = Duration::from_secs(1);
+        for _ in 0..6 {
+            let syn_lost = self.rng.random::<f64>() < forward;
+            let syn_ack_lost = self.rng.random::<f64>() < back;
+            if !syn_lost && !syn_ack_lost {
+                break;
+            }
+            late += rto;
+            rto *= 2;
+        }
+        // The data segment (its ACK's loss is covered by the next one's).
+        let mut rto = Duration::from_millis(200);
+        for _ in 0..6 {
+            if self.rng.random::<f64>() >= forward {
+                break;
+            }
+            late += rto;
+            rto *= 2;
+        }
+        late
     }
 
     /// Adds a node and joins it through `seeds` (node indices).
@@ -861,13 +902,17 @@ impl<P: Protocol> Cluster<P> {
             if self.blocked.contains(&(i, to)) {
                 continue;
             }
+            let loss = self.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
+            let mut delay = self.link_latency.get(&(i, to)).copied().unwrap_or(self.net.latency);
             if !t.reliable {
-                let loss = self.link_loss.get(&(i, to)).copied().unwrap_or(self.net.loss);
                 if loss > 0.0 && self.rng.random::<f64>() < loss {
                     continue;
                 }
+            } else if self.net.stream_loss {
+                let back = self.link_loss.get(&(to, i)).copied().unwrap_or(self.net.loss);
+                // The handshake's two more crossings, then its retransmissions.
+                delay += 2 * delay + self.tcp_retransmissions(loss, back);
             }
-            let mut delay = self.link_latency.get(&(i, to)).copied().unwrap_or(self.net.latency);
             if !self.net.jitter.is_zero() {
                 delay += self.net.jitter.mul_f64(self.rng.random::<f64>());
             }
