@@ -3,11 +3,13 @@
 //!
 //! Topology: one namespace holds a Linux bridge; each host is a namespace of
 //! its own with one veth (`eth0`) whose other end is a port of that bridge,
-//! and an address in a private /24 (10.213.X.0/24, X chosen per run among
-//! the subnets this machine does not use). One more veth joins the root
-//! namespace to the bridge with address .1, so that the test process reaches
-//! the nodes and the nodes reach services the test runs (a Kafka broker).
-//! Nothing routes out of the /24: the hosts have no default route.
+//! and an address in a private /22 (10.213.X.0/22, X a multiple of 4 chosen
+//! per run among the subnets this machine does not use): host `i` at offset
+//! 10 + i, and its second address (after a move) at offset 512 + 10 + i, so
+//! up to 500 hosts. One more veth joins the root namespace to the bridge
+//! with offset 1 (10.213.X.1), so that the test process reaches the nodes
+//! and the nodes reach services the test runs (a Kafka broker). Nothing
+//! routes out of the /22: the hosts have no default route.
 //!
 //! Faults are nftables rules in one table of our own per host
 //! (`table inet rumorfault`, one `input` chain), so that healing is one
@@ -27,8 +29,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 const NS_PREFIX: &str = "rumornet-";
 /// Prefix of our interface names in the root namespace (at most 15 characters in all).
 const LINK_PREFIX: &str = "rn";
-/// The first octets of the private subnets we use: 10.213.X.0/24.
+/// The first octets of the private subnets we use: 10.213.X.0/22.
 const NET: [u8; 2] = [10, 213];
+/// The prefix length of each network's subnet: 1,024 addresses.
+const PREFIX_LEN: u8 = 22;
+/// Hosts a network holds: offsets 10 to 509, and 522 to 1021 after a move.
+pub(crate) const MAX_HOSTS: usize = 500;
+/// Where a host's address moves to: this much above its first.
+const MOVED: u16 = 512;
 /// Our nftables table in each host.
 const TABLE: &str = "inet rumorfault";
 
@@ -115,19 +123,60 @@ fn chance(percent: u32) -> String {
 pub(crate) struct Net {
     /// `<pid>x<n>`: this network's part of every name.
     tag: String,
-    /// X of 10.213.X.0/24.
+    /// X of 10.213.X.0/22.
     pub(crate) subnet: u8,
     bridge_ns: String,
     root_link: String,
     pub(crate) hosts: Vec<Host>,
+    /// The neighbour-table thresholds this network raised, to restore.
+    neighbours: Option<[String; 3]>,
 }
 
 static NETS: AtomicU32 = AtomicU32::new(0);
 
+/// The kernel's neighbour (ARP) table thresholds, one table for every
+/// namespace: past `gc_thresh3` entries it evicts by force and drops
+/// packets while it resolves addresses again.
+const GC_THRESH: [&str; 3] = [
+    "net.ipv4.neigh.default.gc_thresh1",
+    "net.ipv4.neigh.default.gc_thresh2",
+    "net.ipv4.neigh.default.gc_thresh3",
+];
+
+/// Raises the neighbour-table thresholds so that every host can hold an
+/// entry for every other (n² in all; the defaults, 128/512/1,024, overflow
+/// near 30 hosts). Returns the values to restore, if it changed them.
+fn make_neighbour_room(hosts: usize) -> Option<[String; 3]> {
+    let need = (hosts + 1) * (hosts + 1);
+    let now: Vec<String> = GC_THRESH
+        .iter()
+        .map(|k| must(&["sysctl", "-n", k]).trim().to_owned())
+        .collect();
+    if now[2].parse::<usize>().unwrap_or(0) >= 2 * need {
+        return None;
+    }
+    for (k, v) in GC_THRESH.iter().zip([need / 2, need, 2 * need]) {
+        must(&["sysctl", "-qw", &format!("{k}={v}")]);
+    }
+    Some([now[0].clone(), now[1].clone(), now[2].clone()])
+}
+
+/// Runs `f` for each of `hosts` at once (a few at a time), so that a fault
+/// over many hosts takes effect together rather than one host after another.
+fn each_host(hosts: &[usize], f: impl Fn(usize) + Sync) {
+    let chunk = hosts.len().div_ceil(16).max(1);
+    std::thread::scope(|s| {
+        for part in hosts.chunks(chunk) {
+            let f = &f;
+            s.spawn(move || part.iter().for_each(|&h| f(h)));
+        }
+    });
+}
+
 impl Net {
-    /// Builds a bridge and `n` hosts at 10.213.X.10, .11, ...
+    /// Builds a bridge and `n` hosts at offsets 10, 11, ... of 10.213.X.0/22.
     pub(crate) fn create(n: usize) -> Net {
-        assert!(n <= 80, "hosts take .10 to .89, new addresses .100 up");
+        assert!(n <= MAX_HOSTS, "a network holds at most {MAX_HOSTS} hosts");
         delete_leftovers();
         let pid = std::process::id();
         let serial = NETS.fetch_add(1, Ordering::Relaxed);
@@ -138,6 +187,7 @@ impl Net {
             tag,
             subnet: 0,
             hosts: Vec::new(),
+            neighbours: make_neighbour_room(n),
         };
         // From here on, a panic drops `net`, which deletes what exists.
         let br = net.bridge_ns.clone();
@@ -156,14 +206,14 @@ impl Net {
             must(&["ip", "netns", "add", &ns]);
             net.hosts.push(Host {
                 ns: ns.clone(),
-                addr: net.ip(10 + i as u8),
+                addr: net.ip(10 + i as u16),
             });
             let link = format!("{LINK_PREFIX}{}h{i}", net.tag);
             net.plug(&link, Some(&ns));
             must(&["ip", "-n", &ns, "link", "set", &link, "name", "eth0"]);
             must(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
             must(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
-            let addr = format!("{}/24", net.hosts[i].addr);
+            let addr = format!("{}/{PREFIX_LEN}", net.hosts[i].addr);
             must(&["ip", "-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
             net.nft(
                 i,
@@ -173,9 +223,18 @@ impl Net {
         net
     }
 
-    /// 10.213.X.`last`.
-    pub(crate) fn ip(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(NET[0], NET[1], self.subnet, last)
+    /// The address `offset` places into 10.213.X.0/22.
+    pub(crate) fn ip(&self, offset: u16) -> Ipv4Addr {
+        assert!(
+            offset < 1 << (32 - PREFIX_LEN),
+            "offset {offset} outside a /{PREFIX_LEN}"
+        );
+        Ipv4Addr::new(NET[0], NET[1], self.subnet + (offset >> 8) as u8, offset as u8)
+    }
+
+    /// The subnet, as `10.213.X.0/22`.
+    pub(crate) fn cidr(&self) -> String {
+        format!("{}/{PREFIX_LEN}", self.ip(0))
     }
 
     /// Makes a veth pair `link` / its bridge port, attaches the port to the
@@ -220,9 +279,7 @@ impl Net {
             .map(|&h| self.hosts[h].addr.to_string())
             .collect::<Vec<_>>()
             .join(", ");
-        for &h in to {
-            self.rule(h, &format!("ip saddr {{ {set} }} drop"));
-        }
+        each_host(to, |h| self.rule(h, &format!("ip saddr {{ {set} }} drop")));
     }
 
     /// No packet crosses between `a` and `b`, either way.
@@ -233,9 +290,14 @@ impl Net {
 
     /// Lifts every fault: flushes our table in every host.
     pub(crate) fn heal(&self) {
-        for h in 0..self.hosts.len() {
-            self.nft(h, &format!("flush table {TABLE}\n"));
-        }
+        let all: Vec<usize> = (0..self.hosts.len()).collect();
+        each_host(&all, |h| self.nft(h, &format!("flush table {TABLE}\n")));
+    }
+
+    /// Drops `percent`% of the packets every host receives (of `traffic`).
+    pub(crate) fn loss_everywhere(&self, percent: u32, traffic: Traffic) {
+        let all: Vec<usize> = (0..self.hosts.len()).collect();
+        each_host(&all, |h| self.loss(h, percent, traffic));
     }
 
     /// The rules of host `h`'s fault table, as `nft` lists them.
@@ -271,22 +333,32 @@ impl Net {
             &host.ns,
             "addr",
             "del",
-            &format!("{}/24", host.addr),
+            &format!("{}/{PREFIX_LEN}", host.addr),
             "dev",
             "eth0",
         ]);
     }
 
-    /// Gives host `h` a new address (.100 + h, or back to .10 + h); returns it.
+    /// Gives host `h` a new address (offset 512 + 10 + h, or back to
+    /// 10 + h); returns it.
     pub(crate) fn add_address(&mut self, h: usize) -> Ipv4Addr {
-        let old = self.hosts[h].addr;
-        let new = if old.octets()[3] >= 100 {
-            self.ip(10 + h as u8)
+        let first = self.ip(10 + h as u16);
+        let new = if self.hosts[h].addr == first {
+            self.ip(MOVED + 10 + h as u16)
         } else {
-            self.ip(100 + h as u8)
+            first
         };
         let ns = self.hosts[h].ns.clone();
-        must(&["ip", "-n", &ns, "addr", "add", &format!("{new}/24"), "dev", "eth0"]);
+        must(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{new}/{PREFIX_LEN}"),
+            "dev",
+            "eth0",
+        ]);
         self.hosts[h].addr = new;
         new
     }
@@ -301,6 +373,11 @@ impl Drop for Net {
         // del`: those are killed first (the harness normally has already).
         for ns in self.hosts.iter().map(|h| h.ns.clone()).chain([self.bridge_ns.clone()]) {
             delete_namespace(&ns);
+        }
+        if let Some(old) = &self.neighbours {
+            for (k, v) in GC_THRESH.iter().zip(old) {
+                let _ = run(&["sysctl", "-qw", &format!("{k}={v}")], None);
+            }
         }
     }
 }
@@ -356,11 +433,11 @@ fn delete_leftovers() {
 /// Serializes the choice of subnets within this process.
 static CLAIM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Picks X for a 10.213.X.0/24 that no address or route of the root
-/// namespace touches, starting from one derived from `seed`, and gives `link`
-/// its .1. Another process may pick the same X at the same moment: when
-/// another address of that subnet shows up next to ours, ours goes and the
-/// next X is tried.
+/// Picks X, a multiple of 4, for a 10.213.X.0/22 none of whose four /24s an
+/// address or route of the root namespace touches, starting from one derived
+/// from `seed`, and gives `link` its offset 1. Another process may pick the
+/// same X at the same moment: when another address of that subnet shows up
+/// next to ours, ours goes and the next X is tried.
 fn claim_subnet(link: &str, seed: u32) -> u8 {
     let _one_at_a_time = CLAIM.lock().unwrap_or_else(|e| e.into_inner());
     let used = || {
@@ -378,18 +455,20 @@ fn claim_subnet(link: &str, seed: u32) -> u8 {
             "this machine routes {wide}: a private subnet of ours could shadow it"
         );
     }
-    for x in (0..200u32).map(|i| (20 + seed.wrapping_add(i) % 200) as u8) {
-        let prefix = format!("{}.{}.{x}.", NET[0], NET[1]);
-        if used().contains(&prefix) {
+    let prefixes = |x: u8| -> Vec<String> { (x..x + 4).map(|y| format!("{}.{}.{y}.", NET[0], NET[1])).collect() };
+    for x in (0..50u32).map(|i| (20 + 4 * (seed.wrapping_add(i) % 50)) as u8) {
+        let ours = prefixes(x);
+        let taken = used();
+        if ours.iter().any(|p| taken.contains(p)) {
             continue;
         }
-        let ours = format!("{prefix}1/24");
-        must(&["ip", "addr", "add", &ours, "dev", link]);
+        let addr = format!("{}1/{PREFIX_LEN}", ours[0]);
+        must(&["ip", "addr", "add", &addr, "dev", link]);
         let addrs = must(&["ip", "-4", "-o", "addr", "show"]);
-        if addrs.lines().filter(|l| l.contains(&prefix)).count() == 1 {
+        if addrs.lines().filter(|l| ours.iter().any(|p| l.contains(p))).count() == 1 {
             return x;
         }
-        must(&["ip", "addr", "del", &ours, "dev", link]);
+        must(&["ip", "addr", "del", &addr, "dev", link]);
     }
-    panic!("no free 10.213.X.0/24")
+    panic!("no free 10.213.X.0/22")
 }
