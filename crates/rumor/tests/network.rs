@@ -519,10 +519,8 @@ impl Cluster {
     /// stretched for larger clusters (doubled at 100 hosts, four times at
     /// 300) and for the `lan` preset's ten times longer protocol period.
     fn limit(&self, base: Duration) -> Duration {
-        let period = match self.preset {
-            Preset::Test => 1.0,
-            Preset::Lan => 10.0,
-        };
+        let period =
+            self.preset.config().probe_interval.as_secs_f64() / Preset::Test.config().probe_interval.as_secs_f64();
         (base + base.mul_f64(self.hosts().saturating_sub(HOSTS) as f64 / 96.0)).mul_f64(period)
     }
 
@@ -1418,9 +1416,9 @@ struct Lossy {
     hosts: usize,
     lasted: Duration,
     seen: Sightings,
-    /// [`COMPARED`] before and after, in that order, by node.
-    before: Vec<BTreeMap<String, u64>>,
-    after: Vec<BTreeMap<String, u64>>,
+    /// Each of [`COMPARED`] before and after, by node.
+    before: BTreeMap<&'static str, BTreeMap<String, u64>>,
+    after: BTreeMap<&'static str, BTreeMap<String, u64>>,
     preset: Preset,
     planned: Duration,
 }
@@ -1463,14 +1461,15 @@ impl Cluster {
         let all = self.all();
         let names: Vec<String> = COMPARED.iter().map(|n| membership_metric(n)).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let before = self.counters(&all, &names).await;
+        let by_name = |read: Vec<BTreeMap<String, u64>>| COMPARED.into_iter().zip(read).collect();
+        let before = by_name(self.counters(&all, &names).await);
         self.net.loss_everywhere(10, Traffic::All);
         let started = Instant::now();
         let seen = self.sightings(&all, d).await;
         self.net.heal();
         let lasted = started.elapsed();
         // Read after the heal, a moment past the loss.
-        let after = self.counters(&all, &names).await;
+        let after = by_name(self.counters(&all, &names).await);
         Lossy {
             hosts: self.hosts(),
             lasted,
@@ -1486,8 +1485,7 @@ impl Cluster {
 impl Lossy {
     /// How much counter `name` (one of [`COMPARED`]) rose, summed over the nodes.
     fn increase(&self, name: &str) -> u64 {
-        let i = COMPARED.iter().position(|&c| c == name).expect("a compared counter");
-        increase(&self.after[i], &self.before[i])
+        increase(&self.after[name], &self.before[name])
     }
 
     /// Prints the figures beside the simulator's for the planned length
@@ -1538,8 +1536,8 @@ impl Lossy {
     }
 
     fn assert_no_member_declared_dead(&self) {
-        let i = COMPARED.iter().position(|&c| c == "failures_declared").unwrap();
-        no_member_declared_dead(&self.seen, &self.after[i], &self.before[i]);
+        let name = "failures_declared";
+        no_member_declared_dead(&self.seen, &self.after[name], &self.before[name]);
     }
 }
 
@@ -1584,7 +1582,7 @@ async fn scenario_a_cut_link_and_a_lossy_one_are_probed_around_and_declare_no_me
         Duration::from_secs(150),
         async {
             let c = Cluster::start().await;
-            let all: Vec<usize> = (0..HOSTS).collect();
+            let all = c.all();
             let before = c.counter(&all, "rumor_membership_failures_declared_total").await;
             let load = Load::start(c.gateways(), SENDERS);
 
@@ -1844,7 +1842,7 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
                 .collect();
             watched.push(("bridge".into(), c._bridge.0.id()));
             watched.push(("tansu".into(), c._tansu.0.id()));
-            let all: Vec<usize> = (0..HOSTS).collect();
+            let all = c.all();
             let before_failures = c.counter(&all, "rumor_membership_failures_declared_total").await;
 
             let steady_workers: Vec<usize> = steady.iter().copied().filter(|&h| c.nodes[h].roles == "worker").collect();

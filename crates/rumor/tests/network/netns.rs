@@ -148,17 +148,14 @@ const GC_THRESH: [&str; 3] = [
 /// near 30 hosts). Returns the values to restore, if it changed them.
 fn make_neighbour_room(hosts: usize) -> Option<[String; 3]> {
     let need = (hosts + 1) * (hosts + 1);
-    let now: Vec<String> = GC_THRESH
-        .iter()
-        .map(|k| must(&["sysctl", "-n", k]).trim().to_owned())
-        .collect();
+    let now = GC_THRESH.map(|k| must(&["sysctl", "-n", k]).trim().to_owned());
     if now[2].parse::<usize>().unwrap_or(0) >= 2 * need {
         return None;
     }
     for (k, v) in GC_THRESH.iter().zip([need / 2, need, 2 * need]) {
         must(&["sysctl", "-qw", &format!("{k}={v}")]);
     }
-    Some([now[0].clone(), now[1].clone(), now[2].clone()])
+    Some(now)
 }
 
 /// Runs `f` for each of `hosts` at once (a few at a time), so that a fault

@@ -56,7 +56,7 @@ impl Preset {
         }
     }
 
-    fn config(self) -> Config {
+    pub(crate) fn config(self) -> Config {
         match self {
             Preset::Test => Config::for_tests(),
             Preset::Lan => Config::lan(),
