@@ -160,6 +160,8 @@ impl ConsumerContext for RebalanceContext {
 #[derive(Clone)]
 pub struct KafkaProducer {
     inner: FutureProducer<RebalanceContext>,
+    /// What it was made from, for [`KafkaProducer::renewed`].
+    config: ClientConfig,
 }
 
 impl std::fmt::Debug for KafkaProducer {
@@ -187,10 +189,31 @@ impl KafkaProducer {
             c.set(k, v);
         }
         c.set("enable.idempotence", "true").set("acks", "all");
-        let inner = c
+        Self::from_config(c)
+    }
+
+    fn from_config(config: ClientConfig) -> Result<Self, LogError> {
+        let inner = config
             .create_with_context(RebalanceContext { events: None })
             .map_err(LogError::kafka("creating the producer"))?;
-        Ok(Self { inner })
+        Ok(Self { inner, config })
+    }
+
+    /// A new producer with the same settings, hence a new producer id from
+    /// the broker: what a producer the broker fences, or that failed for
+    /// good, needs to deliver again (see [`LogError::needs_new_producer`]).
+    pub fn renewed(&self) -> Result<Self, LogError> {
+        Self::from_config(self.config.clone())
+    }
+
+    /// librdkafka's fatal error, once it raised one: the producer then
+    /// refuses every record for good.
+    pub fn fatal_error(&self) -> Option<String> {
+        use rdkafka::producer::Producer as _;
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, why)| format!("{code:?}: {why}"))
     }
 
     /// Hands `rec` to librdkafka; see [`crate::Producer::enqueue`].

@@ -249,6 +249,28 @@ impl LogError {
         }
     }
 
+    /// True when the producer that returned this error cannot deliver
+    /// again, but a new one can: the broker fenced its producer id and
+    /// epoch, or librdkafka failed it for good.
+    ///
+    /// An idempotent producer moves to its next epoch on its own after a
+    /// record times out, as Kafka (KIP-360) allows; tansu 0.6 only ever
+    /// knows epoch 0 of a non-transactional producer and fences every later
+    /// request of it, which librdkafka answers with yet another epoch. Only
+    /// a new producer id ends that.
+    pub fn needs_new_producer(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as C;
+        matches!(
+            self,
+            Self::Kafka {
+                source: rdkafka::error::KafkaError::MessageProduction(
+                    C::ProducerFenced | C::InvalidProducerEpoch | C::Fatal
+                ),
+                ..
+            }
+        )
+    }
+
     pub(crate) fn kafka(op: &'static str) -> impl FnOnce(rdkafka::error::KafkaError) -> Self {
         move |source| Self::Kafka { op, source }
     }
@@ -328,6 +350,23 @@ impl Producer {
         match self {
             Self::Memory(log) => Ok(Pending::Ready(Some(log.produce(rec)))),
             Self::Kafka(p) => p.enqueue(rec).map(Pending::Kafka),
+        }
+    }
+
+    /// A new producer like this one (see [`KafkaProducer::renewed`]); an
+    /// in-process log needs none and gives `None`.
+    pub fn renewed(&self) -> Option<Result<Producer, LogError>> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Kafka(p) => Some(p.renewed().map(Self::Kafka)),
+        }
+    }
+
+    /// Why this producer cannot deliver again, if librdkafka failed it for good.
+    pub fn fatal_error(&self) -> Option<String> {
+        match self {
+            Self::Memory(_) => None,
+            Self::Kafka(p) => p.fatal_error(),
         }
     }
 

@@ -6,7 +6,8 @@
 //!        │ yes
 //!        v
 //!  channel ──> delivery task: enqueue into the producer (up to max_in_flight at once),
-//!                             await the oldest; on failure: back off, enqueue it again
+//!                             await the oldest; on failure: back off, then enqueue
+//!                             every record that failed meanwhile again
 //! ```
 //!
 //! A record leaves the buffer only when the log acknowledged it, so while
@@ -14,7 +15,10 @@
 //! refused; callers never block on Kafka. A record the log refuses for good
 //! (larger than it takes, say: [`LogError::is_permanent`]) is set aside at
 //! once: counted, handed to the set-aside hook with the reason, and never
-//! retried, so it cannot hold up the records behind it.
+//! retried, so it cannot hold up the records behind it. A producer that
+//! cannot deliver again (fenced by the broker, or failed for good by
+//! librdkafka: [`LogError::needs_new_producer`]) is replaced by a new one
+//! before the retry.
 //!
 //! [`Publisher::publish`] returns a [`Delivery`], a future that resolves
 //! when the log has the record (or it was set aside): a caller that must
@@ -81,6 +85,9 @@ stats::counters! {
     refused,
     /// Records the log refused for good (too large, invalid), set aside and not retried.
     set_aside,
+    /// Producers replaced by a new one because the log fenced them or they
+    /// failed for good.
+    producers_renewed,
 }
 
 /// Why [`Publisher::publish`] refused a record. The record was not taken.
@@ -309,38 +316,49 @@ struct InFlight {
 enum Step {
     Done(Result<crate::Delivered, LogError>),
     Msg(Option<Msg>),
+    Retry,
 }
 
 /// The delivery task: see the [module docs](self).
-async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) {
+async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, shared: Arc<Shared>) {
     let cfg = shared.cfg.clone();
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    // Records whose delivery failed, in the order they failed, waiting for
+    // `retry_at` to be enqueued again all together: one back-off per
+    // failed attempt of the log, not one per record.
+    let mut waiting: VecDeque<InFlight> = VecDeque::new();
+    let mut retry_at: Option<Instant> = None;
+    // Why the producer must be replaced before the next retry, if it must.
+    let mut renew: Option<String> = None;
     let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut accepted: u64 = 0;
     let mut closed = false;
     let mut backoff = cfg.retry_backoff;
     loop {
-        *shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) = in_flight.iter().map(|f| f.since).min();
+        let pending = || in_flight.iter().chain(&waiting);
+        *shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) = pending().map(|f| f.since).min();
         if !flushes.is_empty() {
-            let oldest = in_flight.iter().map(|f| f.seq).min().unwrap_or(u64::MAX);
-            let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
+            let oldest = pending().map(|f| f.seq).min().unwrap_or(u64::MAX);
+            let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
                 .into_iter()
                 .partition(|(seq, _)| *seq < oldest);
-            flushes = waiting;
+            flushes = left;
             for (_, tx) in done {
                 let _ = tx.send(());
             }
         }
-        if closed && in_flight.is_empty() {
+        if closed && in_flight.is_empty() && waiting.is_empty() {
             return;
         }
-        let can_take = !closed && in_flight.len() < cfg.max_in_flight.max(1);
+        let can_take = !closed && in_flight.len() + waiting.len() < cfg.max_in_flight.max(1);
         let step = {
             let front = in_flight.front_mut();
             let has_front = front.is_some();
+            let retry = retry_at.unwrap_or_else(Instant::now);
             tokio::select! {
                 biased;
                 r = async { match front { Some(f) => (&mut f.pending).await, None => std::future::pending().await } }, if has_front => Step::Done(r),
+                () = tokio::time::sleep_until(retry), if retry_at.is_some() => Step::Retry,
                 m = rx.recv(), if can_take => Step::Msg(m),
             }
         };
@@ -367,15 +385,33 @@ async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, share
                 let _ = f.done.send(Err(why));
             }
             Step::Done(Err(e)) => {
-                let Some(mut f) = in_flight.pop_front() else { continue };
+                let Some(f) = in_flight.pop_front() else { continue };
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = %f.rec.topic, buffered = shared.buffered.load(Ordering::Relaxed),
-                    "event log delivery failed, retrying in {backoff:?}: {e}");
+                if renew.is_none()
+                    && let Some(why) = producer
+                        .fatal_error()
+                        .or_else(|| e.needs_new_producer().then(|| e.to_string()))
+                {
+                    renew = Some(why);
+                }
+                if retry_at.is_none() {
+                    tracing::warn!(topic = %f.rec.topic, buffered = shared.buffered.load(Ordering::Relaxed),
+                        "event log delivery failed, retrying in {backoff:?}: {e}");
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(cfg.max_backoff);
+                }
                 *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(cfg.max_backoff);
-                f.pending = enqueue(&producer, &f.rec);
-                in_flight.push_back(f);
+                waiting.push_back(f);
+            }
+            Step::Retry => {
+                retry_at = None;
+                if let Some(why) = renew.take() {
+                    renew_producer(&mut producer, &why, &shared);
+                }
+                for mut f in waiting.drain(..) {
+                    f.pending = enqueue(&producer, &f.rec);
+                    in_flight.push_back(f);
+                }
             }
             Step::Msg(None) => closed = true,
             Step::Msg(Some(Msg::Flush(tx))) => flushes.push((accepted, tx)),
@@ -390,6 +426,25 @@ async fn deliver(producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, share
                 });
             }
         }
+    }
+}
+
+/// Replaces `producer` with a new one (a new producer id from the broker)
+/// because of `why`. Records still in flight on the old one fail when it is
+/// dropped, and are retried on the new one. Kept on failure: the next failed
+/// delivery tries again.
+fn renew_producer(producer: &mut Producer, why: &str, shared: &Shared) {
+    match producer.renewed() {
+        None => {}
+        Some(Ok(new)) => {
+            shared.counters.producers_renewed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("event log producer replaced by a new one: the old one cannot deliver again ({why})");
+            let old = std::mem::replace(producer, new);
+            // Dropping a Kafka producer purges its queue and waits for
+            // librdkafka's threads: not on the runtime's threads.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        Some(Err(e)) => tracing::error!("event log producer cannot deliver again ({why}) and replacing it failed: {e}"),
     }
 }
 

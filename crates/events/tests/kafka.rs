@@ -190,3 +190,153 @@ async fn a_record_the_broker_refuses_for_good_is_set_aside_and_the_records_behin
     assert_eq!(set_aside.len(), 1);
     assert!(set_aside[0].starts_with("big "), "{set_aside:?}");
 }
+
+/// A tansu broker of the test's own (RUMOR_TEST_TANSU, which scripts/test
+/// sets), on a free port of 127.0.0.1; killed when dropped.
+struct PrivateTansu {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl PrivateTansu {
+    async fn start() -> PrivateTansu {
+        let tansu = std::env::var("RUMOR_TEST_TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(&tansu)
+            .args(["broker", "--storage-engine", "memory://tansu/"])
+            .arg("--listener-url")
+            .arg(format!("tcp://{addr}"))
+            .arg("--advertised-listener-url")
+            .arg(format!("tcp://{addr}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {tansu} (scripts/test installs it and sets RUMOR_TEST_TANSU): {e}"));
+        let broker = PrivateTansu { child, addr };
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        let sock: std::net::SocketAddr = broker.addr.parse().unwrap();
+        while std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the private tansu did not listen"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        broker
+    }
+
+    /// Sends `sig` (`-STOP`, `-CONT`) to the broker; false when it could not.
+    fn signal(&self, sig: &str) -> bool {
+        std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for PrivateTansu {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Records that time out while the broker is stopped make librdkafka move
+/// its idempotent producer to the next epoch on its own. tansu fences every
+/// later request of that producer, and librdkafka answers each fencing with
+/// yet another epoch: without a new producer nothing is delivered again.
+/// The publisher replaces the producer, and every record gets in once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_record_gets_in() {
+    use events::{Publisher, PublisherConfig};
+
+    let broker = PrivateTansu::start().await;
+    let mut cfg = KafkaConfig::new(broker.addr.clone());
+    cfg.session_timeout = Duration::from_secs(6);
+    cfg.message_timeout = Duration::from_secs(2);
+    cfg.producer.insert("request.timeout.ms".into(), "1000".into());
+    let log = EventLog::Kafka(cfg);
+    let topic = unique("events-fenced");
+    log.create_topics(&[TopicSpec {
+        name: topic.clone(),
+        partitions: 1,
+        replication: 1,
+    }])
+    .await
+    .unwrap();
+    let publisher = Publisher::spawn(
+        log.producer().unwrap(),
+        PublisherConfig {
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    let record = |i: usize| OutRecord {
+        topic: topic.clone(),
+        key: format!("k{}", i % 4),
+        value: Bytes::from(i.to_string()),
+        headers: vec![],
+    };
+    // Delivered while the broker runs: the producer has its id, epoch 0.
+    for i in 0..20 {
+        publisher.publish(record(i)).unwrap();
+    }
+    assert!(
+        publisher.flush(LIMIT).await,
+        "delivered before the outage: {:?}",
+        publisher.stats()
+    );
+
+    // The broker stops answering for longer than `message.timeout.ms`:
+    // the records published meanwhile time out in librdkafka.
+    assert!(broker.signal("-STOP"), "the broker stopped");
+    let during: Vec<_> = (20..220).map(|i| publisher.publish(record(i)).unwrap()).collect();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while publisher.stats().retried == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no delivery failed while the broker was stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(broker.signal("-CONT"), "the broker continued");
+
+    for d in during {
+        timeout(LIMIT, d)
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "a record was not delivered within {LIMIT:?}: {:?}, {:?}",
+                    publisher.stats(),
+                    publisher.health()
+                )
+            })
+            .expect("delivered");
+    }
+    let stats = publisher.stats();
+    assert_eq!(stats.published, 220, "{stats:?}");
+    assert!(
+        stats.producers_renewed >= 1,
+        "the fenced producer was replaced: {stats:?}"
+    );
+    assert!(publisher.healthy(), "{:?}", publisher.health());
+
+    // Each record is in the topic; a record the old producer got in before
+    // its answer was lost may be there twice (at least once), none is
+    // missing.
+    let mut c = log.consumer(&unique("g"), &[&topic]).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 220 {
+        let r = next_record(&mut c).await;
+        seen.insert(String::from_utf8(r.value.to_vec()).unwrap().parse::<usize>().unwrap());
+    }
+    assert_eq!(seen, (0..220).collect());
+}

@@ -178,3 +178,42 @@ async fn an_unreachable_log_fills_the_buffer_then_records_are_refused_counted_an
     assert_eq!(p.stats().published, 0);
     assert!(!p.flush(Duration::from_millis(100)).await);
 }
+
+/// Records that fail together wait out one back-off together: after an
+/// outage with many records in flight, delivery resumes within one back-off,
+/// not after one back-off per record (with 5 s pauses, minutes for a few
+/// dozen records).
+#[tokio::test]
+async fn records_that_fail_together_are_retried_together_after_one_back_off() {
+    let mut kc = KafkaConfig::new("127.0.0.1:1");
+    kc.message_timeout = Duration::from_millis(300);
+    let producer = EventLog::Kafka(kc).producer().unwrap();
+    let p = Publisher::spawn(
+        producer,
+        PublisherConfig {
+            retry_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            ..Default::default()
+        },
+    );
+    for i in 0..50 {
+        p.publish(rec("t", "k", &i.to_string())).unwrap();
+    }
+    // librdkafka times records out on a scan about once a second, all 50
+    // in the same scan; each is retried once after a 1 s back-off and
+    // fails again a second or two later.
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while p.stats().retried < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "50 records did not fail twice within {LIMIT:?}: {:?}",
+            p.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        p.stats().producers_renewed,
+        0,
+        "a timeout does not call for a new producer"
+    );
+}

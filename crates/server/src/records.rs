@@ -99,6 +99,12 @@ impl RecordSink for LogSink {
                 true,
             ),
             (
+                "producers_renewed",
+                "Kafka producers replaced by a new one because the broker fenced them or they failed for good.",
+                st.producers_renewed,
+                true,
+            ),
+            (
                 "refused",
                 "Records refused because the buffer was full (the log unreachable too long).",
                 st.refused,
