@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use proto::api::{
-    GossipCreated, GossipReceipt, GossipRequest, Isolate, KeyIds, KeyOperation, KeyRequest, LinkDelay, Members,
-    ReplyLine, Ring, SendRequest,
+    GossipCreated, GossipReceipt, GossipRequest, Isolate, KeyIds, KeyOperation, KeyRequest, LinkDelay, MemberStatus,
+    Members, ReplyLine, Ring, SendRequest,
 };
 
 /// Why an admin call failed.
@@ -106,6 +106,14 @@ impl AdminClient {
     /// `GET /v1/members`.
     pub async fn members(&self) -> Result<Members, ClientError> {
         self.get_json("/v1/members").await
+    }
+
+    /// `GET /v1/members?status=...`: only the members in one of `states`,
+    /// with the checksum of the whole view. Much smaller than
+    /// [`members`](Self::members) in a large cluster that mostly agrees.
+    pub async fn members_in(&self, states: &[MemberStatus]) -> Result<Members, ClientError> {
+        let list: Vec<&str> = states.iter().map(|s| s.short_name()).collect();
+        self.get_json(&format!("/v1/members?status={}", list.join(","))).await
     }
 
     /// `GET /v1/ring`.

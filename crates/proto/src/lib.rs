@@ -111,6 +111,14 @@ impl api::MemberStatus {
         }
     }
 
+    /// The status named `name` (as [`short_name`](Self::short_name) writes
+    /// it), if it is one; never `Unspecified`.
+    pub fn from_short_name(name: &str) -> Option<Self> {
+        [Self::Alive, Self::Suspect, Self::Dead, Self::Left]
+            .into_iter()
+            .find(|s| s.short_name() == name)
+    }
+
     /// Alive or suspect: still a member that may answer.
     pub fn is_live(self) -> bool {
         matches!(self, Self::Alive | Self::Suspect)

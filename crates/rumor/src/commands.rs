@@ -80,10 +80,11 @@ pub(crate) async fn status(admin: &str) -> anyhow::Result<()> {
     let members = c.members().await?;
     let ring = c.ring().await?;
     println!(
-        "{} members as seen by {}{}",
+        "{} members as seen by {}{}, view checksum {}",
         members.members.len(),
         members.node,
-        if members.joined { "" } else { " (not joined yet)" }
+        if members.joined { "" } else { " (not joined yet)" },
+        members.checksum
     );
     println!(
         "  {:<14} {:<22} {:<8} {:>5} {:<16} {:>8}  {:<22} admin",

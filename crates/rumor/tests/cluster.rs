@@ -215,10 +215,26 @@ async fn five_node_cluster_forms_and_every_node_reports_the_same_members_and_rin
         let nodes = cluster(3, &key, None).await;
         let names: BTreeSet<String> = nodes.iter().map(|p| p.name.clone()).collect();
         let checksum = agree(&nodes, &names, 3).await;
+        let mut views = BTreeSet::new();
         for p in &nodes {
             let c = p.client();
             assert!(c.ready().await.unwrap(), "{} is ready", p.name);
             let m = c.members().await.unwrap();
+            views.insert(m.checksum.clone());
+            // Filtered by state: nobody is down, everybody alive; the
+            // checksum covers the whole view whatever the filter.
+            let down = c
+                .members_in(&[MemberStatus::Suspect, MemberStatus::Dead, MemberStatus::Left])
+                .await
+                .unwrap();
+            assert!(down.members.is_empty(), "{} lists nobody down: {down:?}", p.name);
+            assert_eq!(down.checksum, m.checksum);
+            assert_eq!(c.members_in(&[MemberStatus::Alive]).await.unwrap().members, m.members);
+            let bad = c
+                .get_json::<proto::api::Members>("/v1/members?status=alive,zombie")
+                .await;
+            let why = bad.expect_err("an unknown state is refused").to_string();
+            assert!(why.contains("400") && why.contains("\"zombie\""), "{why}");
             let w: Vec<_> = m.members.iter().filter(|x| x.roles == ["worker"]).collect();
             assert_eq!(w.len(), 3);
             assert!(w.iter().all(|x| x.capacity > 0 && x.services.contains_key("mesh")));
@@ -232,6 +248,8 @@ async fn five_node_cluster_forms_and_every_node_reports_the_same_members_and_rin
             assert!(metrics.contains("rumor_members{status=\"alive\"} 5"));
             assert!(metrics.contains("rumor_ready 1"));
         }
+        assert_eq!(views.len(), 1, "every node has the same view checksum: {views:?}");
+        assert_eq!(views.first().unwrap().len(), 16);
     })
     .await;
 }
@@ -322,6 +340,11 @@ async fn killed_worker_loses_no_message_is_marked_dead_everywhere_and_rejoins_un
         })
         .await;
         eprintln!("w2 dead everywhere {:?} after kill -9", killed_at.elapsed());
+        for c in &others {
+            let dead = c.members_in(&[MemberStatus::Dead]).await.unwrap();
+            let names: Vec<&str> = dead.members.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(names, ["w2"], "{} lists only w2 dead", dead.node);
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
         stop.store(true, Ordering::Relaxed);
         for s in senders {

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use proto::api::{Member, MemberStatus, Members, Ring, RingWorker};
 
 use super::Shr;
@@ -21,7 +22,57 @@ pub(crate) fn status(s: membership::Status) -> MemberStatus {
     }
 }
 
-pub(super) async fn members(State(s): Shr) -> Json<Members> {
+/// The query of `GET /v1/members`: `status`, the states to list,
+/// comma-separated (`alive`, `suspect`, `dead`, `left`); all when absent.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct MembersQuery {
+    status: Option<String>,
+}
+
+/// The states named by a `status` query, or why it is not one.
+fn parse_statuses(list: &str) -> Result<Vec<MemberStatus>, String> {
+    list.split(',')
+        .map(|name| {
+            MemberStatus::from_short_name(name.trim()).ok_or_else(|| {
+                format!(
+                    "unknown member status {name:?} in `status`: expected a comma-separated list of alive, suspect, \
+                     dead, left"
+                )
+            })
+        })
+        .collect()
+}
+
+/// The view checksum: XXH3-64 over every member's name, gossip address,
+/// status and incarnation, in name order, each field length-prefixed so
+/// that no two different views hash the same bytes.
+fn view_checksum(members: &[Member]) -> u64 {
+    let mut bytes = Vec::with_capacity(8 + members.len() * 48);
+    bytes.extend_from_slice(&(members.len() as u64).to_le_bytes());
+    for m in members {
+        for field in [m.name.as_bytes(), m.addr.as_bytes()] {
+            bytes.extend_from_slice(&(field.len() as u64).to_le_bytes());
+            bytes.extend_from_slice(field);
+        }
+        bytes.extend_from_slice(&m.status.to_le_bytes());
+        bytes.extend_from_slice(&m.incarnation.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bytes)
+}
+
+pub(super) async fn members(
+    State(s): Shr,
+    query: Result<axum::extract::Query<MembersQuery>, axum::extract::rejection::QueryRejection>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let wanted = match query.map(|q| q.0.status) {
+        Ok(None) => None,
+        Ok(Some(list)) => match parse_statuses(&list) {
+            Ok(wanted) => Some(wanted),
+            Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+        },
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
+    };
     let view = s.gossip.view().borrow().clone();
     let mut members: Vec<Member> = std::iter::once(&view.local)
         .chain(&view.members)
@@ -36,11 +87,17 @@ pub(super) async fn members(State(s): Shr) -> Json<Members> {
         })
         .collect();
     members.sort_by(|a, b| a.name.cmp(&b.name));
+    let checksum = format!("{:016x}", view_checksum(&members));
+    if let Some(wanted) = wanted {
+        members.retain(|m| wanted.contains(&m.status()));
+    }
     Json(Members {
         node: s.gossip.name().to_owned(),
         joined: view.joined,
         members,
+        checksum,
     })
+    .into_response()
 }
 
 pub(super) async fn ring(State(s): Shr) -> Json<Ring> {
@@ -71,4 +128,65 @@ pub(super) async fn ring(State(s): Shr) -> Json<Ring> {
         workers,
         sampled_keys: OWNERSHIP_SAMPLE as u32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, status: MemberStatus, incarnation: u64) -> Member {
+        Member {
+            name: name.into(),
+            addr: "10.0.0.1:7946".into(),
+            status: status as i32,
+            incarnation,
+            ..Member::default()
+        }
+    }
+
+    #[test]
+    fn the_view_checksum_changes_with_any_member_state_and_only_with_it() {
+        let view = [member("a", MemberStatus::Alive, 1), member("b", MemberStatus::Alive, 3)];
+        let base = view_checksum(&view);
+        let mut same = view.clone();
+        same[0].roles = vec!["worker".into()];
+        assert_eq!(
+            view_checksum(&same),
+            base,
+            "roles and services are not the view's state"
+        );
+        let changes: [fn(&mut Member); 4] = [
+            |m| m.status = MemberStatus::Suspect as i32,
+            |m| m.incarnation += 1,
+            |m| m.addr = "10.0.0.2:7946".into(),
+            |m| m.name = "c".into(),
+        ];
+        for change in changes {
+            let mut other = view.clone();
+            change(&mut other[1]);
+            assert_ne!(view_checksum(&other), base, "{other:?}");
+        }
+        assert_ne!(view_checksum(&view[..1]), base, "a member fewer");
+        // Length prefixes: moving bytes between name and address changes it.
+        let (mut x, mut y) = (
+            member("ab", MemberStatus::Alive, 1),
+            member("a", MemberStatus::Alive, 1),
+        );
+        x.addr = "c".into();
+        y.addr = "bc".into();
+        assert_ne!(view_checksum(&[x]), view_checksum(&[y]));
+    }
+
+    #[test]
+    fn a_status_filter_names_states_and_refuses_anything_else_by_name() {
+        assert_eq!(
+            parse_statuses("suspect, dead,left").unwrap(),
+            [MemberStatus::Suspect, MemberStatus::Dead, MemberStatus::Left]
+        );
+        assert_eq!(parse_statuses("alive").unwrap(), [MemberStatus::Alive]);
+        for bad in ["", "alive,", "Alive", "unspecified", "zombie"] {
+            let why = parse_statuses(bad).unwrap_err();
+            assert!(why.contains("alive, suspect, dead, left"), "{bad:?}: {why}");
+        }
+    }
 }

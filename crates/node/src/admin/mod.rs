@@ -2,7 +2,7 @@
 //!
 //! | route | module | answer |
 //! |---|---|---|
-//! | `GET /v1/members` | `cluster` | [`Members`](proto::api::Members): every member this node knows |
+//! | `GET /v1/members?status=` | `cluster` | [`Members`](proto::api::Members): every member this node knows (or those in the given states), and the view checksum |
 //! | `GET /v1/ring` | `cluster` | [`Ring`](proto::api::Ring): checksum, workers, and the share of sampled keys each owns |
 //! | `GET /metrics` | `metrics` | Prometheus text: membership, transport, mesh, worker and event-log metrics |
 //! | `GET /healthz` | `health` | 200 while the gossip task runs |
@@ -165,11 +165,11 @@ pub const ROUTES: &[Route] = &[
     Route {
         method: "get",
         path: "/v1/members",
-        summary: "Every member this node knows",
-        params: &[],
+        summary: "Every member this node knows, or those in the given states, and the view checksum",
+        params: &[MEMBER_STATUS],
         request: Body::None,
         ok: (200, Body::Json("Members")),
-        errors: &[],
+        errors: &[400],
     },
     Route {
         method: "get",
@@ -293,6 +293,13 @@ const GOSSIP_SEQ: Param = Param {
     location: "path",
     kind: "integer",
     description: "Its sequence number there",
+    values: &[],
+};
+const MEMBER_STATUS: Param = Param {
+    name: "status",
+    location: "query",
+    kind: "string",
+    description: "The states to list, comma-separated: alive, suspect, dead, left (all when absent)",
     values: &[],
 };
 const KEY_OP: Param = Param {
