@@ -206,6 +206,19 @@ impl KafkaProducer {
         Self::from_config(self.config.clone())
     }
 
+    /// Purges every record still queued or in flight, so that each one's
+    /// delivery future resolves with a purge error, and waits (at most 30 s)
+    /// until librdkafka has handed out those answers. Dropping a producer
+    /// waits only 500 ms for them, and a record whose answer is not handed
+    /// out would never resolve. Blocks.
+    pub fn close(self) {
+        use rdkafka::producer::{Producer as _, PurgeConfig};
+        self.inner.purge(PurgeConfig::default().queue().inflight());
+        if let Err(e) = self.inner.flush(Timeout::After(Duration::from_secs(30))) {
+            tracing::warn!("a replaced Kafka producer did not hand out every answer: {e}");
+        }
+    }
+
     /// librdkafka's fatal error, once it raised one: the producer then
     /// refuses every record for good.
     pub fn fatal_error(&self) -> Option<String> {

@@ -353,12 +353,21 @@ impl Producer {
         }
     }
 
-    /// A new producer like this one (see [`KafkaProducer::renewed`]); an
+    /// A new producer like this one (see [`kafka::KafkaProducer::renewed`]); an
     /// in-process log needs none and gives `None`.
     pub fn renewed(&self) -> Option<Result<Producer, LogError>> {
         match self {
             Self::Memory(_) => None,
             Self::Kafka(p) => Some(p.renewed().map(Self::Kafka)),
+        }
+    }
+
+    /// Fails every record still queued or in flight (each one's [`Pending`]
+    /// resolves with an error) and waits until those answers are out; for
+    /// a producer being replaced. Blocks.
+    pub fn close(self) {
+        if let Self::Kafka(p) = self {
+            p.close();
         }
     }
 

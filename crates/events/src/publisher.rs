@@ -29,8 +29,10 @@
 //! Order: records are handed to the producer in publish order, and the
 //! idempotent producer keeps that order within a partition through its own
 //! retries. A record that the producer gave up on (after its
-//! `message.timeout.ms`) is enqueued again behind records published after
-//! it: delivery is at-least-once, and rare reordering is possible then.
+//! `message.timeout.ms`), or that was in flight on a producer being
+//! replaced, is enqueued again behind records published after it (those
+//! accepted during the back-off among them): delivery is at-least-once, and
+//! rare reordering is possible then.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -311,6 +313,9 @@ struct InFlight {
     seq: u64,
     since: Instant,
     pending: Pending,
+    /// Which producer it was last handed to: 0 for the first, one more for
+    /// each replacement.
+    producer: u64,
 }
 
 enum Step {
@@ -328,8 +333,11 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
     // failed attempt of the log, not one per record.
     let mut waiting: VecDeque<InFlight> = VecDeque::new();
     let mut retry_at: Option<Instant> = None;
-    // Why the producer must be replaced before the next retry, if it must.
+    // Why the producer must be replaced before the next retry, if it must,
+    // and how many times it was (records of a replaced producer fail with
+    // its errors, which say nothing about the new one).
     let mut renew: Option<String> = None;
+    let mut generation: u64 = 0;
     let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut accepted: u64 = 0;
     let mut closed = false;
@@ -388,6 +396,7 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
                 let Some(f) = in_flight.pop_front() else { continue };
                 shared.counters.retried.fetch_add(1, Ordering::Relaxed);
                 if renew.is_none()
+                    && f.producer == generation
                     && let Some(why) = producer
                         .fatal_error()
                         .or_else(|| e.needs_new_producer().then(|| e.to_string()))
@@ -405,11 +414,14 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
             }
             Step::Retry => {
                 retry_at = None;
-                if let Some(why) = renew.take() {
-                    renew_producer(&mut producer, &why, &shared);
+                if let Some(why) = renew.take()
+                    && renew_producer(&mut producer, &why, &shared)
+                {
+                    generation += 1;
                 }
                 for mut f in waiting.drain(..) {
                     f.pending = enqueue(&producer, &f.rec);
+                    f.producer = generation;
                     in_flight.push_back(f);
                 }
             }
@@ -423,6 +435,7 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
                     done,
                     seq: accepted,
                     since: Instant::now(),
+                    producer: generation,
                 });
             }
         }
@@ -430,21 +443,24 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
 }
 
 /// Replaces `producer` with a new one (a new producer id from the broker)
-/// because of `why`. Records still in flight on the old one fail when it is
-/// dropped, and are retried on the new one. Kept on failure: the next failed
-/// delivery tries again.
-fn renew_producer(producer: &mut Producer, why: &str, shared: &Shared) {
+/// because of `why`; true when it did. Records still in flight on the old
+/// one fail when it is closed, and are retried on the new one. Kept on
+/// failure: the next failed delivery tries again.
+fn renew_producer(producer: &mut Producer, why: &str, shared: &Shared) -> bool {
     match producer.renewed() {
-        None => {}
+        None => false,
         Some(Ok(new)) => {
             shared.counters.producers_renewed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!("event log producer replaced by a new one: the old one cannot deliver again ({why})");
             let old = std::mem::replace(producer, new);
-            // Dropping a Kafka producer purges its queue and waits for
-            // librdkafka's threads: not on the runtime's threads.
-            tokio::task::spawn_blocking(move || drop(old));
+            // Closing waits for librdkafka: not on the runtime's threads.
+            tokio::task::spawn_blocking(move || old.close());
+            true
         }
-        Some(Err(e)) => tracing::error!("event log producer cannot deliver again ({why}) and replacing it failed: {e}"),
+        Some(Err(e)) => {
+            tracing::error!("event log producer cannot deliver again ({why}) and replacing it failed: {e}");
+            false
+        }
     }
 }
 
