@@ -108,10 +108,14 @@ impl AdminClient {
         self.get_json("/v1/members").await
     }
 
-    /// `GET /v1/members?status=...`: only the members in one of `states`,
-    /// with the checksum of the whole view. Much smaller than
-    /// [`members`](Self::members) in a large cluster that mostly agrees.
+    /// `GET /v1/members?status=...`: only the members in one of `states`
+    /// (every member when `states` is empty), with the view checksum. Much
+    /// smaller than [`members`](Self::members) in a large cluster that
+    /// mostly agrees.
     pub async fn members_in(&self, states: &[MemberStatus]) -> Result<Members, ClientError> {
+        if states.is_empty() {
+            return self.members().await;
+        }
         let list: Vec<&str> = states.iter().map(|s| s.short_name()).collect();
         self.get_json(&format!("/v1/members?status={}", list.join(","))).await
     }

@@ -43,13 +43,16 @@ fn parse_statuses(list: &str) -> Result<Vec<MemberStatus>, String> {
         .collect()
 }
 
-/// The view checksum: XXH3-64 over every member's name, gossip address,
-/// status and incarnation, in name order, each field length-prefixed so
-/// that no two different views hash the same bytes.
+/// The view checksum: XXH3-64 over every live member's name, gossip
+/// address, status and incarnation, in name order, each field
+/// length-prefixed so that no two different views hash the same bytes.
+/// Failed and departed members are left out: a node that joined after they
+/// went never learns of them, though its view of the live ones agrees.
 fn view_checksum(members: &[Member]) -> u64 {
-    let mut bytes = Vec::with_capacity(8 + members.len() * 48);
-    bytes.extend_from_slice(&(members.len() as u64).to_le_bytes());
-    for m in members {
+    let live: Vec<&Member> = members.iter().filter(|m| m.status().is_live()).collect();
+    let mut bytes = Vec::with_capacity(8 + live.len() * 48);
+    bytes.extend_from_slice(&(live.len() as u64).to_le_bytes());
+    for m in live {
         for field in [m.name.as_bytes(), m.addr.as_bytes()] {
             bytes.extend_from_slice(&(field.len() as u64).to_le_bytes());
             bytes.extend_from_slice(field);
@@ -167,6 +170,11 @@ mod tests {
             assert_ne!(view_checksum(&other), base, "{other:?}");
         }
         assert_ne!(view_checksum(&view[..1]), base, "a member fewer");
+        // Members that failed or left are not part of it.
+        let mut with_dead = view.to_vec();
+        with_dead.push(member("c", MemberStatus::Dead, 2));
+        with_dead.push(member("d", MemberStatus::Left, 1));
+        assert_eq!(view_checksum(&with_dead), base);
         // Length prefixes: moving bytes between name and address changes it.
         let (mut x, mut y) = (
             member("ab", MemberStatus::Alive, 1),

@@ -299,7 +299,7 @@ const MEMBER_STATUS: Param = Param {
     name: "status",
     location: "query",
     kind: "string",
-    description: "The states to list, comma-separated: alive, suspect, dead, left (all when absent)",
+    description: "The states to list, one comma-separated list: alive, suspect, dead, left (all when absent)",
     values: &[],
 };
 const KEY_OP: Param = Param {
