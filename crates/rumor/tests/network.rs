@@ -189,8 +189,10 @@ async fn start_tansu(addr: Ipv4Addr) -> (Killed, String) {
     (child, listen)
 }
 
-/// `rumor bridge` in the root namespace, from `brokers` into `db`.
-fn start_bridge(db: &TestDb, brokers: &str, topics: &str) -> Killed {
+/// `rumor bridge` in the root namespace, from `brokers` into `db`, logging
+/// at info level into a file of its own (in the temporary directory, kept
+/// after the run); also returns its HTTP address and that file.
+fn start_bridge(db: &TestDb, brokers: &str, topics: &str) -> (Killed, String, PathBuf) {
     let file = std::env::temp_dir().join(format!("rumor-net-bridge-{}-{}.toml", std::process::id(), nanos()));
     let text = format!(
         "database_url = \"{}\"\nbrokers = \"{brokers}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
@@ -198,20 +200,27 @@ fn start_bridge(db: &TestDb, brokers: &str, topics: &str) -> Killed {
         db.url()
     );
     std::fs::write(&file, text).unwrap();
+    let log = file.with_extension("log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
         .args(["bridge", "--config"])
         .arg(&file)
         .env_remove("RUMOR_DATABASE_URL")
         .env_remove("RUMOR_KAFKA_BROKERS")
+        .env("RUMOR_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).expect("the bridge's log file"))
         .spawn()
         .expect("spawning rumor bridge");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let _first = lines.next().expect("the bridge printed nothing").unwrap();
+    let first = lines.next().expect("the bridge printed nothing").unwrap();
+    let http = first
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http= in the bridge's first line: {first}"))
+        .to_owned();
     std::thread::spawn(move || for _ in lines {});
-    Killed(child)
+    (Killed(child), http, log)
 }
 
 // ---- Nodes, each in its host's namespace ----
@@ -385,6 +394,9 @@ impl Drop for Node {
 struct Cluster {
     nodes: Vec<Node>,
     _bridge: Killed,
+    /// The bridge's HTTP address and its log file.
+    bridge_http: String,
+    bridge_log: PathBuf,
     _tansu: Killed,
     db: TestDb,
     key: String,
@@ -471,10 +483,12 @@ impl Cluster {
                 }
             })
             .collect();
-        let bridge = start_bridge(&db, &brokers, &topics);
+        let (bridge, bridge_http, bridge_log) = start_bridge(&db, &brokers, &topics);
         let mut c = Cluster {
             nodes,
             _bridge: bridge,
+            bridge_http,
+            bridge_log,
             _tansu: tansu,
             db,
             key,
@@ -807,8 +821,11 @@ impl Cluster {
     async fn check(&self, scenario: &str, load: Load) -> checker::Summary {
         let mut history = load.stop().await;
         // Acknowledged means the records were in Kafka (the worker waits for
-        // them), so the bridge must get them all; give it a moment.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // them, or the publisher retries them until they are), so the
+        // bridge must get them all. It is given as long as it makes
+        // progress: on a saturated machine it may lag far behind.
+        let stopped = Instant::now();
+        let mut progress = (stopped, self.db.consumed_and_dead_letters().await.0);
         let (summary, violations) = loop {
             let rows = self.db.rows().await;
             checker::resolve_unaccepted(&mut history, &rows);
@@ -816,11 +833,32 @@ impl Cluster {
             let missing = violations
                 .iter()
                 .any(|v| matches!(v, checker::Violation::Missing { .. }));
-            if !missing || Instant::now() > deadline {
+            let consumed = self.db.consumed_and_dead_letters().await.0;
+            if consumed != progress.1 {
+                progress = (Instant::now(), consumed);
+            }
+            if !missing || progress.0.elapsed() > Duration::from_secs(30) {
                 break (summary, violations);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
+        let caught_up = stopped.elapsed();
+        // What the bridge says of itself: its partitions, lag and errors.
+        let bridge: Vec<String> = AdminClient::new(&self.bridge_http)
+            .metrics()
+            .await
+            .map(|text| {
+                text.lines()
+                    .filter(|l| {
+                        l.starts_with("rumor_bridge_")
+                            && ["assigned", "lag", "records", "errors", "seek", "gaps", "ready"]
+                                .iter()
+                                .any(|w| l.split(['{', ' ']).next().is_some_and(|name| name.contains(w)))
+                    })
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_else(|e| vec![format!("no metrics from the bridge: {e}")]);
         let rows = self.db.rows().await.len() as i64;
         let (consumed, dead) = self.db.consumed_and_dead_letters().await;
         // The topic itself: every acknowledged message must be there, and a
@@ -834,8 +872,12 @@ impl Cluster {
         figures(
             scenario,
             &format!(
-                "history: {summary}; {rows} rows in PostgreSQL, {consumed} records consumed by the bridge, \
-                 {dead} dead letters; {} records in the topic, {} of them there more than once{}",
+                "history: {summary}; {rows} rows in PostgreSQL ({} after the load stopped), {consumed} records \
+                 consumed by the bridge ({}; its log: {}), {dead} dead letters; {} records in the topic, {} of them \
+                 there more than once{}",
+                ms(caught_up),
+                bridge.join(", "),
+                self.bridge_log.display(),
                 topic.len(),
                 twice.len(),
                 if twice.is_empty() {
@@ -1470,24 +1512,38 @@ impl Cluster {
         // exchange every node runs after it joins.
         tokio::time::sleep_until((self.formed_at + self.preset.settle()).into()).await;
         let all = self.all();
-        let bytes = membership_metric("bytes_out");
-        let from = self.counter(&all, &bytes).await;
+        // Bytes, and the counters that say where they went.
+        const QUIET: [&str; 5] = ["bytes_out", "packets_out", "probes", "push_pulls", "digest_syncs"];
+        let names: Vec<String> = QUIET.iter().map(|n| membership_metric(n)).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let from = self.counters(&all, &names).await;
         let started = Instant::now();
         tokio::time::sleep(d).await;
-        let to = self.counter(&all, &bytes).await;
+        let to = self.counters(&all, &names).await;
         let lasted = started.elapsed();
-        let quiet = increase(&to, &from) as f64 / self.hosts() as f64 / lasted.as_secs_f64();
+        let node_hours = self.hosts() as f64 * lasted.as_secs_f64() / 3600.0;
+        let quiet = increase(&to[0], &from[0]) as f64 / self.hosts() as f64 / lasted.as_secs_f64();
         let sim = predict::loss(self.preset, self.hosts(), 0.0, d);
+        let counters: Vec<String> = QUIET[1..]
+            .iter()
+            .zip(to[1..].iter().zip(&from[1..]))
+            .map(|(name, (to, from))| {
+                let real = increase(to, from) as f64 / node_hours;
+                let simulated = sim.per_node_hour.get(name).copied().unwrap_or(0.0);
+                format!("{name} {real:.0}/{simulated:.0} ({:.2}x)", real / simulated)
+            })
+            .collect();
         figures(
             &format!("{scenario} (quiet before it)"),
             &format!(
                 "converged {} hosts, nothing wrong, for {}: gossip {quiet:.0} bytes per node per second. Simulator \
-                 ({} seeds): {:.0} bytes per node per second ({:.2}x real)",
+                 ({} seeds): {:.0} bytes per node per second ({:.2}x real). Per node-hour, real/simulated: {}",
                 self.hosts(),
                 ms(lasted),
                 sim.seeds,
                 sim.bytes,
-                quiet / sim.bytes
+                quiet / sim.bytes,
+                counters.join(", ")
             ),
         );
         quiet
@@ -2006,6 +2062,13 @@ async fn soak_an_hour_of_load_and_churn_memory_and_descriptors_stay_flat() {
     .await;
 }
 
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|e| format!("unknown ({e})"))
+}
+
 /// Hosts of the large run: RUMOR_NETWORK_HOSTS, 100 by default.
 fn large_hosts() -> usize {
     std::env::var("RUMOR_NETWORK_HOSTS")
@@ -2046,16 +2109,22 @@ async fn large_cluster_crash_loss_and_partition_beside_the_simulator() {
                     ms(c.formed_in)
                 ),
             );
+            // How busy the machine was after each phase: at this size the
+            // nodes, the broker and the bridge share two cores.
+            let busy = |phase: &str| figures(&scenario, &format!("load average after {phase}: {}", load_average()));
             // A minute: push-pull runs every 30 s in this preset.
             c.quiet_gossip(&scenario, Duration::from_secs(60)).await;
+            busy("the quiet minute");
             let load = Load::start(c.gateways(), SENDERS);
             tokio::time::sleep(Duration::from_secs(2)).await;
 
             let victim = c.nodes[hosts / 2].name.clone();
             let (crash, rejoin) = c.crash_and_restart(&victim).await;
+            busy("the crash and restart");
 
             let lossy = c.lossy(lasts).await;
             c.one_view(c.limit(Duration::from_secs(30))).await;
+            busy("the loss");
 
             // Even hosts on one side (gw1 and fw among them), odd on the
             // other (gw2): a gateway and half the workers on each.

@@ -65,10 +65,12 @@ impl Preset {
 
     /// How long a cluster that has just formed takes to settle: every node
     /// runs its first full state exchange within 1.5 base push-pull
-    /// intervals of joining (30 s in the `lan` preset), and only later ones
-    /// are spaced for the cluster's size. Real clusters and simulated ones
-    /// are both measured after it: at 300 members those first exchanges
-    /// alone send about 1,000 bytes per node per second for a minute.
+    /// intervals of joining (1.5 x 30 s = 45 s in the `lan` preset), and
+    /// only later ones are spaced for the cluster's size. Every simulated
+    /// cluster is measured after it, and so is the real cluster's quiet
+    /// gossip (the real fault scenarios of the large run come later still).
+    /// At 300 members the simulator measured 861 bytes per node per second
+    /// in the minute right after forming, 75 once settled.
     pub(crate) fn settle(self) -> Duration {
         self.config().push_pull_interval.mul_f64(1.5)
     }
