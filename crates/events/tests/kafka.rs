@@ -28,6 +28,20 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", events::new_message_id().to_lowercase())
 }
 
+/// Creates a topic named after `prefix` with `partitions` partitions on
+/// `log`; returns its name.
+async fn new_topic(log: &EventLog, prefix: &str, partitions: i32) -> String {
+    let topic = unique(prefix);
+    log.create_topics(&[TopicSpec {
+        name: topic.clone(),
+        partitions,
+        replication: 1,
+    }])
+    .await
+    .unwrap();
+    topic
+}
+
 async fn next_record(c: &mut events::Consumer) -> Record {
     loop {
         match timeout(LIMIT, c.recv())
@@ -44,14 +58,7 @@ async fn next_record(c: &mut events::Consumer) -> Record {
 #[tokio::test]
 async fn records_round_trip_with_keys_headers_and_consecutive_offsets_then_seek_rereads() {
     let log = kafka();
-    let topic = unique("events-roundtrip");
-    log.create_topics(&[TopicSpec {
-        name: topic.clone(),
-        partitions: 2,
-        replication: 1,
-    }])
-    .await
-    .unwrap();
+    let topic = new_topic(&log, "events-roundtrip", 2).await;
     // Creating again is not an error.
     log.create_topics(&[TopicSpec {
         name: topic.clone(),
@@ -109,14 +116,7 @@ async fn records_round_trip_with_keys_headers_and_consecutive_offsets_then_seek_
 #[tokio::test]
 async fn the_publisher_delivers_through_kafka_and_stays_healthy() {
     let log = kafka();
-    let topic = unique("events-publisher");
-    log.create_topics(&[TopicSpec {
-        name: topic.clone(),
-        partitions: 1,
-        replication: 1,
-    }])
-    .await
-    .unwrap();
+    let topic = new_topic(&log, "events-publisher", 1).await;
     let p = events::Publisher::spawn(log.producer().unwrap(), events::PublisherConfig::default());
     for i in 0..50 {
         p.publish(OutRecord {
@@ -146,14 +146,7 @@ async fn a_record_the_broker_refuses_for_good_is_set_aside_and_the_records_behin
     use events::{Publisher, PublisherConfig};
 
     let log = kafka();
-    let topic = unique("events-poison");
-    log.create_topics(&[TopicSpec {
-        name: topic.clone(),
-        partitions: 1,
-        replication: 1,
-    }])
-    .await
-    .unwrap();
+    let topic = new_topic(&log, "events-poison", 1).await;
     let set_aside: Arc<Mutex<Vec<String>>> = Arc::default();
     let hook = set_aside.clone();
     let publisher = Publisher::spawn_with(
@@ -263,14 +256,7 @@ async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_reco
     cfg.message_timeout = Duration::from_secs(2);
     cfg.producer.insert("request.timeout.ms".into(), "1000".into());
     let log = EventLog::Kafka(cfg);
-    let topic = unique("events-fenced");
-    log.create_topics(&[TopicSpec {
-        name: topic.clone(),
-        partitions: 1,
-        replication: 1,
-    }])
-    .await
-    .unwrap();
+    let topic = new_topic(&log, "events-fenced", 1).await;
     let publisher = Publisher::spawn(
         log.producer().unwrap(),
         PublisherConfig {

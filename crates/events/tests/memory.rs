@@ -140,22 +140,25 @@ async fn the_publisher_delivers_every_record_in_order_and_counts_them() {
     assert_eq!(values, (0..100).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
+/// A publisher to a Kafka broker that never answers (nothing listens on
+/// port 1): librdkafka takes the records and fails each after 300 ms
+/// (`message.timeout.ms`).
+fn unreachable(cfg: PublisherConfig) -> Publisher {
+    let mut kc = KafkaConfig::new("127.0.0.1:1");
+    kc.message_timeout = Duration::from_millis(300);
+    Publisher::spawn(EventLog::Kafka(kc).producer().unwrap(), cfg)
+}
+
 /// A producer whose broker never answers: librdkafka takes the records and
 /// fails them after `message.timeout.ms`, so they stay buffered.
 #[tokio::test]
 async fn an_unreachable_log_fills_the_buffer_then_records_are_refused_counted_and_reported() {
-    let mut kc = KafkaConfig::new("127.0.0.1:1");
-    kc.message_timeout = Duration::from_millis(300);
-    let producer = EventLog::Kafka(kc).producer().unwrap();
-    let p = Publisher::spawn(
-        producer,
-        PublisherConfig {
-            max_buffered: 5,
-            stall_after: Duration::from_millis(100),
-            retry_backoff: Duration::from_millis(50),
-            ..Default::default()
-        },
-    );
+    let p = unreachable(PublisherConfig {
+        max_buffered: 5,
+        stall_after: Duration::from_millis(100),
+        retry_backoff: Duration::from_millis(50),
+        ..Default::default()
+    });
     for i in 0..5 {
         p.publish(rec("t", "k", &i.to_string())).unwrap();
     }
@@ -185,17 +188,11 @@ async fn an_unreachable_log_fills_the_buffer_then_records_are_refused_counted_an
 /// dozen records).
 #[tokio::test]
 async fn records_that_fail_together_are_retried_together_after_one_back_off() {
-    let mut kc = KafkaConfig::new("127.0.0.1:1");
-    kc.message_timeout = Duration::from_millis(300);
-    let producer = EventLog::Kafka(kc).producer().unwrap();
-    let p = Publisher::spawn(
-        producer,
-        PublisherConfig {
-            retry_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(5),
-            ..Default::default()
-        },
-    );
+    let p = unreachable(PublisherConfig {
+        retry_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(5),
+        ..Default::default()
+    });
     for i in 0..50 {
         p.publish(rec("t", "k", &i.to_string())).unwrap();
     }

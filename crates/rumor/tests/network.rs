@@ -612,6 +612,18 @@ impl Cluster {
         self.counters(hosts, &[name]).await.pop().unwrap()
     }
 
+    /// The membership counters `names` (as `membership::Stats` names them)
+    /// of every host, one read of each: for each name, by node name.
+    async fn membership_counters(&self, names: &[&'static str]) -> BTreeMap<&'static str, BTreeMap<String, u64>> {
+        let metrics: Vec<String> = names.iter().map(|n| membership_metric(n)).collect();
+        let metrics: Vec<&str> = metrics.iter().map(String::as_str).collect();
+        names
+            .iter()
+            .copied()
+            .zip(self.counters(&self.all(), &metrics).await)
+            .collect()
+    }
+
     /// Counters `names` from the /metrics of each of `hosts`, one read of
     /// every host at about the same moment: for each name, by node name.
     async fn counters(&self, hosts: &[usize], names: &[&str]) -> Vec<BTreeMap<String, u64>> {
@@ -1504,6 +1516,26 @@ fn membership_metric(name: &str) -> String {
     format!("rumor_membership_{name}_total")
 }
 
+/// `name real/simulated (ratio)` per node-hour for each of `names`, from how
+/// much each counter `rose` over `node_hours`; no ratio where the simulator
+/// counted none.
+fn per_node_hour(names: &[&str], rose: impl Fn(&str) -> u64, node_hours: f64, sim: &predict::LossPrediction) -> String {
+    names
+        .iter()
+        .map(|&name| {
+            let real = rose(name) as f64 / node_hours;
+            let predicted = sim.per_node_hour.get(name).copied().unwrap_or(0.0);
+            let ratio = if predicted > 0.0 {
+                format!(" ({:.2}x)", real / predicted)
+            } else {
+                String::new()
+            };
+            format!("{name} {real:.0}/{predicted:.0}{ratio}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Cluster {
     /// Measures the gossip of the cluster as it is for `d` and reports it
     /// beside the simulator's for the same size; returns bytes per node per second.
@@ -1511,28 +1543,18 @@ impl Cluster {
         // As the simulated cluster is: settled, past the first full state
         // exchange every node runs after it joins.
         tokio::time::sleep_until((self.formed_at + self.preset.settle()).into()).await;
-        let all = self.all();
         // Bytes, and the counters that say where they went.
         const QUIET: [&str; 5] = ["bytes_out", "packets_out", "probes", "push_pulls", "digest_syncs"];
-        let names: Vec<String> = QUIET.iter().map(|n| membership_metric(n)).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let from = self.counters(&all, &names).await;
+        let from = self.membership_counters(&QUIET).await;
         let started = Instant::now();
         tokio::time::sleep(d).await;
-        let to = self.counters(&all, &names).await;
+        let to = self.membership_counters(&QUIET).await;
         let lasted = started.elapsed();
-        let node_hours = self.hosts() as f64 * lasted.as_secs_f64() / 3600.0;
-        let quiet = increase(&to[0], &from[0]) as f64 / self.hosts() as f64 / lasted.as_secs_f64();
+        let rose = |name: &str| increase(&to[name], &from[name]);
+        let quiet = rose("bytes_out") as f64 / self.hosts() as f64 / lasted.as_secs_f64();
         let sim = predict::loss(self.preset, self.hosts(), 0.0, d);
-        let counters: Vec<String> = QUIET[1..]
-            .iter()
-            .zip(to[1..].iter().zip(&from[1..]))
-            .map(|(name, (to, from))| {
-                let real = increase(to, from) as f64 / node_hours;
-                let simulated = sim.per_node_hour.get(name).copied().unwrap_or(0.0);
-                format!("{name} {real:.0}/{simulated:.0} ({:.2}x)", real / simulated)
-            })
-            .collect();
+        let node_hours = self.hosts() as f64 * lasted.as_secs_f64() / 3600.0;
+        let counters = per_node_hour(&QUIET[1..], rose, node_hours, &sim);
         figures(
             &format!("{scenario} (quiet before it)"),
             &format!(
@@ -1543,7 +1565,7 @@ impl Cluster {
                 sim.seeds,
                 sim.bytes,
                 quiet / sim.bytes,
-                counters.join(", ")
+                counters
             ),
         );
         quiet
@@ -1553,17 +1575,14 @@ impl Cluster {
     /// gRPC, Kafka and the test's own admin requests alike); then healed.
     async fn lossy(&self, d: Duration) -> Lossy {
         let all = self.all();
-        let names: Vec<String> = COMPARED.iter().map(|n| membership_metric(n)).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let by_name = |read: Vec<BTreeMap<String, u64>>| COMPARED.into_iter().zip(read).collect();
-        let before = by_name(self.counters(&all, &names).await);
+        let before = self.membership_counters(&COMPARED).await;
         self.net.loss_everywhere(10, Traffic::All);
         let started = Instant::now();
         let seen = self.sightings(&all, d).await;
         self.net.heal();
         let lasted = started.elapsed();
         // Read after the heal, a moment past the loss.
-        let after = by_name(self.counters(&all, &names).await);
+        let after = self.membership_counters(&COMPARED).await;
         Lossy {
             hosts: self.hosts(),
             lasted,
@@ -1592,19 +1611,7 @@ impl Lossy {
         // Gossip payload each node produced per second (before encryption).
         let bytes = self.increase("bytes_out") as f64 / self.hosts as f64 / self.lasted.as_secs_f64();
         let node_hours = self.hosts as f64 * self.lasted.as_secs_f64() / 3600.0;
-        let compared: Vec<String> = COMPARED
-            .iter()
-            .map(|&name| {
-                let real = self.increase(name) as f64 / node_hours;
-                let predicted = sim.per_node_hour.get(name).copied().unwrap_or(0.0);
-                let ratio = if predicted > 0.0 {
-                    format!(" ({:.2}x)", real / predicted)
-                } else {
-                    String::new()
-                };
-                format!("{name} {real:.0}/{predicted:.0}{ratio}")
-            })
-            .collect();
+        let compared = per_node_hour(&COMPARED, |name| self.increase(name), node_hours, sim);
         figures(
             scenario,
             &format!(
@@ -1624,7 +1631,7 @@ impl Lossy {
                 sim.declared,
                 sim.bytes,
                 bytes / sim.bytes,
-                compared.join(", ")
+                compared
             ),
         );
     }

@@ -68,13 +68,13 @@ pub(super) async fn members(
     query: Result<axum::extract::Query<MembersQuery>, axum::extract::rejection::QueryRejection>,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let wanted = match query.map(|q| q.0.status) {
-        Ok(None) => None,
-        Ok(Some(list)) => match parse_statuses(&list) {
-            Ok(wanted) => Some(wanted),
-            Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
-        },
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{}\n", e.body_text())).into_response(),
+    let wanted = match query {
+        Ok(q) => q.0.status.as_deref().map(parse_statuses).transpose(),
+        Err(e) => Err(e.body_text()),
+    };
+    let wanted = match wanted {
+        Ok(wanted) => wanted,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
     let view = s.gossip.view().borrow().clone();
     let mut members: Vec<Member> = std::iter::once(&view.local)
