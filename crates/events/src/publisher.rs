@@ -343,8 +343,8 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
     let mut closed = false;
     let mut backoff = cfg.retry_backoff;
     loop {
+        note_oldest(&shared, &in_flight, &waiting);
         let pending = || in_flight.iter().chain(&waiting);
-        *shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) = pending().map(|f| f.since).min();
         if !flushes.is_empty() {
             let oldest = pending().map(|f| f.seq).min().unwrap_or(u64::MAX);
             let (done, left): (Vec<_>, Vec<_>) = std::mem::take(&mut flushes)
@@ -375,6 +375,9 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
                 if let Some(f) = in_flight.pop_front() {
                     shared.release(f.rec.size());
                     shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                    // Before the publisher hears of it: health read right
+                    // after the last delivery must not see it waiting.
+                    note_oldest(&shared, &in_flight, &waiting);
                     let _ = f.done.send(Ok(()));
                 }
                 if backoff != cfg.retry_backoff {
@@ -390,6 +393,7 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
                 shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
                 let why = format!("the event log refused it for good: {e}");
                 (shared.set_aside)(&f.rec, &why);
+                note_oldest(&shared, &in_flight, &waiting);
                 let _ = f.done.send(Err(why));
             }
             Step::Done(Err(e)) => {
@@ -440,6 +444,11 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
             }
         }
     }
+}
+
+/// Records since when the oldest record not yet delivered has waited.
+fn note_oldest(shared: &Shared, in_flight: &VecDeque<InFlight>, waiting: &VecDeque<InFlight>) {
+    *shared.oldest.lock().unwrap_or_else(|e| e.into_inner()) = in_flight.iter().chain(waiting).map(|f| f.since).min();
 }
 
 /// Replaces `producer` with a new one (a new producer id from the broker)
