@@ -384,7 +384,7 @@ async fn readyz(State(s): Shr) -> (StatusCode, String) {
     if let Some(why) = stopped(&s) {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("consume loop ended: {why}\n"));
     }
-    if let Some(why) = s.db_failing.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+    if let Some(why) = s.db_failing() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("database failing: {why}\n"));
     }
     match s.store.ping().await {
@@ -428,7 +428,7 @@ async fn metrics(State(s): Shr) -> Response {
         "Partitions of the messages topic assigned to this bridge.",
         positions.len() as i64,
     );
-    let ready = stopped(&s).is_none() && s.db_failing.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+    let ready = stopped(&s).is_none() && s.db_failing().is_none();
     e.gauge(
         "rumor_bridge_ready",
         "1 while the consume loop runs and its database writes succeed.",

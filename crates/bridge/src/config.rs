@@ -97,6 +97,11 @@ pub struct BridgeConfig {
     pub http_bind: SocketAddr,
     /// How long `POST /v1/forward` waits for the log to take the request. Default 10 s.
     pub forward_timeout: Duration,
+    /// When a partition of the messages topic has had records waiting this
+    /// long and no bridge of the group stored any, this bridge leaves the
+    /// consumer group and joins it again (see [`crate::stall`]); `None`
+    /// turns the watch off. Default 60 s.
+    pub stall_timeout: Option<Duration>,
     /// Test and benchmark hook: see [`CommitHook`]. Default none.
     pub after_commit: Option<CommitHook>,
 }
@@ -115,6 +120,7 @@ impl std::fmt::Debug for BridgeConfig {
             .field("retry", &self.retry)
             .field("http_bind", &self.http_bind)
             .field("forward_timeout", &self.forward_timeout)
+            .field("stall_timeout", &self.stall_timeout)
             .field("after_commit", &self.after_commit.is_some())
             .finish()
     }
@@ -135,6 +141,7 @@ impl BridgeConfig {
             retry: RetryConfig::default(),
             http_bind: SocketAddr::from(([127, 0, 0, 1], 8480)),
             forward_timeout: Duration::from_secs(10),
+            stall_timeout: Some(Duration::from_secs(60)),
             after_commit: None,
         }
     }
@@ -155,6 +162,9 @@ impl BridgeConfig {
         }
         if self.batch.max_bytes == 0 {
             return Err("bridge batch.max_bytes must be at least 1".into());
+        }
+        if self.stall_timeout.is_some_and(|t| t.is_zero()) {
+            return Err("bridge stall_timeout must be more than 0 (or off)".into());
         }
         if self.topics.messages.is_empty() || self.topics.forward.is_empty() {
             return Err("bridge topics.messages and topics.forward must not be empty".into());

@@ -16,6 +16,8 @@
 //!        │                re-read stored offsets, seek there
 //!        └─ db error  ──> retry with backoff; after `attempts`, row by row
 //!                         (a row still refused becomes a dead letter)
+//!  stall watch: stalled ──> write the batch, forget every partition, rejoin
+//!                           the group as a new member (crate::stall)
 //! ```
 //!
 //! A record that was already waiting when a write ended has waited since the
@@ -32,10 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use events::{Consumer, ConsumerEvent, Record, SeekTo, TopicPartition, codec};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::config::{BatchConfig, CommitHook, CommitInfo, RetryConfig};
+use crate::config::{BatchConfig, BridgeConfig, CommitHook, CommitInfo, RetryConfig};
 use crate::metrics::count;
 use crate::store::{Batch, DeadLetter, MessageRow, PartitionBatch, Usage, Written};
 use crate::{BridgeError, Shared};
@@ -60,6 +62,8 @@ pub(crate) struct Loop {
     pub(crate) batch_cfg: BatchConfig,
     pub(crate) retry: RetryConfig,
     pub(crate) after_commit: Option<CommitHook>,
+    /// Partitions the stall watch found stalled.
+    stalled: mpsc::Receiver<Vec<TopicPartition>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     parts: BTreeMap<TopicPartition, Part>,
     batch: Batch,
@@ -95,20 +99,19 @@ impl Loop {
     pub(crate) fn new(
         shared: Arc<Shared>,
         consumer: Consumer,
-        topic: String,
-        batch_cfg: BatchConfig,
-        retry: RetryConfig,
-        after_commit: Option<CommitHook>,
+        cfg: &BridgeConfig,
+        stalled: mpsc::Receiver<Vec<TopicPartition>>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let group = shared.group.clone();
         Self {
             shared,
             consumer,
-            topic,
-            batch_cfg,
-            retry,
-            after_commit,
+            topic: cfg.topics.messages.clone(),
+            batch_cfg: cfg.batch.clone(),
+            retry: cfg.retry.clone(),
+            after_commit: cfg.after_commit.clone(),
+            stalled,
             shutdown,
             parts: BTreeMap::new(),
             batch: Batch {
@@ -148,6 +151,7 @@ impl Loop {
                 }
                 // Before the deadline: a record that is ready joins the batch
                 // even when the deadline has passed.
+                Some(stalled) = self.stalled.recv() => self.rejoin(stalled).await?,
                 ev = self.consumer.recv() => self.on_event(ev).await?,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.flush(false).await?;
@@ -170,6 +174,29 @@ impl Loop {
                 tracing::warn!("bridge: reading the messages topic: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
+        }
+        Ok(())
+    }
+
+    /// Leaves the consumer group and joins it again, after writing the
+    /// batch in progress; the new member's assignment seeks to the stored
+    /// offsets as at a start.
+    async fn rejoin(&mut self, stalled: Vec<TopicPartition>) -> Result<(), BridgeError> {
+        tracing::warn!(
+            partitions = ?stalled,
+            group = %self.shared.group,
+            "bridge: records have waited in these partitions and no bridge of the group stored any; \
+             leaving the consumer group and joining it again"
+        );
+        count(&self.shared.counters.group_rejoins, 1);
+        self.flush(false).await?;
+        // A record read ahead belongs to the old member's assignment.
+        self.peeked = None;
+        self.ready_since = None;
+        let all: Vec<TopicPartition> = self.parts.keys().cloned().collect();
+        self.revoke(&all);
+        if let Err(e) = self.consumer.rejoin() {
+            tracing::warn!("bridge: rejoining the consumer group: {e}");
         }
         Ok(())
     }
@@ -541,5 +568,10 @@ impl Shared {
 
     fn set_db_failing(&self, why: Option<String>) {
         *self.db_failing.lock().unwrap_or_else(|e| e.into_inner()) = why;
+    }
+
+    /// Why the last database operation of the loop failed, until one succeeds.
+    pub(crate) fn db_failing(&self) -> Option<String> {
+        self.db_failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

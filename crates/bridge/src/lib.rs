@@ -14,6 +14,8 @@
 //! - [`consume`]: the loop that batches records, seeks to the stored offsets
 //!   on assignment, dead-letters what it cannot decode or store, and commits
 //!   to the log's group only for lag reporting.
+//! - [`stall`]: the watch that has the loop rejoin the consumer group when
+//!   a partition's records wait and no bridge stores any.
 //! - [`api`]: the HTTP API (axum).
 //!
 //! The same code runs for `rumor bridge` (Kafka and PostgreSQL) and in
@@ -51,6 +53,7 @@ pub mod api;
 pub mod config;
 pub mod consume;
 pub mod metrics;
+pub mod stall;
 pub mod store;
 
 pub use config::{BatchConfig, BridgeConfig, CommitHook, CommitInfo, RetryConfig};
@@ -159,15 +162,17 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
         stopped: Mutex::new(None),
     });
     let (shutdown, rx) = watch::channel(false);
-    let consume_loop = consume::Loop::new(
-        shared.clone(),
-        consumer,
-        cfg.topics.messages.clone(),
-        cfg.batch.clone(),
-        cfg.retry.clone(),
-        cfg.after_commit.clone(),
-        rx.clone(),
-    );
+    let (stalled_tx, stalled) = tokio::sync::mpsc::channel(1);
+    if let Some(timeout) = cfg.stall_timeout {
+        tokio::spawn(stall::run(
+            shared.clone(),
+            cfg.topics.messages.clone(),
+            timeout,
+            stalled_tx,
+            rx.clone(),
+        ));
+    }
+    let consume_loop = consume::Loop::new(shared.clone(), consumer, &cfg, stalled, rx.clone());
     let s2 = shared.clone();
     let consume = tokio::spawn(async move {
         let r = consume_loop.run().await;

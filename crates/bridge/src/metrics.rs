@@ -36,6 +36,8 @@ stats::counters! {
     seeks,
     /// Seeks the log refused even after retries (the offset checks keep the data right; reading is slower).
     seek_errors,
+    /// Times the stall watch had this bridge leave the consumer group and join it again.
+    group_rejoins,
     /// Failed offset commits to the log's consumer group (used only for lag reporting).
     log_commit_errors,
     /// Forward requests produced by POST /v1/forward.

@@ -86,8 +86,22 @@ impl Consumer {
         }
     }
 
-    /// A handle that reads watermarks while the consumer is busy elsewhere
-    /// (the bridge's metrics endpoint uses it).
+    /// Leaves the consumer group and joins it again as a new member, for a
+    /// group that stopped handing out some partition. The partitions
+    /// assigned so far are gone without a `Revoked` event; an `Assigned`
+    /// follows as after a start.
+    pub fn rejoin(&mut self) -> Result<(), LogError> {
+        match self {
+            Self::Memory(c) => {
+                c.rejoin();
+                Ok(())
+            }
+            Self::Kafka(c) => c.rejoin(),
+        }
+    }
+
+    /// A handle that reads watermarks and partitions while the consumer is
+    /// busy elsewhere (the bridge's metrics endpoint and stall watch use it).
     pub fn watermark_reader(&self) -> WatermarkReader {
         match self {
             Self::Memory(c) => WatermarkReader(Reader::Memory(c.log().clone())),
@@ -115,6 +129,16 @@ impl WatermarkReader {
                 .map(|h| (0, h))
                 .ok_or_else(|| LogError::NotAssigned(tp.clone())),
             Reader::Kafka(k) => k.watermarks(tp).await,
+        }
+    }
+
+    /// The partitions of `topic`. For Kafka this asks the broker.
+    pub async fn partitions(&self, topic: &str) -> Result<Vec<TopicPartition>, LogError> {
+        match &self.0 {
+            Reader::Memory(log) => Ok((0..log.partitions(topic).unwrap_or(0))
+                .map(|p| TopicPartition::new(topic, p))
+                .collect()),
+            Reader::Kafka(k) => k.partitions(topic).await,
         }
     }
 }

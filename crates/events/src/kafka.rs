@@ -15,7 +15,9 @@
 //! reaches the caller before any record of the newly assigned partitions;
 //! `Assigned` is sent after librdkafka applied the assignment, so the caller
 //! can seek at once. Seeks, watermark queries and topic creation block in
-//! librdkafka and run on tokio's blocking pool.
+//! librdkafka and run on tokio's blocking pool. Watermarks and partition
+//! lists come from a second client that is in no group, so a
+//! [`KafkaConsumer::rejoin`] leaves nothing of the old member behind.
 //!
 //! librdkafka logs go to `tracing` (target `librdkafka`).
 
@@ -290,7 +292,10 @@ pub struct KafkaConsumer {
     events: mpsc::UnboundedReceiver<ConsumerEvent>,
     /// A record received together with a rebalance event, returned after it.
     stashed: Option<Record>,
-    request_timeout: Duration,
+    /// What a rejoin creates the next member from.
+    config: ClientConfig,
+    topics: Vec<String>,
+    meta: KafkaWatermarks,
 }
 
 impl std::fmt::Debug for KafkaConsumer {
@@ -320,17 +325,53 @@ impl KafkaConsumer {
             c.set(k, v);
         }
         c.set("enable.auto.commit", "false");
-        let (tx, events) = mpsc::unbounded_channel();
-        let inner: Inner = c
-            .create_with_context(RebalanceContext { events: Some(tx) })
-            .map_err(LogError::kafka("creating the consumer"))?;
-        inner.subscribe(topics).map_err(LogError::kafka("subscribing"))?;
+        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
+        let (inner, events) = Self::join(&c, &topics)?;
+        let meta: BaseConsumer<RebalanceContext> = cfg
+            .base()
+            .create_with_context(RebalanceContext { events: None })
+            .map_err(LogError::kafka("creating the metadata client"))?;
         Ok(Self {
-            inner: Arc::new(inner),
+            inner,
             events,
             stashed: None,
-            request_timeout: cfg.request_timeout,
+            config: c,
+            topics,
+            meta: KafkaWatermarks {
+                client: Arc::new(meta),
+                timeout: cfg.request_timeout,
+            },
         })
+    }
+
+    /// A new group member subscribed to `topics`.
+    fn join(
+        config: &ClientConfig,
+        topics: &[String],
+    ) -> Result<(Arc<Inner>, mpsc::UnboundedReceiver<ConsumerEvent>), LogError> {
+        let (tx, events) = mpsc::unbounded_channel();
+        let inner: Inner = config
+            .create_with_context(RebalanceContext { events: Some(tx) })
+            .map_err(LogError::kafka("creating the consumer"))?;
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        inner.subscribe(&topics).map_err(LogError::kafka("subscribing"))?;
+        Ok((Arc::new(inner), events))
+    }
+
+    /// Leaves the group and joins it again as a new member, with a new
+    /// member id: whatever the coordinator kept of the old one (an
+    /// assignment it never handed over) goes with it. Every partition the
+    /// old member had is revoked without a `Revoked` event (the caller
+    /// forgets them); the new member's `Assigned` follows as after a start.
+    /// The old member leaves in the background (librdkafka's close sends
+    /// LeaveGroup and waits for the broker, which may be slow to answer).
+    pub fn rejoin(&mut self) -> Result<(), LogError> {
+        let (inner, events) = Self::join(&self.config, &self.topics)?;
+        let old = std::mem::replace(&mut self.inner, inner);
+        self.events = events;
+        self.stashed = None;
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
     }
 
     /// See [`crate::Consumer::recv`].
@@ -386,7 +427,7 @@ impl KafkaConsumer {
         };
         let inner = self.inner.clone();
         let tp2 = tp.clone();
-        let timeout = self.request_timeout;
+        let timeout = self.meta.timeout;
         tokio::task::spawn_blocking(move || inner.seek(&tp2.topic, tp2.partition, offset, timeout))
             .await
             .map_err(|e| LogError::Config(format!("seek task failed: {e}")))?
@@ -414,17 +455,15 @@ impl KafkaConsumer {
     }
 
     pub(crate) fn watermark_reader(&self) -> KafkaWatermarks {
-        KafkaWatermarks {
-            inner: self.inner.clone(),
-            timeout: self.request_timeout,
-        }
+        self.meta.clone()
     }
 }
 
-/// Asks the broker for watermarks through a consumer's connection.
+/// Asks the broker for watermarks and partitions through a client of its
+/// own that is in no consumer group.
 #[derive(Clone)]
 pub struct KafkaWatermarks {
-    inner: Arc<Inner>,
+    client: Arc<BaseConsumer<RebalanceContext>>,
     timeout: Duration,
 }
 
@@ -436,13 +475,39 @@ impl std::fmt::Debug for KafkaWatermarks {
 
 impl KafkaWatermarks {
     pub(crate) async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
-        let inner = self.inner.clone();
+        let client = self.client.clone();
         let tp = tp.clone();
         let timeout = self.timeout;
-        tokio::task::spawn_blocking(move || inner.fetch_watermarks(&tp.topic, tp.partition, timeout))
+        tokio::task::spawn_blocking(move || client.fetch_watermarks(&tp.topic, tp.partition, timeout))
             .await
             .map_err(|e| LogError::Config(format!("watermark task failed: {e}")))?
             .map_err(LogError::kafka("fetching watermarks"))
+    }
+
+    /// The partitions of `topic`, from the broker's metadata.
+    pub(crate) async fn partitions(&self, topic: &str) -> Result<Vec<TopicPartition>, LogError> {
+        let client = self.client.clone();
+        let name = topic.to_owned();
+        let timeout = self.timeout;
+        let meta = tokio::task::spawn_blocking(move || client.fetch_metadata(Some(&name), timeout))
+            .await
+            .map_err(|e| LogError::Config(format!("metadata task failed: {e}")))?
+            .map_err(LogError::kafka("fetching metadata"))?;
+        let t = meta
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| LogError::Config(format!("topic {topic:?} is not in the broker's metadata")))?;
+        if let Some(e) = t.error() {
+            return Err(LogError::Config(format!(
+                "topic {topic:?}: the broker says {:?}",
+                RDKafkaErrorCode::from(e)
+            )));
+        }
+        Ok(t.partitions()
+            .iter()
+            .map(|p| TopicPartition::new(topic, p.id()))
+            .collect())
     }
 }
 

@@ -258,6 +258,16 @@ impl MemoryConsumer {
         &self.log
     }
 
+    /// Leaves the group and joins it again: the next [`recv`](Self::recv)
+    /// announces the assignment again, from the group's committed offsets,
+    /// as a new consumer's first would.
+    pub fn rejoin(&mut self) {
+        self.assigned.clear();
+        self.positions.clear();
+        self.announced = false;
+        self.next = 0;
+    }
+
     /// The partitions assigned so far.
     pub fn assignment(&self) -> &[TopicPartition] {
         &self.assigned

@@ -113,6 +113,66 @@ async fn records_round_trip_with_keys_headers_and_consecutive_offsets_then_seek_
     c.commit(&[(tp, high)]).unwrap();
 }
 
+/// Reads until `partitions` are assigned and `records` distinct values were
+/// read; returns the assignment.
+async fn read_all(c: &mut events::Consumer, partitions: usize, records: usize) -> Vec<TopicPartition> {
+    let (mut assigned, mut values) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    while assigned.len() < partitions || values.len() < records {
+        match timeout(LIMIT, c.recv())
+            .await
+            .expect("not every partition and record in time")
+            .unwrap()
+        {
+            ConsumerEvent::Assigned(tps) => assigned.extend(tps),
+            ConsumerEvent::Revoked(tps) => assigned.retain(|tp| !tps.contains(tp)),
+            ConsumerEvent::Record(r) => {
+                values.insert(r.value);
+            }
+        }
+    }
+    assigned.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_rejoins_is_a_new_member_assigned_every_partition_again() {
+    let log = kafka();
+    let topic = new_topic(&log, "events-rejoin", 3).await;
+    let producer = log.producer().unwrap();
+    for i in 0..9 {
+        let out = OutRecord {
+            topic: topic.clone(),
+            key: format!("conv-{i}"),
+            value: Bytes::from(format!("value-{i}")),
+            headers: Vec::new(),
+        };
+        producer.send(&out, LIMIT).await.unwrap();
+    }
+    let group = unique("rejoin");
+    let mut c = log.consumer(&group, &[&topic]).unwrap();
+    let reader = c.watermark_reader();
+    let parts = reader.partitions(&topic).await.unwrap();
+    assert_eq!(parts.len(), 3);
+    let missing = reader.partitions("no-such-topic-here").await;
+    assert!(
+        missing.is_err() || missing.as_ref().is_ok_and(Vec::is_empty),
+        "{missing:?}"
+    );
+
+    assert_eq!(read_all(&mut c, 3, 9).await, parts);
+    // The new member gets every partition and reads from the group's
+    // committed offsets (none: the beginning); the reader still works.
+    c.rejoin().unwrap();
+    assert_eq!(read_all(&mut c, 3, 9).await, parts);
+    let high: i64 = {
+        let mut sum = 0;
+        for tp in &parts {
+            sum += reader.watermarks(tp).await.unwrap().1;
+        }
+        sum
+    };
+    assert_eq!(high, 9);
+}
+
 #[tokio::test]
 async fn the_publisher_delivers_through_kafka_and_stays_healthy() {
     let log = kafka();

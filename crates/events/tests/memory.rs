@@ -118,6 +118,34 @@ async fn seek_rereads_and_a_new_consumer_starts_at_the_committed_offset() {
 }
 
 #[tokio::test]
+async fn a_consumer_that_rejoins_is_assigned_again_from_the_committed_offsets() {
+    let log = MemoryLog::new();
+    log.create_topic("t", 2);
+    for i in 0..6 {
+        log.append(&rec("t", &format!("k{i}"), &i.to_string()));
+    }
+    let el = EventLog::Memory(log.clone());
+    let mut c = el.consumer("g", &["t"]).unwrap();
+    assert!(matches!(c.recv().await.unwrap(), ConsumerEvent::Assigned(_)));
+    let first = next_record(&mut c).await;
+    c.commit(&[(first.tp(), first.offset + 1)]).unwrap();
+    c.rejoin().unwrap();
+    let ConsumerEvent::Assigned(tps) = c.recv().await.unwrap() else {
+        panic!("no assignment after the rejoin")
+    };
+    let parts = c.watermark_reader().partitions("t").await.unwrap();
+    assert_eq!(tps, parts);
+    assert_eq!(parts.len(), 2);
+    // Every record but the committed one is read again.
+    let mut again = HashSet::new();
+    for _ in 0..5 {
+        again.insert(next_record(&mut c).await.value);
+    }
+    assert!(!again.contains(&first.value));
+    assert_eq!(again.len(), 5);
+}
+
+#[tokio::test]
 async fn the_publisher_delivers_every_record_in_order_and_counts_them() {
     let log = MemoryLog::new();
     log.create_topic("t", 1);

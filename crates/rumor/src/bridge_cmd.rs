@@ -28,6 +28,8 @@ pub(crate) struct BridgeFile {
     pub(crate) batch_max_records: usize,
     pub(crate) batch_max_bytes: usize,
     pub(crate) batch_max_wait_ms: u64,
+    /// 0 turns the stall watch off.
+    pub(crate) stall_timeout_ms: u64,
 }
 
 impl Default for BridgeFile {
@@ -48,6 +50,7 @@ impl Default for BridgeFile {
             batch_max_records: b.max_records,
             batch_max_bytes: b.max_bytes,
             batch_max_wait_ms: b.max_wait.as_millis() as u64,
+            stall_timeout_ms: 60_000,
         }
     }
 }
@@ -126,6 +129,7 @@ impl BridgeFile {
             max_bytes: self.batch_max_bytes,
             max_wait: Duration::from_millis(self.batch_max_wait_ms),
         };
+        c.stall_timeout = (self.stall_timeout_ms > 0).then(|| Duration::from_millis(self.stall_timeout_ms));
         if let Some(n) = f.crash_after_batch {
             c.after_commit = Some(Arc::new(move |info: &bridge::CommitInfo| {
                 if info.batch >= n {

@@ -830,10 +830,22 @@ impl BridgeProc {
 
     /// Like [`BridgeProc::start_at`], with environment variables `env` set.
     fn start_env(database_url: &str, brokers: &str, topics: &str, extra: &[&str], env: &[(&str, &str)]) -> BridgeProc {
+        Self::start_full(database_url, brokers, topics, "", extra, env)
+    }
+
+    /// Like [`BridgeProc::start_env`], with `settings` (TOML lines) added to its config file.
+    fn start_full(
+        database_url: &str,
+        brokers: &str,
+        topics: &str,
+        settings: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> BridgeProc {
         let file = std::env::temp_dir().join(format!("rumor-test-bridge-{}-{}.toml", std::process::id(), nanos()));
         let text = format!(
             "database_url = \"{database_url}\"\nbrokers = \"{brokers}\"\nhttp_bind = \"127.0.0.1:0\"\ngroup_id = \"{topics}-bridge\"\n\
-             messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n"
+             messages_topic = \"{topics}.messages\"\nforward_topic = \"{topics}.forward\"\npartitions = 2\nbatch_max_wait_ms = 20\n{settings}\n"
         );
         std::fs::write(&file, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rumor"))
@@ -1309,6 +1321,73 @@ async fn kafka_down_and_back_while_clients_keep_sending_loses_no_record() {
         drop(bridge);
     })
     .await;
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+/// The outage that left tansu 0.6's consumer group with a partition no
+/// bridge held: the bridge stops past its session (the broker evicts it),
+/// then the broker stops while the bridge tries to rejoin, so its JoinGroup
+/// requests time out and are answered to nobody. Without the stall watch
+/// (`stall_timeout_ms = 0`) the partition's records are never stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_the_group_strands_after_a_broker_outage_is_stored_once_the_bridge_rejoins() {
+    let run = async {
+        let kafka = PrivateKafka::start().await;
+        let db = TestDb::create("rumor_cli").await;
+        let topics = format!("t{}", nanos());
+        let events = event_config_at(kafka.brokers(), &topics);
+        let nodes = gateway_and_worker(&events).await;
+        let stall = std::env::var("RUMOR_TEST_STALL_TIMEOUT_MS").unwrap_or_else(|_| "10000".into());
+        let mut bridge = BridgeProc::start_full(
+            &db.url(),
+            kafka.brokers(),
+            &topics,
+            &format!("stall_timeout_ms = {stall}"),
+            &[],
+            &[("RUMOR_LOG", "info,bridge=info")],
+        );
+        let gw = nodes[0].client();
+        let mut ids = send_all(&gw, 0..10).await;
+        eventually("the first 20 rows", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
+        })
+        .await;
+
+        let bridge_pid = bridge.child.id();
+        signal(bridge_pid, "-STOP");
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        signal(kafka.child.id(), "-STOP");
+        signal(bridge_pid, "-CONT");
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        signal(kafka.child.id(), "-CONT");
+
+        // Ten conversations cover both partitions.
+        ids.extend(send_all(&gw, 10..30).await);
+        eventually("all 60 rows after the outage", Duration::from_secs(90), || async {
+            (count(&db, "SELECT count(*) FROM messages").await >= 60).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&db.url(), &ids).await;
+        let (_, m) = http(&bridge.http, "GET", "/metrics", None).await;
+        eprintln!(
+            "bridge: group rejoins {}, assigned partitions {}",
+            metric(&m, "rumor_bridge_group_rejoins_total"),
+            metric(&m, "rumor_bridge_assigned_partitions")
+        );
+        let _ = bridge.child.kill();
+    };
+    tokio::time::timeout(Duration::from_secs(240), run)
+        .await
+        .expect("scenario did not finish in time");
 }
 
 /// Where `host:port` is in a database URL.
