@@ -69,6 +69,9 @@ impl Default for RetryConfig {
     }
 }
 
+/// The shortest [`BridgeConfig::stall_timeout`] accepted.
+pub const MIN_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Everything the bridge needs; see [`crate::start`].
 #[derive(Clone)]
 pub struct BridgeConfig {
@@ -100,7 +103,7 @@ pub struct BridgeConfig {
     /// When a partition of the messages topic has had records waiting this
     /// long and no bridge of the group stored any, this bridge leaves the
     /// consumer group and joins it again (see [`crate::stall`]); `None`
-    /// turns the watch off. Default 60 s.
+    /// turns the watch off. At least [`MIN_STALL_TIMEOUT`]. Default 60 s.
     pub stall_timeout: Option<Duration>,
     /// Test and benchmark hook: see [`CommitHook`]. Default none.
     pub after_commit: Option<CommitHook>,
@@ -163,8 +166,11 @@ impl BridgeConfig {
         if self.batch.max_bytes == 0 {
             return Err("bridge batch.max_bytes must be at least 1".into());
         }
-        if self.stall_timeout.is_some_and(|t| t.is_zero()) {
-            return Err("bridge stall_timeout must be more than 0 (or off)".into());
+        if self.stall_timeout.is_some_and(|t| t < MIN_STALL_TIMEOUT) {
+            return Err(format!(
+                "bridge stall_timeout must be at least {MIN_STALL_TIMEOUT:?} (or off): shorter, a bridge that \
+                 restarts or rebalances would look stalled"
+            ));
         }
         if self.topics.messages.is_empty() || self.topics.forward.is_empty() {
             return Err("bridge topics.messages and topics.forward must not be empty".into());

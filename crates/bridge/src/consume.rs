@@ -63,7 +63,7 @@ pub(crate) struct Loop {
     pub(crate) retry: RetryConfig,
     pub(crate) after_commit: Option<CommitHook>,
     /// Partitions the stall watch found stalled.
-    stalled: mpsc::Receiver<Vec<TopicPartition>>,
+    stalled: mpsc::Receiver<crate::stall::Stalled>,
     pub(crate) shutdown: watch::Receiver<bool>,
     parts: BTreeMap<TopicPartition, Part>,
     batch: Batch,
@@ -100,7 +100,7 @@ impl Loop {
         shared: Arc<Shared>,
         consumer: Consumer,
         cfg: &BridgeConfig,
-        stalled: mpsc::Receiver<Vec<TopicPartition>>,
+        stalled: mpsc::Receiver<crate::stall::Stalled>,
         shutdown: watch::Receiver<bool>,
     ) -> Self {
         let group = shared.group.clone();
@@ -179,25 +179,43 @@ impl Loop {
     }
 
     /// Leaves the consumer group and joins it again, after writing the
-    /// batch in progress; the new member's assignment seeks to the stored
-    /// offsets as at a start.
-    async fn rejoin(&mut self, stalled: Vec<TopicPartition>) -> Result<(), BridgeError> {
+    /// batch in progress, unless this bridge stored one of the partitions
+    /// since the watch looked (then the signal is stale: a slow write, not
+    /// a stranded partition). The new member's assignment seeks to the
+    /// stored offsets as at a start.
+    async fn rejoin(&mut self, stalled: crate::stall::Stalled) -> Result<(), BridgeError> {
+        self.flush(false).await?;
+        let moved = stalled.iter().any(|(tp, seen)| {
+            self.parts
+                .get(tp)
+                .is_some_and(|p| p.stored.unwrap_or(-1) > seen.unwrap_or(-1))
+        });
+        if moved {
+            tracing::debug!(
+                ?stalled,
+                "bridge: this bridge stored a partition the stall watch reported; not rejoining"
+            );
+            return Ok(());
+        }
+        let partitions: Vec<&TopicPartition> = stalled.iter().map(|(tp, _)| tp).collect();
         tracing::warn!(
-            partitions = ?stalled,
+            ?partitions,
             group = %self.shared.group,
             "bridge: records have waited in these partitions and no bridge of the group stored any; \
              leaving the consumer group and joining it again"
         );
+        if let Err(e) = self.consumer.rejoin().await {
+            tracing::error!("bridge: rejoining the consumer group: {e}; keeping the current member");
+            return Ok(());
+        }
         count(&self.shared.counters.group_rejoins, 1);
-        self.flush(false).await?;
         // A record read ahead belongs to the old member's assignment.
         self.peeked = None;
         self.ready_since = None;
         let all: Vec<TopicPartition> = self.parts.keys().cloned().collect();
         self.revoke(&all);
-        if let Err(e) = self.consumer.rejoin() {
-            tracing::warn!("bridge: rejoining the consumer group: {e}");
-        }
+        // Signals sent while this one waited are about the old member.
+        while self.stalled.try_recv().is_ok() {}
         Ok(())
     }
 
@@ -206,7 +224,10 @@ impl Loop {
         let mut backoff = self.retry.backoff;
         loop {
             match self.shared.store.offsets(&self.shared.group).await {
-                Ok(o) => return Some(o),
+                Ok(o) => {
+                    self.shared.set_db_failing(None);
+                    return Some(o);
+                }
                 Err(e) => {
                     count(&self.shared.counters.db_errors, 1);
                     self.shared.set_db_failing(Some(format!("reading stored offsets: {e}")));

@@ -3,13 +3,17 @@
 //! join it again.
 //!
 //! ```text
-//!  every stall_timeout / 4:  partitions of the topic (broker metadata)
-//!                            stored next offsets (database, this group)
-//!                            low and high watermarks (broker)
+//!  about every stall_timeout / 4 (at most 15 s, jittered):
+//!      partitions of the topic (broker metadata), stored next offsets
+//!      (database, this group), low and high watermarks (broker)
 //!     per partition: waiting = high > max(stored, low)
 //!         not waiting, or stored moved ──> its clock starts again
 //!         waiting, stored still for stall_timeout ──> stalled
-//!     any stalled ──> the consume loop rejoins; every clock starts again
+//!     any stalled ──> (partition, stored offset seen) to the consume loop;
+//!                     every clock starts again
+//!  consume loop: writes its batch; if it stored any of them since, the
+//!      signal is stale and dropped; otherwise it forgets its partitions
+//!      and rejoins the group as a new member
 //! ```
 //!
 //! Why: the database, not the group coordinator, is where the bridge's
@@ -19,9 +23,11 @@
 //! no consumer held, and never rebalanced it (docs/benchmarks/network.md).
 //! A new member's JoinGroup makes the coordinator form the group again.
 //!
-//! Nothing is counted against a partition while the database fails (the
-//! consume loop is retrying its own writes then), while the broker does not
-//! answer, or while the stored offset moves, however slowly.
+//! Nothing is counted against a partition while this bridge's database
+//! reads or writes fail (the loop is retrying them), while the broker does
+//! not answer, or while the stored offset moves, however slowly. The
+//! jitter spreads the looks of bridges that share a group, so the first
+//! one's rejoin usually repairs the group before the others fire.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -88,6 +94,21 @@ impl StallWatch {
     pub(crate) fn restart(&mut self) {
         self.parts.clear();
     }
+
+    /// Starts one partition's clock again (its watermarks could not be read).
+    pub(crate) fn forget(&mut self, tp: &TopicPartition) {
+        self.parts.remove(tp);
+    }
+}
+
+/// A partition found stalled, with the stored next offset seen.
+pub(crate) type Stalled = Vec<(TopicPartition, Option<i64>)>;
+
+/// `d` times a random factor in [0.5, 1.5).
+fn jittered(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    d.mul_f64(0.5 + (r % 1_000) as f64 / 1_000.0)
 }
 
 /// Runs the watch until shutdown: sends the stalled partitions to the
@@ -96,21 +117,24 @@ pub(crate) async fn run(
     shared: Arc<Shared>,
     topic: String,
     timeout: Duration,
-    stalled_tx: mpsc::Sender<Vec<TopicPartition>>,
+    stalled_tx: mpsc::Sender<Stalled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let every = (timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(15));
+    let every = (timeout / 4).min(Duration::from_secs(15));
     let mut w = StallWatch::new(timeout);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(jittered(every)) => {}
             _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
         }
         if shared.db_failing().is_some() {
             w.restart();
             continue;
         }
+        // A broker that does not answer holds nothing up that a rejoin
+        // could free; its clocks start again once it answers.
         let Ok(parts) = shared.watermarks.partitions(&topic).await else {
+            w.restart();
             continue;
         };
         let Ok(stored) = shared.store.offsets(&shared.group).await else {
@@ -119,19 +143,21 @@ pub(crate) async fn run(
         };
         let mut stalled = Vec::new();
         for tp in parts {
-            // A broker that does not answer holds nothing up that a rejoin
-            // could free: its partitions are left as they were seen.
             let Ok((low, high)) = shared.watermarks.watermarks(&tp).await else {
+                w.forget(&tp);
                 continue;
             };
-            if w.observe(Instant::now(), &tp, stored.get(&tp).copied(), low, high) {
-                stalled.push(tp);
+            let seen = stored.get(&tp).copied();
+            if w.observe(Instant::now(), &tp, seen, low, high) {
+                stalled.push((tp, seen));
             }
         }
         if !stalled.is_empty() {
             w.restart();
-            if stalled_tx.send(stalled).await.is_err() {
-                return;
+            match stalled_tx.try_send(stalled) {
+                // Full: the loop has not taken the last signal yet.
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
         }
     }
@@ -194,6 +220,14 @@ mod tests {
         assert!(!w.observe(t0 + T, &tp(), Some(15), 0, 16));
         assert!(!w.observe(t0 + T + T / 2, &tp(), Some(15), 0, 16));
         assert!(w.observe(t0 + T * 2, &tp(), Some(15), 0, 16));
+    }
+
+    #[test]
+    fn looks_are_jittered_around_the_interval() {
+        let d = Duration::from_secs(10);
+        let looks: Vec<Duration> = (0..200).map(|_| jittered(d)).collect();
+        assert!(looks.iter().all(|l| *l >= d / 2 && *l < d * 3 / 2));
+        assert!(looks.iter().any(|l| *l < d) && looks.iter().any(|l| *l > d));
     }
 
     #[test]

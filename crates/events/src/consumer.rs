@@ -89,14 +89,14 @@ impl Consumer {
     /// Leaves the consumer group and joins it again as a new member, for a
     /// group that stopped handing out some partition. The partitions
     /// assigned so far are gone without a `Revoked` event; an `Assigned`
-    /// follows as after a start.
-    pub fn rejoin(&mut self) -> Result<(), LogError> {
+    /// follows as after a start. An error means nothing changed.
+    pub async fn rejoin(&mut self) -> Result<(), LogError> {
         match self {
             Self::Memory(c) => {
                 c.rejoin();
                 Ok(())
             }
-            Self::Kafka(c) => c.rejoin(),
+            Self::Kafka(c) => c.rejoin().await,
         }
     }
 

@@ -286,6 +286,9 @@ impl std::future::Future for KafkaPending {
 
 type Inner = StreamConsumer<RebalanceContext>;
 
+/// How long [`KafkaConsumer::rejoin`] waits for the old member to close.
+pub const REJOIN_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// A Kafka consumer-group member; see the [module docs](self).
 pub struct KafkaConsumer {
     inner: Arc<Inner>,
@@ -307,7 +310,13 @@ impl std::fmt::Debug for KafkaConsumer {
 impl KafkaConsumer {
     /// Joins `group` and subscribes to `topics`.
     pub fn new(cfg: &KafkaConfig, group: &str, topics: &[&str]) -> Result<Self, LogError> {
-        KafkaConfig::check_fixed(&cfg.consumer, &["enable.auto.commit", "group.id"], "consumer")?;
+        // A static member (group.instance.id) would get its old assignment
+        // back on a rejoin instead of a new one.
+        KafkaConfig::check_fixed(
+            &cfg.consumer,
+            &["enable.auto.commit", "group.id", "group.instance.id"],
+            "consumer",
+        )?;
         let mut c = cfg.base();
         c.set("group.id", group)
             .set("session.timeout.ms", cfg.session_timeout.as_millis().to_string())
@@ -325,37 +334,38 @@ impl KafkaConsumer {
             c.set(k, v);
         }
         c.set("enable.auto.commit", "false");
-        let topics: Vec<String> = topics.iter().map(|t| (*t).to_owned()).collect();
-        let (inner, events) = Self::join(&c, &topics)?;
+        let (inner, events) = Self::create(&c)?;
         let meta: BaseConsumer<RebalanceContext> = cfg
             .base()
             .create_with_context(RebalanceContext { events: None })
             .map_err(LogError::kafka("creating the metadata client"))?;
-        Ok(Self {
+        let consumer = Self {
             inner,
             events,
             stashed: None,
             config: c,
-            topics,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
             meta: KafkaWatermarks {
                 client: Arc::new(meta),
                 timeout: cfg.request_timeout,
             },
-        })
+        };
+        consumer.subscribe()?;
+        Ok(consumer)
     }
 
-    /// A new group member subscribed to `topics`.
-    fn join(
-        config: &ClientConfig,
-        topics: &[String],
-    ) -> Result<(Arc<Inner>, mpsc::UnboundedReceiver<ConsumerEvent>), LogError> {
+    /// A new consumer, not in the group until it subscribes.
+    fn create(config: &ClientConfig) -> Result<(Arc<Inner>, mpsc::UnboundedReceiver<ConsumerEvent>), LogError> {
         let (tx, events) = mpsc::unbounded_channel();
         let inner: Inner = config
             .create_with_context(RebalanceContext { events: Some(tx) })
             .map_err(LogError::kafka("creating the consumer"))?;
-        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-        inner.subscribe(&topics).map_err(LogError::kafka("subscribing"))?;
         Ok((Arc::new(inner), events))
+    }
+
+    fn subscribe(&self) -> Result<(), LogError> {
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        self.inner.subscribe(&topics).map_err(LogError::kafka("subscribing"))
     }
 
     /// Leaves the group and joins it again as a new member, with a new
@@ -363,14 +373,28 @@ impl KafkaConsumer {
     /// assignment it never handed over) goes with it. Every partition the
     /// old member had is revoked without a `Revoked` event (the caller
     /// forgets them); the new member's `Assigned` follows as after a start.
-    /// The old member leaves in the background (librdkafka's close sends
-    /// LeaveGroup and waits for the broker, which may be slow to answer).
-    pub fn rejoin(&mut self) -> Result<(), LogError> {
-        let (inner, events) = Self::join(&self.config, &self.topics)?;
+    ///
+    /// The old member is closed first (librdkafka sends LeaveGroup and waits
+    /// a few seconds at most for the answer), so that the coordinator does
+    /// not have to time it out; after [`REJOIN_CLOSE_WAIT`] the new member
+    /// joins even if the old one is still closing. An error means no new
+    /// consumer could be created, and the old member is kept.
+    pub async fn rejoin(&mut self) -> Result<(), LogError> {
+        let (inner, events) = Self::create(&self.config)?;
         let old = std::mem::replace(&mut self.inner, inner);
         self.events = events;
         self.stashed = None;
-        tokio::task::spawn_blocking(move || drop(old));
+        let closing = tokio::task::spawn_blocking(move || drop(old));
+        if tokio::time::timeout(REJOIN_CLOSE_WAIT, closing).await.is_err() {
+            tracing::warn!(
+                "kafka: the old consumer-group member is still closing after {REJOIN_CLOSE_WAIT:?}; joining as a new one"
+            );
+        }
+        // The same topics were subscribed to at the start: this fails only
+        // if librdkafka itself fails, and the caller's next rejoin retries.
+        if let Err(e) = self.subscribe() {
+            tracing::error!("kafka: the new consumer-group member could not subscribe: {e}");
+        }
         Ok(())
     }
 
@@ -478,10 +502,14 @@ impl KafkaWatermarks {
         let client = self.client.clone();
         let tp = tp.clone();
         let timeout = self.timeout;
-        tokio::task::spawn_blocking(move || client.fetch_watermarks(&tp.topic, tp.partition, timeout))
-            .await
-            .map_err(|e| LogError::Config(format!("watermark task failed: {e}")))?
-            .map_err(LogError::kafka("fetching watermarks"))
+        tokio::task::spawn_blocking(move || {
+            let r = client.fetch_watermarks(&tp.topic, tp.partition, timeout);
+            serve_events(&client);
+            r
+        })
+        .await
+        .map_err(|e| LogError::Config(format!("watermark task failed: {e}")))?
+        .map_err(LogError::kafka("fetching watermarks"))
     }
 
     /// The partitions of `topic`, from the broker's metadata.
@@ -489,10 +517,14 @@ impl KafkaWatermarks {
         let client = self.client.clone();
         let name = topic.to_owned();
         let timeout = self.timeout;
-        let meta = tokio::task::spawn_blocking(move || client.fetch_metadata(Some(&name), timeout))
-            .await
-            .map_err(|e| LogError::Config(format!("metadata task failed: {e}")))?
-            .map_err(LogError::kafka("fetching metadata"))?;
+        let meta = tokio::task::spawn_blocking(move || {
+            let r = client.fetch_metadata(Some(&name), timeout);
+            serve_events(&client);
+            r
+        })
+        .await
+        .map_err(|e| LogError::Config(format!("metadata task failed: {e}")))?
+        .map_err(LogError::kafka("fetching metadata"))?;
         let t = meta
             .topics()
             .iter()
@@ -508,6 +540,16 @@ impl KafkaWatermarks {
             .iter()
             .map(|p| TopicPartition::new(topic, p.id()))
             .collect())
+    }
+}
+
+/// Serves what librdkafka queued for a client nobody polls otherwise (its
+/// log lines and errors go to `tracing` from here), so it cannot pile up.
+fn serve_events(client: &BaseConsumer<RebalanceContext>) {
+    for _ in 0..1_000 {
+        if client.poll(Duration::ZERO).is_none() {
+            return;
+        }
     }
 }
 

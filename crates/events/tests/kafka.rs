@@ -161,7 +161,7 @@ async fn a_consumer_that_rejoins_is_a_new_member_assigned_every_partition_again(
     assert_eq!(read_all(&mut c, 3, 9).await, parts);
     // The new member gets every partition and reads from the group's
     // committed offsets (none: the beginning); the reader still works.
-    c.rejoin().unwrap();
+    c.rejoin().await.unwrap();
     assert_eq!(read_all(&mut c, 3, 9).await, parts);
     let high: i64 = {
         let mut sum = 0;

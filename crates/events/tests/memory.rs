@@ -129,7 +129,7 @@ async fn a_consumer_that_rejoins_is_assigned_again_from_the_committed_offsets() 
     assert!(matches!(c.recv().await.unwrap(), ConsumerEvent::Assigned(_)));
     let first = next_record(&mut c).await;
     c.commit(&[(first.tp(), first.offset + 1)]).unwrap();
-    c.rejoin().unwrap();
+    c.rejoin().await.unwrap();
     let ConsumerEvent::Assigned(tps) = c.recv().await.unwrap() else {
         panic!("no assignment after the rejoin")
     };
