@@ -18,6 +18,13 @@ pub(crate) fn frame(gossip: pb::Gossip) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// How many times more often a user message is sent than a membership
+/// update. A member a membership update missed is repaired by push-pull and
+/// the view digest; a node a user message missed never gets it, so the
+/// first spread must reach every node: at the base limit one node of seven
+/// missed it in 2 of 200 simulated seeds, and in real playground runs.
+pub(crate) const USER_TRANSMIT_FACTOR: u32 = 3;
+
 /// What an update is about. A newer update with the same key replaces the
 /// older one (an `Alive` for a member supersedes its `Suspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -78,7 +85,9 @@ impl Queue {
     }
 
     /// Takes updates that fit in `budget` bytes, fewest transmissions first,
-    /// counting one transmission for each; updates sent `limit` times are retired.
+    /// counting one transmission for each; membership updates sent `limit`
+    /// times are retired, user messages after [`USER_TRANSMIT_FACTOR`] times
+    /// as many.
     pub(crate) fn take(&mut self, mut budget: usize, limit: u32, out: &mut Vec<u8>) {
         // Gossip items are small and similar in size; after a few misfits the
         // packet is full for practical purposes, so stop scanning.
@@ -100,6 +109,10 @@ impl Queue {
         for rank in taken {
             let e = self.order.remove(&rank).expect("taken entries are queued");
             let transmits = rank.0 + 1;
+            let limit = match e.key {
+                Key::Member(_) => limit,
+                Key::User(..) => limit.saturating_mul(USER_TRANSMIT_FACTOR),
+            };
             if transmits >= limit {
                 self.index.remove(&e.key);
             } else {
@@ -136,12 +149,24 @@ mod tests {
     #[test]
     fn updates_are_retired_after_the_transmit_limit() {
         let mut q = Queue::default();
-        q.push(Key::User("a".into(), 1), user(1, 10), 100);
+        q.push(Key::Member("a".into()), user(1, 10), 100);
         for _ in 0..3 {
             assert_eq!(take(&mut q, 1000, 3).len(), 1);
         }
         assert!(take(&mut q, 1000, 3).is_empty());
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn user_messages_are_sent_more_times_than_membership_updates() {
+        let mut q = Queue::default();
+        q.push(Key::Member("x".into()), user(1, 10), 100);
+        q.push(Key::User("a".into(), 2), user(2, 10), 100);
+        let mut sent = 0;
+        while !q.is_empty() {
+            sent += take(&mut q, 1000, 2).len();
+        }
+        assert_eq!(sent, 2 + 2 * USER_TRANSMIT_FACTOR as usize);
     }
 
     #[test]

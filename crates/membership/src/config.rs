@@ -38,7 +38,8 @@ pub struct Config {
     /// reaches its minimum. LAN default: 3.
     pub suspicion_confirmations: u32,
     /// Dissemination: each update is sent `retransmit_mult * ceil(log10(N + 1))`
-    /// times (SWIM's lambda log N). LAN default: 4.
+    /// times (SWIM's lambda log N), a user gossip message three times as many
+    /// (nothing repairs a node it missed). LAN default: 4.
     pub retransmit_mult: u32,
     /// Largest datagram, in bytes, including piggybacked gossip. Default: 1400.
     pub max_packet_size: usize,
