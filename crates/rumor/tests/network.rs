@@ -410,6 +410,10 @@ struct Cluster {
     formed_at: Instant,
     /// The membership preset every node runs.
     preset: Preset,
+    /// Where the checker's failures wait when they must not stop the run
+    /// before its other figures are printed (see [`Cluster::defer_verdicts`]);
+    /// `None`: the checker panics at once.
+    deferred: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 /// What a cluster is made of.
@@ -498,6 +502,7 @@ impl Cluster {
             formed_in: Duration::ZERO,
             formed_at: Instant::now(),
             preset,
+            deferred: None,
         };
         let started = Instant::now();
         for h in 0..hosts {
@@ -828,8 +833,37 @@ impl Cluster {
             .collect()
     }
 
+    /// From now on the checker's failures are kept, not raised: a long run
+    /// prints every figure first, then [`Cluster::verdicts`] fails it.
+    fn defer_verdicts(&mut self) {
+        self.deferred = Some(std::sync::Mutex::new(Vec::new()));
+    }
+
+    /// Panics with the checker failures kept since [`Cluster::defer_verdicts`].
+    fn verdicts(&self) {
+        let failures = self
+            .deferred
+            .as_ref()
+            .map(|d| std::mem::take(&mut *d.lock().unwrap()))
+            .unwrap_or_default();
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    /// Fails the run now, or once its figures are printed (after
+    /// [`Cluster::defer_verdicts`]).
+    fn fail(&self, why: String) {
+        match &self.deferred {
+            Some(d) => {
+                eprintln!("{why}");
+                d.lock().unwrap().push(why);
+            }
+            None => panic!("{why}"),
+        }
+    }
+
     /// Stops the load, waits for the bridge to store what was acknowledged
-    /// and runs the checker; panics with the counterexamples if it fails.
+    /// and runs the checker; fails with the counterexamples (see
+    /// [`Cluster::fail`]).
     async fn check(&self, scenario: &str, load: Load) -> checker::Summary {
         let mut history = load.stop().await;
         // Acknowledged means the records were in Kafka (the worker waits for
@@ -905,18 +939,19 @@ impl Cluster {
                 .take(20)
                 .map(|v| format!("  {v}\n{}", checker::timeline(&history, v.id())))
                 .collect();
-            panic!(
+            self.fail(format!(
                 "{scenario}: the checker found {} violations (first {}):\n{}",
                 violations.len(),
                 shown.len(),
                 shown.join("\n")
-            );
+            ));
         }
         let (edge, admin) = acknowledged_by_path(&history);
-        assert!(
-            edge > 0 && admin > 0,
-            "{scenario}: both paths got answers: {edge} acknowledged over the edge, {admin} over the admin API"
-        );
+        if edge == 0 || admin == 0 {
+            self.fail(format!(
+                "{scenario}: both paths got answers: {edge} acknowledged over the edge, {admin} over the admin API"
+            ));
+        }
         summary
     }
 }
@@ -2109,6 +2144,9 @@ async fn large_cluster_crash_loss_and_partition_beside_the_simulator() {
                 ..Setup::default()
             })
             .await;
+            // The crash, loss and partition figures print after the checker:
+            // a failed check must not keep them from the report.
+            c.defer_verdicts();
             figures(
                 &scenario,
                 &format!(
@@ -2160,6 +2198,7 @@ async fn large_cluster_crash_loss_and_partition_beside_the_simulator() {
                 predict::partition(c.preset, &a, &b),
             );
             lossy.assert_no_member_declared_dead();
+            c.verdicts();
         },
     )
     .await;
