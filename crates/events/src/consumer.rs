@@ -135,9 +135,7 @@ impl WatermarkReader {
     /// The partitions of `topic`. For Kafka this asks the broker.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<TopicPartition>, LogError> {
         match &self.0 {
-            Reader::Memory(log) => Ok((0..log.partitions(topic).unwrap_or(0))
-                .map(|p| TopicPartition::new(topic, p))
-                .collect()),
+            Reader::Memory(log) => Ok(log.topic_partitions(topic)),
             Reader::Kafka(k) => k.partitions(topic).await,
         }
     }

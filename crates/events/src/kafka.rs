@@ -498,33 +498,41 @@ impl std::fmt::Debug for KafkaWatermarks {
 }
 
 impl KafkaWatermarks {
-    pub(crate) async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
+    /// Runs `query` on the client off the runtime's threads, then serves
+    /// what librdkafka queued for it meanwhile.
+    async fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        query: impl FnOnce(&BaseConsumer<RebalanceContext>, Duration) -> rdkafka::error::KafkaResult<T> + Send + 'static,
+    ) -> Result<T, LogError> {
         let client = self.client.clone();
-        let tp = tp.clone();
         let timeout = self.timeout;
         tokio::task::spawn_blocking(move || {
-            let r = client.fetch_watermarks(&tp.topic, tp.partition, timeout);
+            let r = query(&client, timeout);
             serve_events(&client);
             r
         })
         .await
-        .map_err(|e| LogError::Config(format!("watermark task failed: {e}")))?
-        .map_err(LogError::kafka("fetching watermarks"))
+        .map_err(|e| LogError::Config(format!("{what} task failed: {e}")))?
+        .map_err(LogError::kafka(what))
+    }
+
+    pub(crate) async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
+        let tp = tp.clone();
+        self.call("fetching watermarks", move |c, timeout| {
+            c.fetch_watermarks(&tp.topic, tp.partition, timeout)
+        })
+        .await
     }
 
     /// The partitions of `topic`, from the broker's metadata.
     pub(crate) async fn partitions(&self, topic: &str) -> Result<Vec<TopicPartition>, LogError> {
-        let client = self.client.clone();
         let name = topic.to_owned();
-        let timeout = self.timeout;
-        let meta = tokio::task::spawn_blocking(move || {
-            let r = client.fetch_metadata(Some(&name), timeout);
-            serve_events(&client);
-            r
-        })
-        .await
-        .map_err(|e| LogError::Config(format!("metadata task failed: {e}")))?
-        .map_err(LogError::kafka("fetching metadata"))?;
+        let meta = self
+            .call("fetching metadata", move |c, timeout| {
+                c.fetch_metadata(Some(&name), timeout)
+            })
+            .await?;
         let t = meta
             .topics()
             .iter()

@@ -139,6 +139,13 @@ impl MemoryLog {
         self.state().topics.get(topic).map(|p| p.len() as i32)
     }
 
+    /// Every partition of `topic` (none when it does not exist).
+    pub fn topic_partitions(&self, topic: &str) -> Vec<TopicPartition> {
+        (0..self.partitions(topic).unwrap_or(0))
+            .map(|p| TopicPartition::new(topic, p))
+            .collect()
+    }
+
     /// The record at `offset`, if there is one.
     pub fn read(&self, tp: &TopicPartition, offset: i64) -> Option<Record> {
         let st = self.state();
@@ -201,11 +208,7 @@ impl MemoryConsumer {
             for t in &self.topics {
                 self.log.create_topic(t, DEFAULT_PARTITIONS);
             }
-            self.assigned = self
-                .topics
-                .iter()
-                .flat_map(|t| (0..self.log.partitions(t).unwrap_or(0)).map(move |p| TopicPartition::new(t, p)))
-                .collect();
+            self.assigned = self.topics.iter().flat_map(|t| self.log.topic_partitions(t)).collect();
             for tp in &self.assigned {
                 let at = self.log.committed(&self.group, tp).unwrap_or(0);
                 self.positions.insert(tp.clone(), at);
