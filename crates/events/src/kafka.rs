@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  KafkaProducer: FutureProducer, enable.idempotence=true, acks=all
-//!      enqueue(rec) ──> librdkafka queue ──(its own retries within message.timeout.ms)──> broker
+//!      enqueue(rec) ──> librdkafka queue ──(its own retries, in order, until delivered)──> broker
 //!                            └── KafkaPending resolves with (partition, offset) or the error
 //!
 //!  KafkaConsumer: StreamConsumer, enable.auto.commit=false, auto.offset.reset=earliest
@@ -48,9 +48,13 @@ pub struct KafkaConfig {
     /// `client.id` of every client. Default `rumor`.
     pub client_id: String,
     /// How long the producer keeps trying to deliver a record before it
-    /// reports a failure (`message.timeout.ms`); the [`crate::Publisher`]
-    /// then retries it. Default 30 s.
-    pub message_timeout: Duration,
+    /// reports a failure (`message.timeout.ms`), after which the
+    /// [`crate::Publisher`] retries it. Default `None`: for as long as it
+    /// takes. The idempotent producer then keeps a partition's records in
+    /// order through any outage, while a record that times out is retried
+    /// behind records the producer went on delivering, out of order. The
+    /// publisher's health reports records that wait too long either way.
+    pub message_timeout: Option<Duration>,
     /// `session.timeout.ms` of consumers: how long a silent group member
     /// keeps its partitions. Default 10 s.
     pub session_timeout: Duration,
@@ -77,7 +81,7 @@ impl KafkaConfig {
         Self {
             brokers: brokers.into(),
             client_id: "rumor".into(),
-            message_timeout: Duration::from_secs(30),
+            message_timeout: None,
             session_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             max_record_bytes: crate::DEFAULT_MAX_RECORD_BYTES,
@@ -184,7 +188,9 @@ impl KafkaProducer {
         // A worker answers once its records are acknowledged, so a record
         // waits at most 1 ms for others to batch with (under load, records
         // batch anyway while earlier requests are in flight).
-        c.set("message.timeout.ms", cfg.message_timeout.as_millis().to_string())
+        // librdkafka's 0 is no limit.
+        let timeout_ms = cfg.message_timeout.map_or(0, |t| t.as_millis().max(1));
+        c.set("message.timeout.ms", timeout_ms.to_string())
             .set("message.max.bytes", cfg.max_record_bytes.to_string())
             .set("linger.ms", "1");
         for (k, v) in &cfg.producer {

@@ -28,11 +28,17 @@
 //!
 //! Order: records are handed to the producer in publish order, and the
 //! idempotent producer keeps that order within a partition through its own
-//! retries. A record that the producer gave up on (after its
-//! `message.timeout.ms`), or that was in flight on a producer being
-//! replaced, is enqueued again behind records published after it (those
-//! accepted during the back-off among them): delivery is at-least-once, and
-//! rare reordering is possible then.
+//! retries, for as long as it takes by default (no `message.timeout.ms`:
+//! [`crate::KafkaConfig::message_timeout`]). A record that failed (its
+//! producer failed for good, or was replaced) is enqueued again together
+//! with every record that failed with it, in publish order, and no record
+//! published after them is taken before they are: a conversation's records
+//! reach the log in the order they were published. Delivery is at least
+//! once: a record whose answer was lost may be in the log twice, its first
+//! copy in order. Order can break only where the producer fails one record
+//! and goes on delivering the ones behind it: a finite message timeout, or a
+//! record librdkafka refuses to queue (its own queue full, which
+//! `max_in_flight` keeps far from).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -319,6 +325,7 @@ struct InFlight {
 }
 
 enum Step {
+    /// The oldest record in flight has its answer.
     Done(Result<crate::Delivered, LogError>),
     Msg(Option<Msg>),
     Retry,
@@ -338,6 +345,10 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
     // its errors, which say nothing about the new one).
     let mut renew: Option<String> = None;
     let mut generation: u64 = 0;
+    // Records in flight on a replaced producer: they fail when it closes
+    // and are retried. Until they are, new records wait, so as not to pass
+    // them on the new producer.
+    let mut stale: usize = 0;
     let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
     let mut accepted: u64 = 0;
     let mut closed = false;
@@ -358,7 +369,9 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
         if closed && in_flight.is_empty() && waiting.is_empty() {
             return;
         }
-        let can_take = !closed && in_flight.len() + waiting.len() < cfg.max_in_flight.max(1);
+        // Records published after a failed one wait until it is enqueued
+        // again, so that they cannot reach the log before it.
+        let can_take = !closed && waiting.is_empty() && stale == 0 && in_flight.len() < cfg.max_in_flight.max(1);
         let step = {
             let front = in_flight.front_mut();
             let has_front = front.is_some();
@@ -371,50 +384,54 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
             }
         };
         match step {
-            Step::Done(Ok(_)) => {
-                if let Some(f) = in_flight.pop_front() {
-                    shared.release(f.rec.size());
-                    shared.counters.published.fetch_add(1, Ordering::Relaxed);
-                    // Before the publisher hears of it: health read right
-                    // after the last delivery must not see it waiting.
-                    note_oldest(&shared, &in_flight, &waiting);
-                    let _ = f.done.send(Ok(()));
-                }
-                if backoff != cfg.retry_backoff {
-                    tracing::info!("event log deliveries succeed again");
-                }
-                *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                backoff = cfg.retry_backoff;
-            }
-            Step::Done(Err(e)) if e.is_permanent() => {
-                // Never deliverable: set aside, and on to the next record.
+            Step::Done(r) => {
                 let Some(f) = in_flight.pop_front() else { continue };
-                shared.release(f.rec.size());
-                shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
-                let why = format!("the event log refused it for good: {e}");
-                (shared.set_aside)(&f.rec, &why);
-                note_oldest(&shared, &in_flight, &waiting);
-                let _ = f.done.send(Err(why));
-            }
-            Step::Done(Err(e)) => {
-                let Some(f) = in_flight.pop_front() else { continue };
-                shared.counters.retried.fetch_add(1, Ordering::Relaxed);
-                if renew.is_none()
-                    && f.producer == generation
-                    && let Some(why) = producer
-                        .fatal_error()
-                        .or_else(|| e.needs_new_producer().then(|| e.to_string()))
-                {
-                    renew = Some(why);
+                if f.producer != generation {
+                    stale -= 1;
                 }
-                if retry_at.is_none() {
-                    tracing::warn!(topic = %f.rec.topic, buffered = shared.buffered.load(Ordering::Relaxed),
-                        "event log delivery failed, retrying in {backoff:?}: {e}");
-                    retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(cfg.max_backoff);
+                match r {
+                    Ok(_) => {
+                        shared.release(f.rec.size());
+                        shared.counters.published.fetch_add(1, Ordering::Relaxed);
+                        // Before the publisher hears of it: health read right
+                        // after the last delivery must not see it waiting.
+                        note_oldest(&shared, &in_flight, &waiting);
+                        let _ = f.done.send(Ok(()));
+                        if backoff != cfg.retry_backoff {
+                            tracing::info!("event log deliveries succeed again");
+                        }
+                        *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                        backoff = cfg.retry_backoff;
+                    }
+                    Err(e) if e.is_permanent() => {
+                        // Never deliverable: set aside, and on to the next record.
+                        shared.release(f.rec.size());
+                        shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
+                        let why = format!("the event log refused it for good: {e}");
+                        (shared.set_aside)(&f.rec, &why);
+                        note_oldest(&shared, &in_flight, &waiting);
+                        let _ = f.done.send(Err(why));
+                    }
+                    Err(e) => {
+                        shared.counters.retried.fetch_add(1, Ordering::Relaxed);
+                        if renew.is_none()
+                            && f.producer == generation
+                            && let Some(why) = producer
+                                .fatal_error()
+                                .or_else(|| e.needs_new_producer().then(|| e.to_string()))
+                        {
+                            renew = Some(why);
+                        }
+                        if retry_at.is_none() {
+                            tracing::warn!(topic = %f.rec.topic, buffered = shared.buffered.load(Ordering::Relaxed),
+                                "event log delivery failed, retrying in {backoff:?}: {e}");
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(cfg.max_backoff);
+                        }
+                        *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                        waiting.push_back(f);
+                    }
                 }
-                *shared.failing.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
-                waiting.push_back(f);
             }
             Step::Retry => {
                 retry_at = None;
@@ -422,6 +439,7 @@ async fn deliver(mut producer: Producer, mut rx: mpsc::UnboundedReceiver<Msg>, s
                     && renew_producer(&mut producer, &why, &shared)
                 {
                     generation += 1;
+                    stale = in_flight.len();
                 }
                 for mut f in waiting.drain(..) {
                     f.pending = enqueue(&producer, &f.rec);

@@ -301,8 +301,9 @@ impl Drop for PrivateTansu {
     }
 }
 
-/// Records that time out while the broker is stopped make librdkafka move
-/// its idempotent producer to the next epoch on its own. tansu fences every
+/// Records that time out while the broker is stopped (with a message
+/// timeout set; by default there is none) make librdkafka move its
+/// idempotent producer to the next epoch on its own. tansu fences every
 /// later request of that producer, and librdkafka answers each fencing with
 /// yet another epoch: without a new producer nothing is delivered again.
 /// The publisher replaces the producer, and every record gets in once.
@@ -313,7 +314,7 @@ async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_reco
     let broker = PrivateTansu::start().await;
     let mut cfg = KafkaConfig::new(broker.addr.clone());
     cfg.session_timeout = Duration::from_secs(6);
-    cfg.message_timeout = Duration::from_secs(2);
+    cfg.message_timeout = Some(Duration::from_secs(2));
     cfg.producer.insert("request.timeout.ms".into(), "1000".into());
     let log = EventLog::Kafka(cfg);
     let topic = new_topic(&log, "events-fenced", 1).await;
@@ -385,4 +386,91 @@ async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_reco
         seen.insert(String::from_utf8(r.value.to_vec()).unwrap().parse::<usize>().unwrap());
     }
     assert_eq!(seen, (0..220).collect());
+}
+
+/// A conversation's records must reach the log in the order they were
+/// published, also when the broker stops answering for a while: the bridge
+/// stores them in log order, and that is the order a history shows. Records
+/// published before, during and after an outage of the broker are read back
+/// in publish order per key (a record may be there twice, as delivery is at
+/// least once; its first copy is where it counts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_published_across_a_broker_outage_keep_their_order_per_key() {
+    use events::{Publisher, PublisherConfig};
+
+    let broker = PrivateTansu::start().await;
+    let mut cfg = KafkaConfig::new(broker.addr.clone());
+    cfg.session_timeout = Duration::from_secs(6);
+    // Requests to the stopped broker time out and are retried many times
+    // during the outage.
+    cfg.producer.insert("request.timeout.ms".into(), "1000".into());
+    let log = EventLog::Kafka(cfg);
+    let topic = new_topic(&log, "events-order", 2).await;
+    let publisher = Publisher::spawn(
+        log.producer().unwrap(),
+        PublisherConfig {
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    const KEYS: usize = 4;
+    let record = |i: usize| OutRecord {
+        topic: topic.clone(),
+        key: format!("k{}", i % KEYS),
+        value: Bytes::from(i.to_string()),
+        headers: vec![],
+    };
+    let mut deliveries = Vec::new();
+    for i in 0..20 {
+        deliveries.push(publisher.publish(record(i)).unwrap());
+    }
+    assert!(
+        publisher.flush(LIMIT).await,
+        "before the outage: {:?}",
+        publisher.stats()
+    );
+
+    // Published while the broker is stopped, a few at a time for 8 s.
+    assert!(broker.signal("-STOP"), "the broker stopped");
+    let mut i = 20;
+    for _ in 0..80 {
+        deliveries.push(publisher.publish(record(i)).unwrap());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(broker.signal("-CONT"), "the broker continued");
+    // And right after it answers again, while earlier records still wait.
+    for _ in 0..100 {
+        deliveries.push(publisher.publish(record(i)).unwrap());
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let total = i;
+    for d in deliveries {
+        timeout(LIMIT * 2, d)
+            .await
+            .unwrap_or_else(|_| panic!("a record was not delivered in time: {:?}", publisher.stats()))
+            .expect("delivered");
+    }
+
+    let mut c = log.consumer(&unique("g"), &[&topic]).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut order: Vec<Vec<usize>> = vec![Vec::new(); KEYS];
+    while seen.len() < total {
+        let r = next_record(&mut c).await;
+        let n: usize = String::from_utf8(r.value.to_vec()).unwrap().parse().unwrap();
+        if seen.insert(n) {
+            order[n % KEYS].push(n);
+        }
+    }
+    for (key, got) in order.iter().enumerate() {
+        let late: Vec<_> = got.windows(2).filter(|w| w[0] > w[1]).collect();
+        assert!(
+            late.is_empty(),
+            "key k{key}: records stored after later ones ({} places, first {:?}); {:?}",
+            late.len(),
+            late.first(),
+            publisher.stats()
+        );
+    }
 }

@@ -173,7 +173,7 @@ async fn the_publisher_delivers_every_record_in_order_and_counts_them() {
 /// (`message.timeout.ms`).
 fn unreachable(cfg: PublisherConfig) -> Publisher {
     let mut kc = KafkaConfig::new("127.0.0.1:1");
-    kc.message_timeout = Duration::from_millis(300);
+    kc.message_timeout = Some(Duration::from_millis(300));
     Publisher::spawn(EventLog::Kafka(kc).producer().unwrap(), cfg)
 }
 
