@@ -301,6 +301,32 @@ impl Drop for PrivateTansu {
     }
 }
 
+/// A publisher to `broker` for a new topic named after `prefix`, made for
+/// outages: requests time out after 1 s (so they are retried many times
+/// while the broker is stopped), retries back off at most 1 s, and records
+/// time out after `message_timeout` (`None`: never, the default).
+async fn outage_publisher(
+    broker: &PrivateTansu,
+    message_timeout: Option<Duration>,
+    prefix: &str,
+    partitions: i32,
+) -> (EventLog, String, events::Publisher) {
+    let mut cfg = KafkaConfig::new(broker.addr.clone());
+    cfg.session_timeout = Duration::from_secs(6);
+    cfg.message_timeout = message_timeout;
+    cfg.producer.insert("request.timeout.ms".into(), "1000".into());
+    let log = EventLog::Kafka(cfg);
+    let topic = new_topic(&log, prefix, partitions).await;
+    let publisher = events::Publisher::spawn(
+        log.producer().unwrap(),
+        events::PublisherConfig {
+            max_backoff: Duration::from_secs(1),
+            ..Default::default()
+        },
+    );
+    (log, topic, publisher)
+}
+
 /// Records that time out while the broker is stopped (with a message
 /// timeout set; by default there is none) make librdkafka move its
 /// idempotent producer to the next epoch on its own. tansu fences every
@@ -309,22 +335,8 @@ impl Drop for PrivateTansu {
 /// The publisher replaces the producer, and every record gets in once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_record_gets_in() {
-    use events::{Publisher, PublisherConfig};
-
     let broker = PrivateTansu::start().await;
-    let mut cfg = KafkaConfig::new(broker.addr.clone());
-    cfg.session_timeout = Duration::from_secs(6);
-    cfg.message_timeout = Some(Duration::from_secs(2));
-    cfg.producer.insert("request.timeout.ms".into(), "1000".into());
-    let log = EventLog::Kafka(cfg);
-    let topic = new_topic(&log, "events-fenced", 1).await;
-    let publisher = Publisher::spawn(
-        log.producer().unwrap(),
-        PublisherConfig {
-            max_backoff: Duration::from_secs(1),
-            ..Default::default()
-        },
-    );
+    let (log, topic, publisher) = outage_publisher(&broker, Some(Duration::from_secs(2)), "events-fenced", 1).await;
     let record = |i: usize| OutRecord {
         topic: topic.clone(),
         key: format!("k{}", i % 4),
@@ -396,23 +408,8 @@ async fn a_producer_the_broker_fences_after_an_outage_is_replaced_and_every_reco
 /// least once; its first copy is where it counts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_published_across_a_broker_outage_keep_their_order_per_key() {
-    use events::{Publisher, PublisherConfig};
-
     let broker = PrivateTansu::start().await;
-    let mut cfg = KafkaConfig::new(broker.addr.clone());
-    cfg.session_timeout = Duration::from_secs(6);
-    // Requests to the stopped broker time out and are retried many times
-    // during the outage.
-    cfg.producer.insert("request.timeout.ms".into(), "1000".into());
-    let log = EventLog::Kafka(cfg);
-    let topic = new_topic(&log, "events-order", 2).await;
-    let publisher = Publisher::spawn(
-        log.producer().unwrap(),
-        PublisherConfig {
-            max_backoff: Duration::from_secs(1),
-            ..Default::default()
-        },
-    );
+    let (log, topic, publisher) = outage_publisher(&broker, None, "events-order", 2).await;
     const KEYS: usize = 4;
     let record = |i: usize| OutRecord {
         topic: topic.clone(),
