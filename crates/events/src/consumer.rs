@@ -15,6 +15,8 @@
 //! log's consumer group, which tools use to report lag; a consumer that keeps
 //! its offsets elsewhere (the bridge) commits only for that.
 
+use std::collections::BTreeMap;
+
 use crate::memory::MemoryConsumer;
 use crate::{LogError, Record, TopicPartition, kafka::KafkaConsumer};
 
@@ -100,11 +102,12 @@ impl Consumer {
         }
     }
 
-    /// A handle that reads watermarks and partitions while the consumer is
-    /// busy elsewhere (the bridge's metrics endpoint and stall watch use it).
+    /// A handle that reads watermarks, partitions and the group's committed
+    /// offsets while the consumer is busy elsewhere (the bridge's metrics
+    /// endpoint and the stall watches use it).
     pub fn watermark_reader(&self) -> WatermarkReader {
         match self {
-            Self::Memory(c) => WatermarkReader(Reader::Memory(c.log().clone())),
+            Self::Memory(c) => WatermarkReader(Reader::Memory(c.log().clone(), c.group().to_owned())),
             Self::Kafka(c) => WatermarkReader(Reader::Kafka(c.watermark_reader())),
         }
     }
@@ -116,7 +119,8 @@ pub struct WatermarkReader(Reader);
 
 #[derive(Debug, Clone)]
 enum Reader {
-    Memory(crate::MemoryLog),
+    /// The log, and the group of the consumer it reads for.
+    Memory(crate::MemoryLog, String),
     Kafka(crate::kafka::KafkaWatermarks),
 }
 
@@ -124,7 +128,7 @@ impl WatermarkReader {
     /// The low and high watermarks of a partition.
     pub async fn watermarks(&self, tp: &TopicPartition) -> Result<(i64, i64), LogError> {
         match &self.0 {
-            Reader::Memory(log) => log
+            Reader::Memory(log, _) => log
                 .high_watermark(tp)
                 .map(|h| (0, h))
                 .ok_or_else(|| LogError::NotAssigned(tp.clone())),
@@ -135,8 +139,45 @@ impl WatermarkReader {
     /// The partitions of `topic`. For Kafka this asks the broker.
     pub async fn partitions(&self, topic: &str) -> Result<Vec<TopicPartition>, LogError> {
         match &self.0 {
-            Reader::Memory(log) => Ok(log.topic_partitions(topic)),
+            Reader::Memory(log, _) => Ok(log.topic_partitions(topic)),
             Reader::Kafka(k) => k.partitions(topic).await,
         }
+    }
+
+    /// The next offsets the consumer's group committed for these
+    /// partitions; a partition without a committed offset is left out.
+    /// For Kafka this asks the group's coordinator.
+    pub async fn committed(&self, partitions: &[TopicPartition]) -> Result<BTreeMap<TopicPartition, i64>, LogError> {
+        match &self.0 {
+            Reader::Memory(log, group) => Ok(partitions
+                .iter()
+                .filter_map(|tp| Some((tp.clone(), log.committed(group, tp)?)))
+                .collect()),
+            Reader::Kafka(k) => k.committed(partitions).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EventLog, MemoryLog};
+
+    #[tokio::test]
+    async fn the_reader_sees_the_group_s_committed_offsets() {
+        let mem = MemoryLog::new();
+        mem.create_topic("t", 2);
+        let log = EventLog::Memory(mem);
+        let c = log.consumer("g", &["t"]).unwrap();
+        let other = log.consumer("other", &["t"]).unwrap();
+        let reader = c.watermark_reader();
+        let parts = reader.partitions("t").await.unwrap();
+        assert_eq!(parts.len(), 2);
+        assert!(reader.committed(&parts).await.unwrap().is_empty());
+
+        c.commit(&[(parts[0].clone(), 7)]).unwrap();
+        other.commit(&[(parts[1].clone(), 3)]).unwrap();
+        let got = reader.committed(&parts).await.unwrap();
+        assert_eq!(got, BTreeMap::from([(parts[0].clone(), 7)]), "only its own group's");
     }
 }

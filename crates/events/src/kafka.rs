@@ -341,8 +341,13 @@ impl KafkaConsumer {
         }
         c.set("enable.auto.commit", "false");
         let (inner, events) = Self::create(&c)?;
+        // The metadata client names the group, so that it can read the
+        // group's committed offsets; it never subscribes, so it never joins
+        // the group, and it never commits.
         let meta: BaseConsumer<RebalanceContext> = cfg
             .base()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
             .create_with_context(RebalanceContext { events: None })
             .map_err(LogError::kafka("creating the metadata client"))?;
         let consumer = Self {
@@ -489,8 +494,8 @@ impl KafkaConsumer {
     }
 }
 
-/// Asks the broker for watermarks and partitions through a client of its
-/// own that is in no consumer group.
+/// Asks the broker for watermarks, partitions and the group's committed
+/// offsets through a client of its own that is no member of the group.
 #[derive(Clone)]
 pub struct KafkaWatermarks {
     client: Arc<BaseConsumer<RebalanceContext>>,
@@ -553,6 +558,31 @@ impl KafkaWatermarks {
         Ok(t.partitions()
             .iter()
             .map(|p| TopicPartition::new(topic, p.id()))
+            .collect())
+    }
+
+    /// The group's committed next offsets for `partitions`, from its
+    /// coordinator; a partition without one is left out.
+    pub(crate) async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<BTreeMap<TopicPartition, i64>, LogError> {
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for tp in partitions {
+            tpl.add_partition(&tp.topic, tp.partition);
+        }
+        let got = self
+            .call("fetching committed offsets", move |c, timeout| {
+                c.committed_offsets(tpl, timeout)
+            })
+            .await?;
+        Ok(got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((TopicPartition::new(e.topic(), e.partition()), o)),
+                _ => None,
+            })
             .collect())
     }
 }

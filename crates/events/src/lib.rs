@@ -18,6 +18,8 @@
 //!   waits for the log. Records wait in a bounded buffer while a background
 //!   task delivers them, retrying until they are in; a record that does not
 //!   fit is refused with an error, counted and logged, never dropped silently.
+//! - [`stall`] is the rule by which the bridge and the forward role notice
+//!   a partition that their consumer group stopped handing out.
 //! - [`codec`] turns [`proto::events`] messages into records with the
 //!   content-type and schema-version headers, and back.
 //!
@@ -53,6 +55,7 @@ pub mod consumer;
 pub mod kafka;
 pub mod memory;
 pub mod publisher;
+pub mod stall;
 
 pub use consumer::{Consumer, ConsumerEvent, SeekTo};
 pub use kafka::KafkaConfig;

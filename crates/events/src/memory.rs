@@ -257,6 +257,11 @@ impl MemoryConsumer {
     }
 
     /// The log it reads.
+    /// The consumer group it is in.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
     pub fn log(&self) -> &MemoryLog {
         &self.log
     }

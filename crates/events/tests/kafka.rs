@@ -171,6 +171,24 @@ async fn a_consumer_that_rejoins_is_a_new_member_assigned_every_partition_again(
         sum
     };
     assert_eq!(high, 9);
+
+    // The reader sees the group's committed offsets, none before a commit.
+    assert!(reader.committed(&parts).await.unwrap().is_empty());
+    let mut offsets = Vec::new();
+    for tp in &parts {
+        offsets.push((tp.clone(), reader.watermarks(tp).await.unwrap().1));
+    }
+    c.commit(&offsets).unwrap();
+    let want: std::collections::BTreeMap<_, _> = offsets.into_iter().collect();
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let got = reader.committed(&parts).await.unwrap();
+        if got == want {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "committed {got:?}, want {want:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
