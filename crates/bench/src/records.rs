@@ -85,6 +85,7 @@ async fn one_step(brokers: &str, wait: Wait, conversations: usize, duration: Dur
         },
         create_topics: true,
         forward_group: format!("bench-records-{suffix}"),
+        forward_stall_timeout: None,
         publisher: PublisherConfig::default(),
     };
     let mut w = NodeConfig::new("bench-records-worker");

@@ -100,6 +100,7 @@ async fn path(db: &TestDb, processor: Arc<dyn node::Processor>) -> (server::Serv
         topics,
         create_topics: true,
         forward_group: unique("path-forward-group"),
+        forward_stall_timeout: None,
         publisher: PublisherConfig::default(),
     });
     let server = server::start(s).await.unwrap();

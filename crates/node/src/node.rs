@@ -53,6 +53,9 @@ pub struct NodeConfig {
     /// What the node's readiness (`/readyz`) depends on besides joining and
     /// draining: the forward role's consumer, for example. Default none.
     pub readiness: Vec<Arc<dyn Readiness>>,
+    /// Counters of parts of the process besides the node's own (the
+    /// forward role's, for example), exported on `/metrics`. Default none.
+    pub counters: Vec<Arc<dyn CounterSource>>,
     /// Where records that can never be delivered are set aside (shared with
     /// the event-log seams the binary plugs in); the admin API lists them.
     pub dead_letters: Arc<DeadLetters>,
@@ -77,6 +80,7 @@ impl NodeConfig {
             processor: None,
             record_sink: None,
             readiness: Vec::new(),
+            counters: Vec::new(),
             dead_letters: Arc::default(),
             drain_timeout: Duration::from_secs(5),
             fault_injection: false,
@@ -94,6 +98,14 @@ impl NodeConfig {
 pub trait Readiness: Send + Sync + std::fmt::Debug + 'static {
     /// `Err(why)` while the part cannot do its work.
     fn ready(&self) -> Result<(), String>;
+}
+
+/// Counters of a part of the process, for the node's `/metrics`. `counters`
+/// is called on every scrape, so it must not block.
+pub trait CounterSource: Send + Sync + std::fmt::Debug + 'static {
+    /// The metric name prefix (`rumor_forward_`, say), and each counter's
+    /// name (without `_total`), description and value.
+    fn counters(&self) -> (&'static str, Vec<(&'static str, &'static str, u64)>);
 }
 
 /// Why [`Node::start`] did not start. Nothing is left running.
@@ -230,6 +242,7 @@ impl Node {
             gossip,
             router.clone(),
             config.readiness,
+            config.counters,
             config.dead_letters,
             config.fault_injection,
         );

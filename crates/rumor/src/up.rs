@@ -247,6 +247,9 @@ pub(crate) async fn run(opts: UpOptions) -> anyhow::Result<()> {
             topics: topics.clone(),
             create_topics: false,
             forward_group: "rumor-forward".into(),
+            // The in-process log hands every consumer every partition:
+            // there is no coordinator to strand one.
+            forward_stall_timeout: None,
             publisher: PublisherConfig::default(),
         });
         let started = server::start(server)

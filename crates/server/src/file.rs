@@ -129,6 +129,10 @@ pub struct EventsSection {
     pub replication: i32,
     pub create_topics: bool,
     pub forward_group: String,
+    /// Milliseconds a forward-topic partition's records may wait with the
+    /// group's committed offset still before a forward node rejoins its
+    /// group; 0 turns the watch off.
+    pub forward_stall_timeout_ms: u64,
     pub max_buffered: usize,
     pub max_buffered_bytes: usize,
     pub max_record_bytes: usize,
@@ -146,6 +150,7 @@ impl Default for EventsSection {
             replication: t.replication,
             create_topics: true,
             forward_group: "rumor-forward".into(),
+            forward_stall_timeout_ms: 120_000,
             max_buffered: p.max_buffered,
             max_buffered_bytes: p.max_buffered_bytes,
             max_record_bytes: events::DEFAULT_MAX_RECORD_BYTES,
@@ -171,6 +176,12 @@ impl EventsSection {
         if self.forward_group.is_empty() {
             return bad("events.forward_group", "must not be empty");
         }
+        if (1..10_000).contains(&self.forward_stall_timeout_ms) {
+            return bad(
+                "events.forward_stall_timeout_ms",
+                "must be at least 10000 (or 0: off); shorter, a forwarder that restarts or rebalances would look stalled",
+            );
+        }
         if self.max_record_bytes < 64 * 1024 {
             return bad("events.max_record_bytes", "must be at least 65536");
         }
@@ -186,6 +197,8 @@ impl EventsSection {
             },
             create_topics: self.create_topics,
             forward_group: self.forward_group.clone(),
+            forward_stall_timeout: (self.forward_stall_timeout_ms > 0)
+                .then(|| Duration::from_millis(self.forward_stall_timeout_ms)),
             publisher: events::publisher::PublisherConfig {
                 max_buffered: self.max_buffered,
                 max_buffered_bytes: self.max_buffered_bytes,
@@ -1035,6 +1048,25 @@ mod tests {
             .starts_with("worker.openai.ca_file: reading /nonexistent.pem")
         );
         assert!(err("name = 5").contains("name"));
+        assert!(
+            err("name = \"a\"\n[events]\nbrokers = \"127.0.0.1:9092\"\nforward_stall_timeout_ms = 500")
+                .starts_with("events.forward_stall_timeout_ms: must be at least 10000")
+        );
+    }
+
+    #[test]
+    fn the_forward_stall_watch_is_on_by_default_and_0_turns_it_off() {
+        let events = |extra: &str| {
+            let text = format!("name = \"a\"\n[events]\nbrokers = \"127.0.0.1:9092\"\n{extra}");
+            let c = FileConfig::parse(&text).unwrap().into_server_config().unwrap();
+            c.events.unwrap().forward_stall_timeout
+        };
+        assert_eq!(events(""), Some(Duration::from_secs(120)));
+        assert_eq!(
+            events("forward_stall_timeout_ms = 30000"),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(events("forward_stall_timeout_ms = 0"), None);
     }
 
     #[test]

@@ -21,20 +21,38 @@
 //! A supervisor runs the loop: if it fails or panics, readiness turns off,
 //! the record it was on is set aside (so it cannot panic again), and the
 //! loop restarts with backoff.
+//!
+//! A stall watch (the rule is [`events::stall`]) looks at the partitions
+//! this forwarder does not hold: one whose records wait while the group's
+//! committed offset stands still for `stall_timeout` makes the loop leave
+//! the group and join it again as a new member, after the record in
+//! progress. The cause seen is the broker's coordinator: tansu 0.6, after
+//! an outage during which a member's JoinGroup requests timed out, kept a
+//! partition assigned to a member no consumer held, so nothing injected on
+//! it was routed until the process restarted. A partition this forwarder
+//! holds never counts, however long the mesh makes it wait. The cost of the
+//! rule: with several forward nodes in one group, a partition another
+//! forwarder holds while the mesh cannot take its record (no owner for its
+//! key) looks stalled too, and the rejoin rebalances the group once per
+//! timeout; at least once makes that harmless, a record taken over in the
+//! middle is routed again and the owner's de-duplication window answers it.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use events::{ConsumerEvent, EventLog, LogError, Record, Topics, codec};
+use events::consumer::WatermarkReader;
+use events::stall::{StallWatch, jittered, look_interval};
+use events::{ConsumerEvent, EventLog, LogError, Record, TopicPartition, Topics, codec};
 use node::dead_letters::{self, DeadLetters};
 use node::mesh::{self, Router};
-use node::node::Readiness;
+use node::node::{CounterSource, Readiness};
 use node::worker::ReplyStream;
 use proto::events::ForwardRequest;
 use proto::mesh::Envelope;
 use proto::rules::{self, FieldError};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -55,27 +73,43 @@ stats::counters! {
     retries,
     /// Times the forwarding loop failed or panicked and was restarted.
     restarts,
+    /// Times the stall watch had this forwarder leave its consumer group and
+    /// join it again (a partition's records waited while nobody committed).
+    group_rejoins,
 }
 
-/// The forward role's state, for the node's readiness.
+/// The forward role's state and counters, for the node's readiness and
+/// metrics.
 #[derive(Debug, Default)]
 pub struct ForwardHealth {
     down: Mutex<Option<String>>,
+    counters: Counters,
 }
 
 impl ForwardHealth {
     fn set(&self, why: Option<String>) {
-        *self.down.lock().unwrap_or_else(|e| e.into_inner()) = why;
+        *lock(&self.down) = why;
     }
 }
 
 impl Readiness for ForwardHealth {
     fn ready(&self) -> Result<(), String> {
-        match &*self.down.lock().unwrap_or_else(|e| e.into_inner()) {
+        match &*lock(&self.down) {
             None => Ok(()),
             Some(why) => Err(format!("forward role: {why}")),
         }
     }
+}
+
+impl CounterSource for ForwardHealth {
+    fn counters(&self) -> (&'static str, Vec<(&'static str, &'static str, u64)>) {
+        ("rumor_forward_", self.counters.read().fields())
+    }
+}
+
+/// Locks a mutex whose data stays whole even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running forward role: consumes the forward topic and routes each request.
@@ -93,7 +127,9 @@ struct Shared {
     log: EventLog,
     topics: Topics,
     group: String,
-    counters: Counters,
+    /// How long a partition's records may wait with the committed offset
+    /// still before the loop rejoins the group; `None`: never.
+    stall_timeout: Option<Duration>,
     dead_letters: Arc<DeadLetters>,
     health: Arc<ForwardHealth>,
     /// The record being routed now, for the supervisor to set aside if the
@@ -108,12 +144,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 impl Forwarder {
     /// Starts consuming `topics.forward` in consumer group `group` and
     /// routing each request through `router`. Records that can never be
-    /// routed go to `dead_letters`; `health` reports the loop's state.
+    /// routed go to `dead_letters`; `health` reports the loop's state and
+    /// counts. With a `stall_timeout`, a partition of the group that nobody
+    /// makes progress on for that long makes it rejoin the group.
     pub fn spawn(
         router: Router,
         log: &EventLog,
         topics: &Topics,
         group: &str,
+        stall_timeout: Option<Duration>,
         dead_letters: Arc<DeadLetters>,
         health: Arc<ForwardHealth>,
     ) -> Forwarder {
@@ -124,7 +163,7 @@ impl Forwarder {
             log: log.clone(),
             topics: topics.clone(),
             group: group.to_owned(),
-            counters: Counters::default(),
+            stall_timeout,
             dead_letters,
             health,
             current: Mutex::new(None),
@@ -135,7 +174,7 @@ impl Forwarder {
 
     /// What it did so far.
     pub fn stats(&self) -> ForwardStats {
-        self.shared.counters.read()
+        self.shared.health.counters.read()
     }
 
     /// Stops taking new records and lets the one in progress end (a record
@@ -144,7 +183,7 @@ impl Forwarder {
     pub async fn stop(self) -> ForwardStats {
         let _ = self.stop.send(true);
         let _ = self.task.await;
-        self.shared.counters.read()
+        self.shared.health.counters.read()
     }
 }
 
@@ -172,7 +211,7 @@ async fn supervise(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             Err(e) => {
                 let why = format!("the forwarding loop panicked: {e}");
                 // Whatever it was on would panic again: set it aside.
-                let current = shared.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let current = lock(&shared.current).take();
                 if let Some(rec) = current {
                     set_aside(&shared, &rec, &why);
                     if let Ok(consumer) = shared.log.consumer(&shared.group, &[&shared.topics.forward]) {
@@ -182,7 +221,7 @@ async fn supervise(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
                 why
             }
         };
-        shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        shared.health.counters.restarts.fetch_add(1, Ordering::Relaxed);
         tracing::error!("{why}; restarting in {backoff:?}");
         shared.health.set(Some(why));
         if pause(&stop, &mut backoff).await {
@@ -202,30 +241,150 @@ async fn pause(stop: &watch::Receiver<bool>, backoff: &mut Duration) -> bool {
     stopped
 }
 
+/// What the forwarding loop takes next.
+enum Next {
+    Event(ConsumerEvent),
+    /// Partitions the stall watch found stalled.
+    Stalled(Vec<TopicPartition>),
+}
+
+/// Partitions this forwarder holds now.
+type Held = Arc<Mutex<BTreeSet<TopicPartition>>>;
+
 async fn run(
     shared: Arc<Shared>,
     mut consumer: events::Consumer,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), LogError> {
+    let held = Held::default();
+    let (stalled_tx, mut stalled) = mpsc::channel(1);
+    let _watch = shared.stall_timeout.map(|timeout| {
+        let watch = watch_stalls(
+            consumer.watermark_reader(),
+            shared.topics.forward.clone(),
+            timeout,
+            held.clone(),
+            stalled_tx,
+        );
+        AbortOnDrop(tokio::spawn(watch.in_current_span()))
+    });
     loop {
-        let event = tokio::select! {
-            e = consumer.recv() => e?,
+        // The rejoin is awaited outside the select: a stop signal's guard
+        // must not be held across it.
+        let next = tokio::select! {
+            e = consumer.recv() => Next::Event(e?),
+            Some(parts) = stalled.recv() => Next::Stalled(parts),
             _ = stop.wait_for(|s| *s) => return Ok(()),
         };
-        let ConsumerEvent::Record(rec) = event else {
+        let event = match next {
+            Next::Stalled(parts) => {
+                rejoin(&shared, &mut consumer, &held, parts).await;
+                continue;
+            }
+            Next::Event(event) => event,
+        };
+        let rec = match event {
             // Both logs start an assigned partition at the group's committed
             // offset (or the beginning): where this role left off.
-            continue;
+            ConsumerEvent::Assigned(tps) => {
+                lock(&held).extend(tps);
+                continue;
+            }
+            ConsumerEvent::Revoked(tps) => {
+                lock(&held).retain(|tp| !tps.contains(tp));
+                continue;
+            }
+            ConsumerEvent::Record(rec) => rec,
         };
-        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(rec.clone());
+        *lock(&shared.current) = Some(rec.clone());
         let done = forward(&shared, &rec, &stop).await;
-        *shared.current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&shared.current) = None;
         if !done {
             // Stopped while the mesh could not take it: not committed, so
             // the next forwarder of the partition routes it.
             return Ok(());
         }
         consumer.commit(&[(rec.tp(), rec.offset + 1)])?;
+    }
+}
+
+/// Leaves the group and joins it again as a new member, unless the group
+/// handed this forwarder one of the `stalled` partitions since the watch
+/// looked (then it is moving again).
+async fn rejoin(shared: &Shared, consumer: &mut events::Consumer, held: &Held, stalled: Vec<TopicPartition>) {
+    if stalled.iter().any(|tp| lock(held).contains(tp)) {
+        return;
+    }
+    tracing::warn!(
+        ?stalled,
+        "forward: records wait on partitions no forwarder commits; leaving the consumer group and joining it again"
+    );
+    match consumer.rejoin().await {
+        Ok(()) => {
+            // The old member's partitions are gone without a Revoked event.
+            lock(held).clear();
+            shared.health.counters.group_rejoins.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tracing::error!("forward: rejoining the consumer group failed, the watch will try again: {e}"),
+    }
+}
+
+/// Looks at the forward topic's partitions every quarter of `timeout`
+/// (jittered) and sends the loop those this forwarder does not hold whose
+/// records waited, with the group's committed offset still, for `timeout`.
+async fn watch_stalls(
+    reader: WatermarkReader,
+    topic: String,
+    timeout: Duration,
+    held: Held,
+    stalled_tx: mpsc::Sender<Vec<TopicPartition>>,
+) {
+    let every = look_interval(timeout);
+    let mut w = StallWatch::new(timeout);
+    loop {
+        tokio::time::sleep(jittered(every)).await;
+        // A broker that does not answer holds nothing up that a rejoin
+        // could free; the clocks start again once it answers.
+        let Ok(parts) = reader.partitions(&topic).await else {
+            w.restart();
+            continue;
+        };
+        let Ok(committed) = reader.committed(&parts).await else {
+            w.restart();
+            continue;
+        };
+        let mut stalled = Vec::new();
+        for tp in parts {
+            if lock(&held).contains(&tp) {
+                // Its records wait for the mesh, not for the group.
+                w.forget(&tp);
+                continue;
+            }
+            let Ok((low, high)) = reader.watermarks(&tp).await else {
+                w.forget(&tp);
+                continue;
+            };
+            if w.observe(Instant::now(), &tp, committed.get(&tp).copied(), low, high) {
+                stalled.push(tp);
+            }
+        }
+        if !stalled.is_empty() {
+            w.restart();
+            match stalled_tx.try_send(stalled) {
+                // Full: the loop, busy with a record, has not taken the last one.
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
+}
+
+/// Aborts a task when dropped: the watch ends with the loop it serves.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -259,7 +418,7 @@ fn envelope(req: ForwardRequest, default_timeout: Duration) -> Result<(Envelope,
 /// Routes one record until it is answered or set aside (true), or until
 /// the forwarder stops while the mesh cannot take it (false).
 async fn forward(shared: &Shared, rec: &Record, stop: &watch::Receiver<bool>) -> bool {
-    let c = &shared.counters;
+    let c = &shared.health.counters;
     let (env, timeout) = match codec::decode_forward(rec) {
         Err(e) => return set_aside(shared, rec, &format!("undecodable forward request: {e}")),
         Ok(req) => match envelope(req, shared.router.config().default_timeout) {
@@ -314,7 +473,7 @@ fn permanent(code: Code) -> bool {
 }
 
 fn set_aside(shared: &Shared, rec: &Record, reason: &str) -> bool {
-    shared.counters.set_aside.fetch_add(1, Ordering::Relaxed);
+    shared.health.counters.set_aside.fetch_add(1, Ordering::Relaxed);
     shared.dead_letters.set_aside(
         dead_letters::Record {
             topic: &rec.topic,

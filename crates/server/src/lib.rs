@@ -42,6 +42,10 @@ pub struct EventsConfig {
     pub create_topics: bool,
     /// The forward role's consumer group.
     pub forward_group: String,
+    /// How long a forward-topic partition's records may wait while nobody
+    /// in the group commits before the forwarder rejoins the group; `None`:
+    /// never (see the forward module's docs).
+    pub forward_stall_timeout: Option<Duration>,
     /// The worker's publisher buffer.
     pub publisher: PublisherConfig,
 }
@@ -181,6 +185,7 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
     let forwards = events.as_ref().filter(|_| roles.has(Role::Forward));
     if forwards.is_some() {
         config.node.readiness.push(forward_health.clone());
+        config.node.counters.push(forward_health.clone());
     }
     let dead_letters = config.node.dead_letters.clone();
     let edge_config = config.edge.take().filter(|_| roles.has(Role::Gateway));
@@ -219,6 +224,7 @@ pub async fn start(mut config: ServerConfig) -> Result<Server, StartError> {
             &ev.log,
             &ev.topics,
             &ev.forward_group,
+            ev.forward_stall_timeout,
             dead_letters,
             forward_health,
         )

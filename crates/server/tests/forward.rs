@@ -19,6 +19,7 @@ fn events(log: &MemoryLog) -> EventsConfig {
         topics: Topics::default(),
         create_topics: true,
         forward_group: "forward".into(),
+        forward_stall_timeout: None,
         publisher: PublisherConfig::default(),
     }
 }

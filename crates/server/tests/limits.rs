@@ -25,6 +25,7 @@ fn config(log: &MemoryLog) -> ServerConfig {
         topics: Topics::default(),
         create_topics: true,
         forward_group: "forward".into(),
+        forward_stall_timeout: None,
         publisher: PublisherConfig::default(),
     });
     s

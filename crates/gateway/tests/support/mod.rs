@@ -137,6 +137,7 @@ impl Cluster {
             topics: topics.clone(),
             create_topics: true,
             forward_group: "forward".into(),
+            forward_stall_timeout: None,
             publisher: PublisherConfig::default(),
         });
         let (bridge, db) = if setup.bridge {

@@ -72,6 +72,10 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             }
         }
     }
+    for source in &s.counters {
+        let (prefix, fields) = source.counters();
+        e.counters(prefix, fields);
+    }
     e.counter(
         "rumor_dead_letters",
         "Records this node set aside because they could never be delivered (GET /v1/dead-letters lists them).",

@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use crate::dead_letters::DeadLetters;
 use crate::gossip::GossipHandle;
 use crate::mesh::Router;
-use crate::node::Readiness;
+use crate::node::{CounterSource, Readiness};
 
 pub use cluster::OWNERSHIP_SAMPLE;
 
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     receipts: gossip::Receipts,
     /// What readiness depends on besides gossip and the event log.
     readiness: Vec<Arc<dyn Readiness>>,
+    /// Counters of other parts of the process, for `/metrics`.
+    pub(crate) counters: Vec<Arc<dyn CounterSource>>,
     /// Records set aside, for `GET /v1/dead-letters`.
     dead_letters: Arc<DeadLetters>,
     /// Whether `POST /v1/fault/isolate` is allowed.
@@ -73,6 +75,7 @@ impl Shared {
         gossip: GossipHandle,
         router: Router,
         readiness: Vec<Arc<dyn Readiness>>,
+        counters: Vec<Arc<dyn CounterSource>>,
         dead_letters: Arc<DeadLetters>,
         fault_injection: bool,
     ) -> Arc<Self> {
@@ -83,6 +86,7 @@ impl Shared {
             draining: AtomicBool::new(false),
             receipts: gossip::Receipts::default(),
             readiness,
+            counters,
             dead_letters,
             fault_injection,
             failure: tokio::sync::watch::Sender::new(None),
