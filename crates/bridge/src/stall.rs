@@ -13,7 +13,8 @@
 //!                     every clock starts again
 //!  consume loop: writes its batch; if it stored any of them since, the
 //!      signal is stale and dropped; otherwise it forgets its partitions
-//!      and rejoins the group as a new member
+//!      and rejoins the group as a new member, or, when rejoins in a row
+//!      have not helped, reads every partition alone (crate::consume)
 //! ```
 //!
 //! The rule itself is [`events::stall`], shared with the forward role.
@@ -32,19 +33,15 @@
 //! one's rejoin usually repairs the group before the others fire.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use events::TopicPartition;
-use events::stall::{StallWatch, jittered, look_interval};
+pub(crate) use events::stall::Stalled;
 use tokio::sync::{mpsc, watch};
 
 use crate::Shared;
 
-/// A partition found stalled, with the stored next offset seen.
-pub(crate) type Stalled = Vec<(TopicPartition, Option<i64>)>;
-
-/// Runs the watch until shutdown: sends the stalled partitions to the
-/// consume loop, which rejoins the group.
+/// Runs the watch until shutdown: sends the stalled partitions, with the
+/// stored offsets seen, to the consume loop, which rejoins the group.
 pub(crate) async fn run(
     shared: Arc<Shared>,
     topic: String,
@@ -52,45 +49,21 @@ pub(crate) async fn run(
     stalled_tx: mpsc::Sender<Stalled>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let every = look_interval(timeout);
-    let mut w = StallWatch::new(timeout);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(jittered(every)) => {}
-            _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
-        }
-        if shared.db_failing().is_some() {
-            w.restart();
-            continue;
-        }
-        // A broker that does not answer holds nothing up that a rejoin
-        // could free; its clocks start again once it answers.
-        let Ok(parts) = shared.watermarks.partitions(&topic).await else {
-            w.restart();
-            continue;
-        };
-        let Ok(stored) = shared.store.offsets(&shared.group).await else {
-            w.restart();
-            continue;
-        };
-        let mut stalled = Vec::new();
-        for tp in parts {
-            let Ok((low, high)) = shared.watermarks.watermarks(&tp).await else {
-                w.forget(&tp);
-                continue;
-            };
-            let seen = stored.get(&tp).copied();
-            if w.observe(Instant::now(), &tp, seen, low, high) {
-                stalled.push((tp, seen));
+    // While this bridge's database fails the loop is retrying it, and
+    // stored offsets that stand still say nothing about the group.
+    let reader = shared.watermarks.clone();
+    let stored = move |_| {
+        let shared = shared.clone();
+        async move {
+            if shared.db_failing().is_some() {
+                return None;
             }
+            shared.store.offsets(&shared.group).await.ok()
         }
-        if !stalled.is_empty() {
-            w.restart();
-            match stalled_tx.try_send(stalled) {
-                // Full: the loop has not taken the last signal yet.
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        }
+    };
+    let looks = events::stall::watch(reader, topic, timeout, stored, |_| false, stalled_tx);
+    tokio::select! {
+        () = looks => {}
+        _ = shutdown.wait_for(|s| *s) => {}
     }
 }

@@ -12,13 +12,17 @@
 //! What progress is belongs to the consumer: the bridge's stored offsets
 //! (its database), the forward role's committed ones (the log's group).
 //! Either way a stall is seen where the work is, whatever the group
-//! coordinator believes. The rule does no IO and reads no clock: the
-//! caller passes the time of each look.
+//! coordinator believes. The rule ([`StallWatch`]) does no IO and reads no
+//! clock: the caller passes the time of each look. [`watch`] is the loop
+//! both consumers run around it: it reads the broker and their progress.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use tokio::sync::mpsc;
+
 use crate::TopicPartition;
+use crate::consumer::WatermarkReader;
 
 /// Where one partition was last seen.
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +93,68 @@ pub fn jittered(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     let r = std::collections::hash_map::RandomState::new().build_hasher().finish();
     d.mul_f64(0.5 + (r % 1_000) as f64 / 1_000.0)
+}
+
+/// A partition found stalled, with the progress seen.
+pub type Stalled = Vec<(TopicPartition, Option<i64>)>;
+
+/// Looks at `topic`'s partitions about every [`look_interval`] (jittered)
+/// and sends `stalled_tx` those whose records waited, with the same
+/// progress, for `timeout`; every clock then starts again. Returns when
+/// the receiver is gone.
+///
+/// `progress` reads the next offsets the consumers got to for the
+/// partitions it is given (a partition left out has none yet); `None`
+/// (it could not be read, or the consumer knows it is retrying) starts
+/// every clock again, as does a broker that does not answer: neither holds
+/// up anything a rejoin could free. A partition `skip` names (this
+/// consumer holds it and knows why it waits) is not counted against.
+pub async fn watch<F>(
+    reader: WatermarkReader,
+    topic: String,
+    timeout: Duration,
+    progress: impl Fn(Vec<TopicPartition>) -> F,
+    skip: impl Fn(&TopicPartition) -> bool,
+    stalled_tx: mpsc::Sender<Stalled>,
+) where
+    F: Future<Output = Option<BTreeMap<TopicPartition, i64>>>,
+{
+    let every = look_interval(timeout);
+    let mut w = StallWatch::new(timeout);
+    loop {
+        tokio::time::sleep(jittered(every)).await;
+        let Ok(parts) = reader.partitions(&topic).await else {
+            w.restart();
+            continue;
+        };
+        let Some(seen) = progress(parts.clone()).await else {
+            w.restart();
+            continue;
+        };
+        let mut stalled = Vec::new();
+        for tp in parts {
+            if skip(&tp) {
+                w.forget(&tp);
+                continue;
+            }
+            let Ok((low, high)) = reader.watermarks(&tp).await else {
+                w.forget(&tp);
+                continue;
+            };
+            let seen = seen.get(&tp).copied();
+            if w.observe(Instant::now(), &tp, seen, low, high) {
+                stalled.push((tp, seen));
+            }
+        }
+        if !stalled.is_empty() {
+            w.restart();
+            match stalled_tx.try_send(stalled) {
+                // Full: the consumer, busy, has not taken the last signal yet.
+                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -40,10 +40,10 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use events::consumer::WatermarkReader;
-use events::stall::{StallWatch, jittered, look_interval};
+use events::stall::Stalled;
 use events::{ConsumerEvent, EventLog, LogError, Record, TopicPartition, Topics, codec};
 use node::dead_letters::{self, DeadLetters};
 use node::mesh::{self, Router};
@@ -245,7 +245,7 @@ async fn pause(stop: &watch::Receiver<bool>, backoff: &mut Duration) -> bool {
 enum Next {
     Event(ConsumerEvent),
     /// Partitions the stall watch found stalled.
-    Stalled(Vec<TopicPartition>),
+    Stalled(Stalled),
 }
 
 /// Partitions this forwarder holds now.
@@ -311,7 +311,8 @@ async fn run(
 /// Leaves the group and joins it again as a new member, unless the group
 /// handed this forwarder one of the `stalled` partitions since the watch
 /// looked (then it is moving again).
-async fn rejoin(shared: &Shared, consumer: &mut events::Consumer, held: &Held, stalled: Vec<TopicPartition>) {
+async fn rejoin(shared: &Shared, consumer: &mut events::Consumer, held: &Held, stalled: Stalled) {
+    let stalled: Vec<TopicPartition> = stalled.into_iter().map(|(tp, _)| tp).collect();
     if stalled.iter().any(|tp| lock(held).contains(tp)) {
         return;
     }
@@ -329,54 +330,24 @@ async fn rejoin(shared: &Shared, consumer: &mut events::Consumer, held: &Held, s
     }
 }
 
-/// Looks at the forward topic's partitions every quarter of `timeout`
-/// (jittered) and sends the loop those this forwarder does not hold whose
-/// records waited, with the group's committed offset still, for `timeout`.
+/// Sends the loop the forward topic's partitions this forwarder does not
+/// hold whose records waited, with the group's committed offset still, for
+/// `timeout` ([`events::stall::watch`]).
 async fn watch_stalls(
     reader: WatermarkReader,
     topic: String,
     timeout: Duration,
     held: Held,
-    stalled_tx: mpsc::Sender<Vec<TopicPartition>>,
+    stalled_tx: mpsc::Sender<Stalled>,
 ) {
-    let every = look_interval(timeout);
-    let mut w = StallWatch::new(timeout);
-    loop {
-        tokio::time::sleep(jittered(every)).await;
-        // A broker that does not answer holds nothing up that a rejoin
-        // could free; the clocks start again once it answers.
-        let Ok(parts) = reader.partitions(&topic).await else {
-            w.restart();
-            continue;
-        };
-        let Ok(committed) = reader.committed(&parts).await else {
-            w.restart();
-            continue;
-        };
-        let mut stalled = Vec::new();
-        for tp in parts {
-            if lock(&held).contains(&tp) {
-                // Its records wait for the mesh, not for the group.
-                w.forget(&tp);
-                continue;
-            }
-            let Ok((low, high)) = reader.watermarks(&tp).await else {
-                w.forget(&tp);
-                continue;
-            };
-            if w.observe(Instant::now(), &tp, committed.get(&tp).copied(), low, high) {
-                stalled.push(tp);
-            }
-        }
-        if !stalled.is_empty() {
-            w.restart();
-            match stalled_tx.try_send(stalled) {
-                // Full: the loop, busy with a record, has not taken the last one.
-                Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
-            }
-        }
-    }
+    let r = reader.clone();
+    let committed = move |parts: Vec<TopicPartition>| {
+        let r = r.clone();
+        async move { r.committed(&parts).await.ok() }
+    };
+    // A partition it holds waits for the mesh, not for the group.
+    let holds = move |tp: &TopicPartition| lock(&held).contains(tp);
+    events::stall::watch(reader, topic, timeout, committed, holds, stalled_tx).await;
 }
 
 /// Aborts a task when dropped: the watch ends with the loop it serves.
