@@ -428,6 +428,11 @@ async fn metrics(State(s): Shr) -> Response {
         "Partitions of the messages topic assigned to this bridge.",
         positions.len() as i64,
     );
+    e.gauge(
+        "rumor_bridge_reading_alone",
+        "1 while this bridge reads every partition without the consumer group (its group handed out nothing however often it rejoined).",
+        i64::from(s.reading_alone.load(std::sync::atomic::Ordering::Relaxed)),
+    );
     let ready = stopped(&s).is_none() && s.db_failing().is_none();
     e.gauge(
         "rumor_bridge_ready",

@@ -18,6 +18,9 @@
 //!                         (a row still refused becomes a dead letter)
 //!  stall watch: stalled ──> write the batch, forget every partition, rejoin
 //!                           the group as a new member (crate::stall)
+//!               stalled again within 3 × stall_timeout of each of the
+//!               last 2 rejoins ──> read every partition alone, without the
+//!                                  group, for 10 × stall_timeout; then rejoin
 //! ```
 //!
 //! A record that was already waiting when a write ended has waited since the
@@ -27,7 +30,11 @@
 //!
 //! The database, not the log's group coordinator, decides what is stored:
 //! two bridges reading one partition both try, one commits, the other is
-//! fenced and re-seeks, so there are no duplicates and no gaps.
+//! fenced and re-seeks, so there are no duplicates and no gaps. That is what
+//! makes reading alone safe: a group whose coordinator hands out nothing
+//! however often its members rejoin (seen once, with tansu on a machine
+//! overloaded for minutes) no longer stops the bridge; every bridge that
+//! reads alone reads every partition, and the fencing sorts them out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -64,6 +71,14 @@ pub(crate) struct Loop {
     pub(crate) after_commit: Option<CommitHook>,
     /// Partitions the stall watch found stalled.
     stalled: mpsc::Receiver<crate::stall::Stalled>,
+    /// The stall watch's timeout (`None`: no watch).
+    stall_timeout: Option<Duration>,
+    /// Rejoins in a row each followed by a stall within [`STREAK_WINDOW`]
+    /// stall timeouts, and when the last one was.
+    rejoin_streak: u32,
+    last_rejoin: Option<Instant>,
+    /// While reading alone: when to go back to the group.
+    alone_until: Option<Instant>,
     pub(crate) shutdown: watch::Receiver<bool>,
     parts: BTreeMap<TopicPartition, Part>,
     batch: Batch,
@@ -90,6 +105,15 @@ impl std::fmt::Debug for Loop {
     }
 }
 
+/// Rejoins without result before a bridge reads alone.
+const REJOINS_BEFORE_ALONE: u32 = 2;
+/// A stall within this many stall timeouts of a rejoin means the rejoin
+/// did not help.
+const STREAK_WINDOW: u32 = 3;
+/// How long a bridge reads alone, in stall timeouts, before it tries the
+/// group again.
+const ALONE_FOR: u32 = 10;
+
 /// How a write attempt loop ended without a result.
 enum Aborted {
     ShuttingDown,
@@ -112,6 +136,10 @@ impl Loop {
             retry: cfg.retry.clone(),
             after_commit: cfg.after_commit.clone(),
             stalled,
+            stall_timeout: cfg.stall_timeout,
+            rejoin_streak: 0,
+            last_rejoin: None,
+            alone_until: None,
             shutdown,
             parts: BTreeMap::new(),
             batch: Batch {
@@ -151,7 +179,11 @@ impl Loop {
                 }
                 // Before the deadline: a record that is ready joins the batch
                 // even when the deadline has passed.
-                Some(stalled) = self.stalled.recv() => self.rejoin(stalled).await?,
+                Some(stalled) = self.stalled.recv() => self.on_stall(stalled).await?,
+                _ = tokio::time::sleep_until(self.alone_until.unwrap_or_else(Instant::now)), if self.alone_until.is_some() => {
+                    tracing::info!(group = %self.shared.group, "bridge: done reading alone; joining the consumer group again");
+                    self.rejoin().await?;
+                }
                 ev = self.consumer.recv() => self.on_event(ev).await?,
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                     self.flush(false).await?;
@@ -178,12 +210,12 @@ impl Loop {
         Ok(())
     }
 
-    /// Leaves the consumer group and joins it again, after writing the
-    /// batch in progress, unless this bridge stored one of the partitions
-    /// since the watch looked (then the signal is stale: a slow write, not
-    /// a stranded partition). The new member's assignment seeks to the
-    /// stored offsets as at a start.
-    async fn rejoin(&mut self, stalled: crate::stall::Stalled) -> Result<(), BridgeError> {
+    /// Answers the stall watch, after writing the batch in progress: not
+    /// at all if this bridge stored one of the partitions since the watch
+    /// looked (a slow write, not a stranded partition); else by rejoining
+    /// the group, or, once rejoins in a row have not helped, by reading
+    /// every partition alone.
+    async fn on_stall(&mut self, stalled: crate::stall::Stalled) -> Result<(), BridgeError> {
         self.flush(false).await?;
         let moved = stalled.iter().any(|(tp, seen)| {
             self.parts
@@ -197,26 +229,87 @@ impl Loop {
             );
             return Ok(());
         }
+        let now = Instant::now();
+        let window = self.stall_timeout.unwrap_or_default() * STREAK_WINDOW;
+        self.rejoin_streak = match self.last_rejoin {
+            Some(t) if now.duration_since(t) < window => self.rejoin_streak + 1,
+            _ => 0,
+        };
         let partitions: Vec<&TopicPartition> = stalled.iter().map(|(tp, _)| tp).collect();
-        tracing::warn!(
-            ?partitions,
-            group = %self.shared.group,
-            "bridge: records have waited in these partitions and no bridge of the group stored any; \
-             leaving the consumer group and joining it again"
-        );
+        if self.rejoin_streak >= REJOINS_BEFORE_ALONE && self.alone_until.is_none() {
+            tracing::warn!(
+                ?partitions,
+                group = %self.shared.group,
+                rejoins = self.rejoin_streak,
+                "bridge: records still wait in these partitions after rejoining the consumer group; \
+                 reading every partition alone, without the group"
+            );
+            self.read_alone().await
+        } else {
+            tracing::warn!(
+                ?partitions,
+                group = %self.shared.group,
+                "bridge: records have waited in these partitions and no bridge of the group stored any; \
+                 leaving the consumer group and joining it again"
+            );
+            self.rejoin().await
+        }
+    }
+
+    /// Leaves the consumer group (or stops reading alone) and joins it
+    /// again as a new member; the new member's assignment seeks to the
+    /// stored offsets as at a start.
+    async fn rejoin(&mut self) -> Result<(), BridgeError> {
+        self.last_rejoin = Some(Instant::now());
         if let Err(e) = self.consumer.rejoin().await {
             tracing::error!("bridge: rejoining the consumer group: {e}; keeping the current member");
             return Ok(());
         }
         count(&self.shared.counters.group_rejoins, 1);
-        // A record read ahead belongs to the old member's assignment.
+        self.set_alone(None);
+        self.forget_partitions();
+        Ok(())
+    }
+
+    /// Leaves the consumer group and reads every partition of the topic
+    /// without it, for [`ALONE_FOR`] stall timeouts.
+    async fn read_alone(&mut self) -> Result<(), BridgeError> {
+        self.last_rejoin = Some(Instant::now());
+        let all = match self.shared.watermarks.partitions(&self.topic).await {
+            Ok(all) if !all.is_empty() => all,
+            Ok(_) | Err(_) => {
+                tracing::error!("bridge: the topic's partitions could not be read; staying in the group");
+                return Ok(());
+            }
+        };
+        if let Err(e) = self.consumer.read_alone(&all).await {
+            tracing::error!("bridge: reading alone: {e}; keeping the current member");
+            return Ok(());
+        }
+        count(&self.shared.counters.reads_alone, 1);
+        let until = Instant::now() + self.stall_timeout.unwrap_or_default() * ALONE_FOR;
+        self.set_alone(Some(until));
+        self.forget_partitions();
+        Ok(())
+    }
+
+    fn set_alone(&mut self, until: Option<Instant>) {
+        self.alone_until = until;
+        self.shared
+            .reading_alone
+            .store(until.is_some(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// After the consumer changed: what it held is gone without a
+    /// `Revoked` event, and an `Assigned` for the new one follows.
+    fn forget_partitions(&mut self) {
+        // A record read ahead belongs to the old consumer's assignment.
         self.peeked = None;
         self.ready_since = None;
         let all: Vec<TopicPartition> = self.parts.keys().cloned().collect();
         self.revoke(&all);
-        // Signals sent while this one waited are about the old member.
+        // Signals sent while this one waited are about the old consumer.
         while self.stalled.try_recv().is_ok() {}
-        Ok(())
     }
 
     /// Reads the stored offsets, retrying while the database fails.

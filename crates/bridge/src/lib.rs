@@ -56,7 +56,7 @@ pub mod metrics;
 pub mod stall;
 pub mod store;
 
-pub use config::{BatchConfig, BridgeConfig, CommitHook, CommitInfo, RetryConfig};
+pub use config::{BatchConfig, BridgeConfig, CommitHook, CommitInfo, MIN_STALL_TIMEOUT, RetryConfig};
 pub use metrics::BridgeStats;
 pub use store::Store;
 
@@ -108,6 +108,8 @@ pub(crate) struct Shared {
     pub(crate) db_failing: Mutex<Option<String>>,
     /// Set when the consume loop ended (with why).
     pub(crate) stopped: Mutex<Option<String>>,
+    /// True while the loop reads every partition without the consumer group.
+    pub(crate) reading_alone: std::sync::atomic::AtomicBool,
 }
 
 /// A running bridge; see [`start`].
@@ -160,6 +162,7 @@ pub async fn start(cfg: BridgeConfig) -> Result<Bridge, BridgeError> {
         watermarks: consumer.watermark_reader(),
         db_failing: Mutex::new(None),
         stopped: Mutex::new(None),
+        reading_alone: std::sync::atomic::AtomicBool::new(false),
     });
     let (shutdown, rx) = watch::channel(false);
     let (stalled_tx, stalled) = tokio::sync::mpsc::channel(1);

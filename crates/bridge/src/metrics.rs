@@ -38,6 +38,8 @@ stats::counters! {
     seek_errors,
     /// Times the stall watch had this bridge leave the consumer group and join it again.
     group_rejoins,
+    /// Times this bridge, its group rejoined without result, left the group to read every partition alone.
+    reads_alone,
     /// Failed offset commits to the log's consumer group (used only for lag reporting).
     log_commit_errors,
     /// Forward requests produced by POST /v1/forward.

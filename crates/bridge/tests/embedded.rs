@@ -337,6 +337,46 @@ async fn two_bridges_reading_every_partition_store_each_record_once() {
 }
 
 #[tokio::test]
+async fn a_group_that_never_hands_out_its_partitions_is_read_alone_after_two_rejoins() {
+    // The coordinator never forms the group, as a broker overloaded for
+    // minutes once did: rejoining does not help, reading alone does.
+    let env = Embedded::new();
+    let mut cfg = env.config();
+    cfg.stall_timeout = Some(bridge::MIN_STALL_TIMEOUT);
+    env.log.set_group_stuck(&cfg.group_id, true);
+    let topic = cfg.topics.messages.clone();
+    let b = bridge::start(cfg).await.unwrap();
+    let recs: Vec<_> = (0..30)
+        .map(|i| inbound(&format!("c{}", i % 5), &i.to_string()))
+        .collect();
+    let delivered = send_all(&env.producer(), &topic, &recs).await;
+
+    // Two rejoins a stall timeout apart, then reading alone: about three
+    // and a half timeouts.
+    let deadline = tokio::time::Instant::now() + bridge::MIN_STALL_TIMEOUT * 8;
+    while b.store().message_sources().await.unwrap().len() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stored in time: {:?}",
+            b.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = wait_for_rows(b.store(), 30).await;
+    assert_exactly(
+        &rows,
+        &delivered.iter().map(|d| (d.partition, d.offset)).collect::<Vec<_>>(),
+    );
+    let stats = b.stats();
+    assert_eq!((stats.group_rejoins, stats.reads_alone), (2, 1), "{stats:?}");
+    let (status, metrics) = http(b.addr(), "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("rumor_bridge_reading_alone 1"), "{metrics}");
+    assert!(metrics.contains("rumor_bridge_reads_alone_total 1"), "{metrics}");
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_database_schema_newer_than_the_binary_is_refused_naming_both_versions() {
     let env = Embedded::new();
     let url = env.config().database_url;

@@ -102,6 +102,23 @@ impl Consumer {
         }
     }
 
+    /// Leaves the consumer group and reads `partitions` without it, each
+    /// from the group's committed offset (else the beginning), for a group
+    /// that hands out nothing however often its members rejoin. An
+    /// `Assigned` with them follows; the partitions held so far are gone
+    /// without a `Revoked` event. No coordinator keeps two readers off one
+    /// partition: the caller must be safe with that. [`rejoin`](Self::rejoin)
+    /// goes back to the group. An error means nothing changed.
+    pub async fn read_alone(&mut self, partitions: &[TopicPartition]) -> Result<(), LogError> {
+        match self {
+            Self::Memory(c) => {
+                c.read_alone(partitions);
+                Ok(())
+            }
+            Self::Kafka(c) => c.read_alone(partitions).await,
+        }
+    }
+
     /// A handle that reads watermarks, partitions and the group's committed
     /// offsets while the consumer is busy elsewhere (the bridge's metrics
     /// endpoint and the stall watches use it).

@@ -385,28 +385,56 @@ impl KafkaConsumer {
     /// old member had is revoked without a `Revoked` event (the caller
     /// forgets them); the new member's `Assigned` follows as after a start.
     ///
-    /// The old member is closed first (librdkafka sends LeaveGroup and waits
-    /// a few seconds at most for the answer), so that the coordinator does
-    /// not have to time it out; after [`REJOIN_CLOSE_WAIT`] the new member
-    /// joins even if the old one is still closing. An error means no new
-    /// consumer could be created, and the old member is kept.
+    /// The old member is closed first ([`REJOIN_CLOSE_WAIT`] at most). An
+    /// error means no new consumer could be created, and the old member is
+    /// kept.
     pub async fn rejoin(&mut self) -> Result<(), LogError> {
         let (inner, events) = Self::create(&self.config)?;
-        let old = std::mem::replace(&mut self.inner, inner);
-        self.events = events;
-        self.stashed = None;
-        let closing = tokio::task::spawn_blocking(move || drop(old));
-        if tokio::time::timeout(REJOIN_CLOSE_WAIT, closing).await.is_err() {
-            tracing::warn!(
-                "kafka: the old consumer-group member is still closing after {REJOIN_CLOSE_WAIT:?}; joining as a new one"
-            );
-        }
+        self.replace(inner, events).await;
         // The same topics were subscribed to at the start: this fails only
         // if librdkafka itself fails, and the caller's next rejoin retries.
         if let Err(e) = self.subscribe() {
             tracing::error!("kafka: the new consumer-group member could not subscribe: {e}");
         }
         Ok(())
+    }
+
+    /// Leaves the group and reads `partitions` without one (a manual
+    /// assignment), each from the group's committed offset, else the
+    /// earliest. An `Assigned` with them follows, as after a rebalance.
+    /// Commits still name the group; a coordinator that has members may
+    /// refuse them. [`rejoin`](Self::rejoin) goes back to the group. An
+    /// error means nothing changed.
+    pub async fn read_alone(&mut self, partitions: &[TopicPartition]) -> Result<(), LogError> {
+        let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+        for tp in partitions {
+            tpl.add_partition_offset(&tp.topic, tp.partition, Offset::Stored)
+                .map_err(LogError::kafka("assigning partitions"))?;
+        }
+        let (inner, events) = Self::create(&self.config)?;
+        inner.assign(&tpl).map_err(LogError::kafka("assigning partitions"))?;
+        // A manual assignment makes no rebalance: announce it as one.
+        if let Some(tx) = &inner.context().events {
+            let _ = tx.send(ConsumerEvent::Assigned(partitions.to_vec()));
+        }
+        self.replace(inner, events).await;
+        Ok(())
+    }
+
+    /// Makes `inner` the consumer, closing the old one first (librdkafka
+    /// sends LeaveGroup and waits a few seconds at most for the answer), so
+    /// that the coordinator does not have to time it out; after
+    /// [`REJOIN_CLOSE_WAIT`] it goes on even if the old one is still closing.
+    async fn replace(&mut self, inner: Arc<Inner>, events: mpsc::UnboundedReceiver<ConsumerEvent>) {
+        let old = std::mem::replace(&mut self.inner, inner);
+        self.events = events;
+        self.stashed = None;
+        let closing = tokio::task::spawn_blocking(move || drop(old));
+        if tokio::time::timeout(REJOIN_CLOSE_WAIT, closing).await.is_err() {
+            tracing::warn!(
+                "kafka: the old consumer-group member is still closing after {REJOIN_CLOSE_WAIT:?}; going on"
+            );
+        }
     }
 
     /// See [`crate::Consumer::recv`].

@@ -4,7 +4,8 @@
 //! ```text
 //!  append(rec) ──partition = hash(key) % n──> topics[topic][p].push(rec) ── offset = index
 //!                                                 │ notify_waiters()
-//!  MemoryConsumer::recv() ── first call: Assigned(every partition of its topics)
+//!  MemoryConsumer::recv() ── first call: Assigned(every partition of its topics; none while
+//!                          │             its group is stuck, the partitions given when alone)
 //!                          └─ then: next record at its position, round-robin over partitions,
 //!                                   or wait for an append
 //! ```
@@ -48,6 +49,9 @@ struct State {
     topics: BTreeMap<String, Vec<Vec<Record>>>,
     /// Committed next offsets, by group.
     committed: HashMap<(String, TopicPartition), i64>,
+    /// Groups whose coordinator never forms them: a consumer that joins
+    /// gets no assignment (see [`MemoryLog::set_group_stuck`]).
+    stuck: std::collections::HashSet<String>,
 }
 
 /// The partition of `key` among `n`: FNV-1a, stable across processes.
@@ -174,6 +178,27 @@ impl MemoryLog {
         self.state().committed.get(&(group.to_owned(), tp.clone())).copied()
     }
 
+    /// Makes `group`'s coordinator stop forming the group (`stuck`), or
+    /// form it again: a consumer of the group that joins (starts, or
+    /// rejoins) while it is stuck waits without an assignment, as with a
+    /// broker that never answers a JoinGroup. Consumers that already have
+    /// their partitions keep them; one reading alone is not affected. A
+    /// fault for tests.
+    pub fn set_group_stuck(&self, group: &str, stuck: bool) {
+        let mut st = self.state();
+        if stuck {
+            st.stuck.insert(group.to_owned());
+        } else {
+            st.stuck.remove(group);
+        }
+        drop(st);
+        self.inner.appended.notify_waiters();
+    }
+
+    fn group_stuck(&self, group: &str) -> bool {
+        self.state().stuck.contains(group)
+    }
+
     /// A consumer in `group` for `topics` (created when missing).
     pub fn consumer(&self, group: &str, topics: &[&str]) -> MemoryConsumer {
         MemoryConsumer {
@@ -183,6 +208,7 @@ impl MemoryLog {
             assigned: Vec::new(),
             positions: HashMap::new(),
             announced: false,
+            alone: false,
             next: 0,
         }
     }
@@ -197,6 +223,8 @@ pub struct MemoryConsumer {
     assigned: Vec<TopicPartition>,
     positions: HashMap<TopicPartition, i64>,
     announced: bool,
+    /// Reading the partitions in `assigned` without the group.
+    alone: bool,
     /// Where the next round-robin scan starts.
     next: usize,
 }
@@ -204,11 +232,22 @@ pub struct MemoryConsumer {
 impl MemoryConsumer {
     /// The next event: first the assignment, then records. Cancel-safe.
     pub async fn recv(&mut self) -> ConsumerEvent {
-        if !self.announced {
-            for t in &self.topics {
-                self.log.create_topic(t, DEFAULT_PARTITIONS);
+        while !self.announced && !self.alone && self.log.group_stuck(&self.group) {
+            let unstuck = self.log.inner.appended.notified();
+            tokio::pin!(unstuck);
+            unstuck.as_mut().enable();
+            if !self.log.group_stuck(&self.group) {
+                break;
             }
-            self.assigned = self.topics.iter().flat_map(|t| self.log.topic_partitions(t)).collect();
+            unstuck.await;
+        }
+        if !self.announced {
+            if !self.alone {
+                for t in &self.topics {
+                    self.log.create_topic(t, DEFAULT_PARTITIONS);
+                }
+                self.assigned = self.topics.iter().flat_map(|t| self.log.topic_partitions(t)).collect();
+            }
             for tp in &self.assigned {
                 let at = self.log.committed(&self.group, tp).unwrap_or(0);
                 self.positions.insert(tp.clone(), at);
@@ -273,7 +312,17 @@ impl MemoryConsumer {
         self.assigned.clear();
         self.positions.clear();
         self.announced = false;
+        self.alone = false;
         self.next = 0;
+    }
+
+    /// Leaves the group and reads `partitions` without it: the next
+    /// [`recv`](Self::recv) announces them, from the group's committed
+    /// offsets. [`rejoin`](Self::rejoin) goes back to the group.
+    pub fn read_alone(&mut self, partitions: &[TopicPartition]) {
+        self.rejoin();
+        self.assigned = partitions.to_vec();
+        self.alone = true;
     }
 
     /// The partitions assigned so far.

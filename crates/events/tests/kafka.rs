@@ -191,6 +191,68 @@ async fn a_consumer_that_rejoins_is_a_new_member_assigned_every_partition_again(
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reading_alone_reads_from_the_committed_offsets_outside_the_group() {
+    let log = kafka();
+    let topic = new_topic(&log, "events-alone", 3).await;
+    let producer = log.producer().unwrap();
+    let send = async |i: usize| {
+        let out = OutRecord {
+            topic: topic.clone(),
+            key: format!("conv-{i}"),
+            value: Bytes::from(format!("value-{i}")),
+            headers: Vec::new(),
+        };
+        producer.send(&out, LIMIT).await.unwrap();
+    };
+    for i in 0..6 {
+        send(i).await;
+    }
+    let group = unique("alone");
+    let mut c = log.consumer(&group, &[&topic]).unwrap();
+    let parts = read_all(&mut c, 3, 6).await;
+    let reader = c.watermark_reader();
+    let mut offsets = Vec::new();
+    for tp in &parts {
+        offsets.push((tp.clone(), reader.watermarks(tp).await.unwrap().1));
+    }
+    c.commit(&offsets).unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while reader.committed(&parts).await.unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the commit did not land");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 6..9 {
+        send(i).await;
+    }
+
+    // Alone: the partitions named, announced, from the committed offsets.
+    c.read_alone(&parts).await.unwrap();
+    let (mut assigned, mut values) = (Vec::new(), std::collections::BTreeSet::new());
+    while assigned.len() < 3 || values.len() < 3 {
+        match timeout(LIMIT, c.recv()).await.expect("reading alone in time").unwrap() {
+            ConsumerEvent::Assigned(tps) => assigned.extend(tps),
+            ConsumerEvent::Revoked(tps) => panic!("revoked while alone: {tps:?}"),
+            ConsumerEvent::Record(r) => {
+                values.insert(r.value);
+            }
+        }
+    }
+    assigned.sort();
+    assert_eq!(assigned, parts);
+    let want: std::collections::BTreeSet<Bytes> = (6..9).map(|i| Bytes::from(format!("value-{i}"))).collect();
+    assert_eq!(values, want, "only the records after the committed offsets");
+
+    // It is no member: a consumer that joins the group is handed every
+    // partition, and reads what the group committed onwards.
+    let mut member = log.consumer(&group, &[&topic]).unwrap();
+    assert_eq!(read_all(&mut member, 3, 3).await, parts);
+    drop(member);
+    // And it goes back to the group by rejoining.
+    c.rejoin().await.unwrap();
+    assert_eq!(read_all(&mut c, 3, 3).await, parts);
+}
+
 #[tokio::test]
 async fn the_publisher_delivers_through_kafka_and_stays_healthy() {
     let log = kafka();

@@ -869,7 +869,10 @@ impl Cluster {
         // Acknowledged means the records were in Kafka (the worker waits for
         // them, or the publisher retries them until they are), so the
         // bridge must get them all. It is given as long as it makes
-        // progress: on a saturated machine it may lag far behind.
+        // progress (on a saturated machine it may lag far behind), and as
+        // long as its own repair of a stuck consumer group takes when it
+        // does not: its stall watch (60 s by default) rejoins the group
+        // twice, then reads alone, within about four and a half timeouts.
         let stopped = Instant::now();
         let mut progress = (stopped, self.db.consumed_and_dead_letters().await.0);
         let (summary, violations) = loop {
@@ -883,7 +886,7 @@ impl Cluster {
             if consumed != progress.1 {
                 progress = (Instant::now(), consumed);
             }
-            if !missing || progress.0.elapsed() > Duration::from_secs(30) {
+            if !missing || progress.0.elapsed() > Duration::from_secs(270) {
                 break (summary, violations);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -897,9 +900,11 @@ impl Cluster {
                 text.lines()
                     .filter(|l| {
                         l.starts_with("rumor_bridge_")
-                            && ["assigned", "lag", "records", "errors", "seek", "gaps", "ready"]
-                                .iter()
-                                .any(|w| l.split(['{', ' ']).next().is_some_and(|name| name.contains(w)))
+                            && [
+                                "assigned", "lag", "records", "errors", "seek", "gaps", "ready", "rejoins", "alone",
+                            ]
+                            .iter()
+                            .any(|w| l.split(['{', ' ']).next().is_some_and(|name| name.contains(w)))
                     })
                     .map(str::to_owned)
                     .collect()
