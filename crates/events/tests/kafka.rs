@@ -113,6 +113,19 @@ async fn records_round_trip_with_keys_headers_and_consecutive_offsets_then_seek_
     c.commit(&[(tp, high)]).unwrap();
 }
 
+/// Sends record `i` of `range` as key `conv-{i}`, value `value-{i}`.
+async fn send_numbered(producer: &events::Producer, topic: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        let out = OutRecord {
+            topic: topic.to_owned(),
+            key: format!("conv-{i}"),
+            value: Bytes::from(format!("value-{i}")),
+            headers: Vec::new(),
+        };
+        producer.send(&out, LIMIT).await.unwrap();
+    }
+}
+
 /// Reads until `partitions` are assigned and `records` distinct values were
 /// read; returns the assignment.
 async fn read_all(c: &mut events::Consumer, partitions: usize, records: usize) -> Vec<TopicPartition> {
@@ -138,15 +151,7 @@ async fn a_consumer_that_rejoins_is_a_new_member_assigned_every_partition_again(
     let log = kafka();
     let topic = new_topic(&log, "events-rejoin", 3).await;
     let producer = log.producer().unwrap();
-    for i in 0..9 {
-        let out = OutRecord {
-            topic: topic.clone(),
-            key: format!("conv-{i}"),
-            value: Bytes::from(format!("value-{i}")),
-            headers: Vec::new(),
-        };
-        producer.send(&out, LIMIT).await.unwrap();
-    }
+    send_numbered(&producer, &topic, 0..9).await;
     let group = unique("rejoin");
     let mut c = log.consumer(&group, &[&topic]).unwrap();
     let reader = c.watermark_reader();
@@ -196,18 +201,7 @@ async fn a_consumer_reading_alone_reads_from_the_committed_offsets_outside_the_g
     let log = kafka();
     let topic = new_topic(&log, "events-alone", 3).await;
     let producer = log.producer().unwrap();
-    let send = async |i: usize| {
-        let out = OutRecord {
-            topic: topic.clone(),
-            key: format!("conv-{i}"),
-            value: Bytes::from(format!("value-{i}")),
-            headers: Vec::new(),
-        };
-        producer.send(&out, LIMIT).await.unwrap();
-    };
-    for i in 0..6 {
-        send(i).await;
-    }
+    send_numbered(&producer, &topic, 0..6).await;
     let group = unique("alone");
     let mut c = log.consumer(&group, &[&topic]).unwrap();
     let parts = read_all(&mut c, 3, 6).await;
@@ -222,9 +216,7 @@ async fn a_consumer_reading_alone_reads_from_the_committed_offsets_outside_the_g
         assert!(std::time::Instant::now() < deadline, "the commit did not land");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for i in 6..9 {
-        send(i).await;
-    }
+    send_numbered(&producer, &topic, 6..9).await;
 
     // Alone: the partitions named, announced, from the committed offsets.
     c.read_alone(&parts).await.unwrap();
