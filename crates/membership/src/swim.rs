@@ -515,8 +515,7 @@ impl Membership {
         self.probe = None;
         self.join = None;
         let g = dead_gossip(&self.name, self.incarnation, &self.name, true);
-        self.broadcasts
-            .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+        self.queue(now, Key::Member(self.name.clone()), g);
         // Tell a few members right away rather than waiting for the next probe.
         self.next_gossip = now;
     }
@@ -543,8 +542,7 @@ impl Membership {
                 payload,
             })),
         };
-        self.broadcasts
-            .push(Key::User(self.name.clone(), seq), g, self.cfg.max_broadcasts);
+        self.queue(now, Key::User(self.name.clone(), seq), g);
         // Start spreading it now rather than at the next gossip tick.
         self.next_gossip = self.next_gossip.min(now);
         Ok((self.name.clone(), seq))
@@ -552,12 +550,12 @@ impl Membership {
 
     /// Replaces this node's metadata. The incarnation is raised so that the new
     /// metadata supersedes the old everywhere.
-    pub fn set_meta(&mut self, meta: Meta) -> Result<(), MetaTooLarge> {
+    pub fn set_meta(&mut self, now: Duration, meta: Meta) -> Result<(), MetaTooLarge> {
         check_meta(&self.cfg, &meta)?;
         if meta != self.meta {
             self.meta = meta;
             self.incarnation += 1;
-            self.queue_self_alive();
+            self.queue_self_alive(now);
         }
         Ok(())
     }
@@ -587,7 +585,7 @@ impl Membership {
     pub fn handle_timeout(&mut self, now: Duration) {
         let late = self.cfg.lifeguard
             && self
-                .probe_deadline()
+                .poll_timeout()
                 .is_some_and(|due| now.saturating_sub(due) > self.cfg.probe_timeout / 2);
         if late {
             self.stats.late_wakeups += 1;
@@ -628,19 +626,6 @@ impl Membership {
             self.gossip_round();
             self.next_gossip = now + iv;
         }
-    }
-
-    /// The earliest probe deadline (the period's end, or the pending
-    /// probe's ack deadline): the only deadlines this machine moves forward
-    /// every period, so the only ones that say how late a call is. Others
-    /// (the gossip tick while nothing was queued, reconnection while nobody
-    /// was down) may lie far in the past when news makes them due again.
-    fn probe_deadline(&self) -> Option<Duration> {
-        if self.lifecycle != Lifecycle::Running {
-            return None;
-        }
-        let ack = self.probe.as_ref().filter(|p| !p.indirect_sent).map(|p| p.ack_deadline);
-        Some(ack.map_or(self.next_probe, |a| a.min(self.next_probe)))
     }
 
     // ---- packet handling -----------------------------------------------
@@ -815,7 +800,7 @@ impl Membership {
                 let g = pb::Gossip {
                     kind: Some(Kind::User(u)),
                 };
-                self.broadcasts.push(key, g, self.cfg.max_broadcasts);
+                self.queue(now, key, g);
             }
         }
         Ok(())
@@ -890,7 +875,7 @@ impl Membership {
             }
             // Someone holds a different or newer record of this node, e.g. from
             // before a restart: outbid it.
-            self.refute(inc);
+            self.refute(now, inc);
             return;
         }
         let (s, up) = match self.members.slot(&name) {
@@ -929,7 +914,7 @@ impl Membership {
         } else {
             Event::MemberUpdated(member)
         });
-        self.gossip(Key::Member(name), g);
+        self.gossip(now, Key::Member(name), g);
     }
 
     fn on_suspect(&mut self, now: Duration, name: &str, inc: u64, from: &str) {
@@ -939,10 +924,10 @@ impl Membership {
             }
             if inc < self.incarnation {
                 // The sender has not heard our last refutation: say it again.
-                self.queue_self_alive();
+                self.queue_self_alive(now);
                 return;
             }
-            self.refute(inc);
+            self.refute(now, inc);
             self.adjust_health(1);
             return;
         }
@@ -980,7 +965,7 @@ impl Membership {
                 incarnation: inc,
             });
         }
-        self.gossip(Key::Member(name.to_owned()), suspect_gossip(name, inc, from));
+        self.gossip(now, Key::Member(name.to_owned()), suspect_gossip(name, inc, from));
     }
 
     fn on_dead(&mut self, now: Duration, name: &str, inc: u64, from: &str, left: bool) {
@@ -989,10 +974,10 @@ impl Membership {
                 return;
             }
             if inc < self.incarnation {
-                self.queue_self_alive();
+                self.queue_self_alive(now);
                 return;
             }
-            self.refute(inc);
+            self.refute(now, inc);
             return;
         }
         let Some(s) = self.members.slot(name) else { return };
@@ -1019,35 +1004,52 @@ impl Membership {
         if !left {
             self.stats.failures_declared += 1;
         }
+        if self.down.is_empty() {
+            // Reconnection is not kept current while nobody is down; it
+            // starts again from now (see `queue`).
+            self.next_reconnect = self.next_reconnect.max(now);
+        }
         self.down.insert((now, s));
         self.events.push_back(Event::MemberDown {
             name: name.to_owned(),
             left,
         });
-        self.gossip(Key::Member(name.to_owned()), dead_gossip(name, inc, from, left));
+        self.gossip(now, Key::Member(name.to_owned()), dead_gossip(name, inc, from, left));
         self.bound_down();
     }
 
     /// Queues an update about another member for dissemination.
-    fn gossip(&mut self, key: Key, g: pb::Gossip) {
+    fn gossip(&mut self, now: Duration, key: Key, g: pb::Gossip) {
         if !self.quiet {
-            self.broadcasts.push(key, g, self.cfg.max_broadcasts);
+            self.queue(now, key, g);
         }
     }
 
-    fn refute(&mut self, inc: u64) {
+    fn refute(&mut self, now: Duration, inc: u64) {
         self.incarnation = self.incarnation.max(inc) + 1;
         self.stats.refutations += 1;
         self.events.push_back(Event::Refuted {
             incarnation: self.incarnation,
         });
-        self.queue_self_alive();
+        self.queue_self_alive(now);
     }
 
-    fn queue_self_alive(&mut self) {
+    fn queue_self_alive(&mut self, now: Duration) {
         let g = alive_gossip(&self.name, self.addr, self.incarnation, &self.meta);
-        self.broadcasts
-            .push(Key::Member(self.name.clone()), g, self.cfg.max_broadcasts);
+        self.queue(now, Key::Member(self.name.clone()), g);
+    }
+
+    /// Queues `g` for dissemination. The gossip tick is not kept current
+    /// while nothing is queued, so the first news after a quiet spell starts
+    /// it again from `now`: every deadline [`Membership::poll_timeout`]
+    /// gives is then one this node could have met, and a call that comes
+    /// long after one means this node was kept from running (see
+    /// [`Membership::handle_timeout`]).
+    fn queue(&mut self, now: Duration, key: Key, g: pb::Gossip) {
+        if self.broadcasts.is_empty() {
+            self.next_gossip = self.next_gossip.max(now);
+        }
+        self.broadcasts.push(key, g, self.cfg.max_broadcasts);
     }
 
     fn became_live(&mut self, s: Slot, name: &str) {

@@ -179,7 +179,8 @@ fn metadata_changes_spread_with_a_new_incarnation() {
         capacity: 64,
         ..Meta::default()
     };
-    net.node_mut(1).set_meta(meta.clone()).unwrap();
+    let now = net.now;
+    net.node_mut(1).set_meta(now, meta.clone()).unwrap();
     net.flush(1);
     net.run_for(net.periods(10));
     for i in [0, 2, 3] {
@@ -197,9 +198,9 @@ fn oversized_metadata_and_messages_are_refused_without_change() {
         tags: [("k".to_owned(), "v".repeat(2000))].into(),
         ..Meta::default()
     };
-    assert!(net.node_mut(0).set_meta(meta).is_err());
-    assert_eq!(net.node(0).incarnation(), inc);
     let now = net.now;
+    assert!(net.node_mut(0).set_meta(now, meta).is_err());
+    assert_eq!(net.node(0).incarnation(), inc);
     assert!(net.node_mut(0).broadcast(now, vec![0; 5000].into()).is_err());
     assert_eq!(net.node(0).pending_broadcasts(), 0);
 }
@@ -332,4 +333,31 @@ fn a_node_whose_timers_fire_late_backs_off_and_suspects_nobody_meanwhile() {
     assert!(s.late_wakeups >= 1, "{s:?}");
     assert_eq!(s.suspicions, 0, "a late node accuses nobody: {s:?}");
     assert!(net.all_alive());
+}
+
+#[test]
+fn a_failure_found_in_a_quiet_cluster_is_not_mistaken_for_a_late_wake_up() {
+    // A failure brings news, a suspicion deadline and reconnection attempts
+    // to a quiet cluster; none of it may look like a late call. Crashed at
+    // several points of the survivors' probe periods; most survivors learn
+    // of it from gossip, in a packet.
+    for k in 0..10u32 {
+        let mut net = Net::new(8, Config::lan());
+        net.run_for(net.periods(20) + Duration::from_millis(97) * k);
+        assert!(net.all_alive());
+        net.crash(7);
+        net.run_for(net.periods(40));
+        for i in 0..7 {
+            assert_eq!(
+                net.status(i, 7),
+                Some(Status::Dead),
+                "offset {k}: node {i} found the crash"
+            );
+            let s = net.node(i).stats();
+            assert_eq!(
+                s.late_wakeups, 0,
+                "offset {k}: node {i} was never kept from running: {s:?}"
+            );
+        }
+    }
 }

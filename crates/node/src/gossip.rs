@@ -1205,7 +1205,7 @@ impl Driver {
                 let _ = reply.send(self.membership.broadcast(now, payload));
             }
             Command::SetMeta { meta, reply } => {
-                let r = self.membership.set_meta(meta);
+                let r = self.membership.set_meta(now, meta);
                 if r.is_ok() {
                     self.publish_soon();
                 }
