@@ -1394,6 +1394,80 @@ async fn a_partition_the_group_strands_after_a_broker_outage_is_stored_once_the_
         .expect("scenario did not finish in time");
 }
 
+/// A hung member of the bridge's consumer group, on a real broker: it
+/// takes its share at a rebalance and then stops polling while its
+/// heartbeats go on (a hung bridge whose librdkafka thread still runs,
+/// allowed ten minutes between polls). Its partitions wait until the stall
+/// watch makes the bridge rejoin. tansu 0.6 does not wait for the hung
+/// member at that rebalance and drops it within a rejoin or two, so the
+/// group recovers without the bridge reading alone (which the in-process
+/// log's never-forming group tests: `MemoryLog::set_group_stuck`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_group_member_s_partitions_are_stored_once_the_bridge_rejoins() {
+    let run = async {
+        let kafka = PrivateKafka::start().await;
+        let db = TestDb::create("rumor_cli").await;
+        let topics = format!("t{}", nanos());
+        let events = event_config_at(kafka.brokers(), &topics);
+        let nodes = gateway_and_worker(&events).await;
+        let mut bridge = BridgeProc::start_full(
+            &db.url(),
+            kafka.brokers(),
+            &topics,
+            "stall_timeout_ms = 10000",
+            &[],
+            &[("RUMOR_LOG", "info,bridge=info")],
+        );
+        let gw = nodes[0].client();
+        let mut ids = send_all(&gw, 0..10).await;
+        eventually("the first 20 rows", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
+        })
+        .await;
+
+        let mut cfg = events::KafkaConfig::new(kafka.brokers());
+        cfg.consumer.insert("max.poll.interval.ms".into(), "600000".into());
+        let mut hung =
+            events::kafka::KafkaConsumer::new(&cfg, &format!("{topics}-bridge"), &[&format!("{topics}.messages")])
+                .expect("the second member");
+        let taken = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                if let events::ConsumerEvent::Assigned(tps) = hung.recv().await.expect("the second member polls") {
+                    break tps;
+                }
+            }
+        })
+        .await
+        .expect("the second member was given partitions within 60 s");
+        eprintln!("the second member took {taken:?} and stops polling");
+        assert!(
+            !taken.is_empty(),
+            "the second member took no partition: nothing was withheld"
+        );
+
+        // Ten conversations cover both partitions.
+        ids.extend(send_all(&gw, 10..30).await);
+        eventually("all 60 rows with a hung member", Duration::from_secs(150), || async {
+            (count(&db, "SELECT count(*) FROM messages").await >= 60).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&db.url(), &ids).await;
+        let (_, m) = http(&bridge.http, "GET", "/metrics", None).await;
+        let rejoins = metric(&m, "rumor_bridge_group_rejoins_total");
+        eprintln!(
+            "bridge: group rejoins {rejoins}, reads alone {}",
+            metric(&m, "rumor_bridge_reads_alone_total")
+        );
+        assert!(rejoins >= 1, "the hung member's partition was stored without a rejoin");
+        let _ = bridge.child.kill();
+        tokio::task::spawn_blocking(move || drop(hung));
+    };
+    tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("scenario did not finish in time");
+}
+
 /// Injects messages `range` on conversations `conv-0..conv-9` through the
 /// bridge, each retried until the bridge takes it (its producer may still
 /// be recovering from an outage).

@@ -942,7 +942,10 @@ impl Cluster {
             let shown: Vec<String> = violations
                 .iter()
                 .take(20)
-                .map(|v| format!("  {v}\n{}", checker::timeline(&history, v.id())))
+                .map(|v| {
+                    let timelines: Vec<String> = v.ids().iter().map(|id| checker::timeline(&history, id)).collect();
+                    format!("  {v}\n{}", timelines.join("      --\n"))
+                })
                 .collect();
             self.fail(format!(
                 "{scenario}: the checker found {} violations (first {}):\n{}",

@@ -100,16 +100,17 @@ pub(crate) fn timeline(history: &[Event], id: &str) -> String {
 }
 
 impl Violation {
-    /// The message the violation is about (the first one, for an order violation).
-    pub(crate) fn id(&self) -> &str {
+    /// The messages the violation is about: one, or both of an order
+    /// violation (whose timelines show which worker answered each).
+    pub(crate) fn ids(&self) -> Vec<&str> {
         match self {
             Violation::BadReply { id, .. }
             | Violation::StoredTwice { id, .. }
             | Violation::Missing { id, .. }
             | Violation::StoredReplyDiffers { id, .. }
             | Violation::NotInTopic { id, .. }
-            | Violation::Phantom { id, .. } => id,
-            Violation::OutOfOrder { first, .. } => first,
+            | Violation::Phantom { id, .. } => vec![id],
+            Violation::OutOfOrder { first, second, .. } => vec![first, second],
         }
     }
 }
