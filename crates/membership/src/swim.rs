@@ -945,7 +945,9 @@ impl Membership {
                 return;
             }
             let old = sus.deadline;
-            sus.deadline = sus.started + sus.timeout();
+            // A shortened timeout that has already run out ends the
+            // suspicion now, not at a deadline in the past (see `queue`).
+            sus.deadline = (sus.started + sus.timeout()).max(now);
             let new = sus.deadline;
             self.suspicion_deadlines.remove(&(old, s));
             self.suspicion_deadlines.insert((new, s));

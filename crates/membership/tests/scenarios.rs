@@ -338,12 +338,13 @@ fn a_node_whose_timers_fire_late_backs_off_and_suspects_nobody_meanwhile() {
 #[test]
 fn a_failure_found_in_a_quiet_cluster_is_not_mistaken_for_a_late_wake_up() {
     // A failure brings news, a suspicion deadline and reconnection attempts
-    // to a quiet cluster; none of it may look like a late call. Crashed at
-    // several points of the survivors' probe periods; most survivors learn
-    // of it from gossip, in a packet.
-    for k in 0..10u32 {
+    // to a quiet cluster; none of it may look like a late call. Reconnection
+    // is not kept current while nobody is down, so the first member declared
+    // dead must start it again from now. Crashed at 100 points of the
+    // survivors' periods; most survivors learn of it from gossip, in a packet.
+    for k in 0..100u32 {
         let mut net = Net::new(8, Config::lan());
-        net.run_for(net.periods(20) + Duration::from_millis(97) * k);
+        net.run_for(net.periods(20) + Duration::from_millis(137) * k);
         assert!(net.all_alive());
         net.crash(7);
         net.run_for(net.periods(40));
@@ -360,4 +361,59 @@ fn a_failure_found_in_a_quiet_cluster_is_not_mistaken_for_a_late_wake_up() {
             );
         }
     }
+}
+
+#[test]
+fn a_confirmation_after_the_shortened_timeout_ran_out_is_not_mistaken_for_a_late_wake_up() {
+    // Six members: a suspicion times out after 24 s unconfirmed, 4 s with
+    // three confirmations. Node 5 crashes; the other three are kept from
+    // running, so node 0 suspects alone and the confirmations come 5 s
+    // after its suspicion began.
+    let mut net = Net::new(6, Config::lan());
+    net.run_for(net.periods(20));
+    assert!(net.all_alive());
+    let inc = net.view(0, 5).unwrap().incarnation;
+    net.crash(5);
+    for i in 1..5 {
+        net.stall(i, Duration::from_secs(60));
+    }
+    for _ in 0..200 {
+        if net.status(0, 5) == Some(Status::Suspect) {
+            break;
+        }
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(net.status(0, 5), Some(Status::Suspect));
+    net.run_for(Duration::from_secs(5));
+    assert_eq!(net.status(0, 5), Some(Status::Suspect), "unconfirmed, still suspected");
+    for from in ["node-1", "node-2", "node-3"] {
+        let packet = pb::Packet {
+            version: 1,
+            from: Some(pb::NodeRef {
+                name: "x".into(),
+                addr: "127.0.0.9:1".into(),
+            }),
+            kind: Some(pb::packet::Kind::Ping(pb::Ping {
+                seq: 1,
+                target: Net::name(0),
+            })),
+            gossip: vec![pb::Gossip {
+                kind: Some(pb::gossip::Kind::Suspect(pb::Suspect {
+                    node: Net::name(5),
+                    incarnation: inc,
+                    from: from.into(),
+                })),
+            }],
+            view_digest: 0,
+        };
+        net.inject(0, &packet.encode_to_vec());
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.status(0, 5),
+        Some(Status::Dead),
+        "confirmed three times: dead at once"
+    );
+    let s = net.node(0).stats();
+    assert_eq!(s.late_wakeups, 0, "node 0 was never kept from running: {s:?}");
 }
