@@ -592,8 +592,11 @@ impl Membership {
             self.adjust_health(1);
         }
         self.expire_user_seen(now);
-        self.reap(now);
+        // Suspicions first: a member they declare dead is recorded at its
+        // deadline, and reaping after them keeps even a short retention
+        // from leaving a reap deadline in the past.
         self.expire_suspicions(now);
+        self.reap(now);
         self.expire_relays(now);
         if self.lifecycle == Lifecycle::Running {
             if let Some(j) = &self.join

@@ -366,7 +366,7 @@ fn a_failure_found_in_a_quiet_cluster_is_not_mistaken_for_a_late_wake_up() {
 #[test]
 fn a_confirmation_after_the_shortened_timeout_ran_out_is_not_mistaken_for_a_late_wake_up() {
     // Six members: a suspicion times out after 24 s unconfirmed, 4 s with
-    // three confirmations. Node 5 crashes; the other three are kept from
+    // three confirmations. Node 5 crashes; the other four are kept from
     // running, so node 0 suspects alone and the confirmations come 5 s
     // after its suspicion began.
     let mut net = Net::new(6, Config::lan());
