@@ -239,7 +239,14 @@ fn malformed_packets_are_counted_and_dropped() {
 #[test]
 fn a_ping_for_another_name_is_not_acknowledged() {
     let mut net = Net::new(1, cfg());
-    let ping = pb::Packet {
+    net.inject(0, &ping_from_outside("someone-else", vec![]));
+    assert_eq!(net.node(0).stats().misdirected, 1);
+    assert!(net.node_mut(0).poll_transmit().is_none());
+}
+
+/// A ping for `target` from a sender outside the cluster, carrying `gossip`.
+fn ping_from_outside(target: &str, gossip: Vec<pb::Gossip>) -> Vec<u8> {
+    pb::Packet {
         version: 1,
         from: Some(pb::NodeRef {
             name: "x".into(),
@@ -247,14 +254,12 @@ fn a_ping_for_another_name_is_not_acknowledged() {
         }),
         kind: Some(pb::packet::Kind::Ping(pb::Ping {
             seq: 1,
-            target: "someone-else".into(),
+            target: target.into(),
         })),
-        gossip: vec![],
+        gossip,
         view_digest: 0,
-    };
-    net.inject(0, &ping.encode_to_vec());
-    assert_eq!(net.node(0).stats().misdirected, 1);
-    assert!(net.node_mut(0).poll_transmit().is_none());
+    }
+    .encode_to_vec()
 }
 
 #[test]
@@ -387,26 +392,14 @@ fn a_confirmation_after_the_shortened_timeout_ran_out_is_not_mistaken_for_a_late
     net.run_for(Duration::from_secs(5));
     assert_eq!(net.status(0, 5), Some(Status::Suspect), "unconfirmed, still suspected");
     for from in ["node-1", "node-2", "node-3"] {
-        let packet = pb::Packet {
-            version: 1,
-            from: Some(pb::NodeRef {
-                name: "x".into(),
-                addr: "127.0.0.9:1".into(),
-            }),
-            kind: Some(pb::packet::Kind::Ping(pb::Ping {
-                seq: 1,
-                target: Net::name(0),
+        let suspect = pb::Gossip {
+            kind: Some(pb::gossip::Kind::Suspect(pb::Suspect {
+                node: Net::name(5),
+                incarnation: inc,
+                from: from.into(),
             })),
-            gossip: vec![pb::Gossip {
-                kind: Some(pb::gossip::Kind::Suspect(pb::Suspect {
-                    node: Net::name(5),
-                    incarnation: inc,
-                    from: from.into(),
-                })),
-            }],
-            view_digest: 0,
         };
-        net.inject(0, &packet.encode_to_vec());
+        net.inject(0, &ping_from_outside(&Net::name(0), vec![suspect]));
     }
     net.run_for(Duration::from_millis(100));
     assert_eq!(

@@ -1332,6 +1332,67 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill {sig} {pid}");
 }
 
+/// A gateway, a worker and a bridge with a stall watch on a private tansu,
+/// with the first ten messages stored: where the consumer-group tests
+/// start from.
+struct StrandedGroup {
+    kafka: PrivateKafka,
+    db: TestDb,
+    topics: String,
+    _nodes: [Proc; 2],
+    gw: AdminClient,
+    bridge: BridgeProc,
+    ids: Vec<String>,
+}
+
+impl StrandedGroup {
+    async fn start(stall_timeout_ms: &str) -> StrandedGroup {
+        let kafka = PrivateKafka::start().await;
+        let db = TestDb::create("rumor_cli").await;
+        let topics = format!("t{}", nanos());
+        let events = event_config_at(kafka.brokers(), &topics);
+        let nodes = gateway_and_worker(&events).await;
+        let bridge = BridgeProc::start_full(
+            &db.url(),
+            kafka.brokers(),
+            &topics,
+            &format!("stall_timeout_ms = {stall_timeout_ms}"),
+            &[],
+            &[("RUMOR_LOG", "info,bridge=info")],
+        );
+        let gw = nodes[0].client();
+        let ids = send_all(&gw, 0..10).await;
+        eventually("the first 20 rows", Duration::from_secs(30), || async {
+            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
+        })
+        .await;
+        StrandedGroup {
+            kafka,
+            db,
+            topics,
+            _nodes: nodes,
+            gw,
+            bridge,
+            ids,
+        }
+    }
+
+    /// Sends twenty more messages on ten conversations (both partitions),
+    /// waits up to `limit` for all 60 rows, checks each is stored once and
+    /// returns the bridge's metrics.
+    async fn all_stored_within(&mut self, limit: Duration) -> String {
+        self.ids.extend(send_all(&self.gw, 10..30).await);
+        let db = &self.db;
+        eventually("all 60 rows", limit, || async {
+            (count(db, "SELECT count(*) FROM messages").await >= 60).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_stored_once(&self.db.url(), &self.ids).await;
+        http(&self.bridge.http, "GET", "/metrics", None).await.1
+    }
+}
+
 /// The outage that left tansu 0.6's consumer group with a partition no
 /// bridge held: the bridge stops past its session (the broker evicts it),
 /// then the broker stops while the bridge tries to rejoin, so its JoinGroup
@@ -1340,44 +1401,17 @@ fn signal(pid: u32, sig: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_the_group_strands_after_a_broker_outage_is_stored_once_the_bridge_rejoins() {
     let run = async {
-        let kafka = PrivateKafka::start().await;
-        let db = TestDb::create("rumor_cli").await;
-        let topics = format!("t{}", nanos());
-        let events = event_config_at(kafka.brokers(), &topics);
-        let nodes = gateway_and_worker(&events).await;
         let stall = std::env::var("RUMOR_TEST_STALL_TIMEOUT_MS").unwrap_or_else(|_| "10000".into());
-        let mut bridge = BridgeProc::start_full(
-            &db.url(),
-            kafka.brokers(),
-            &topics,
-            &format!("stall_timeout_ms = {stall}"),
-            &[],
-            &[("RUMOR_LOG", "info,bridge=info")],
-        );
-        let gw = nodes[0].client();
-        let mut ids = send_all(&gw, 0..10).await;
-        eventually("the first 20 rows", Duration::from_secs(30), || async {
-            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
-        })
-        .await;
-
-        let bridge_pid = bridge.child.id();
+        let mut g = StrandedGroup::start(&stall).await;
+        let bridge_pid = g.bridge.child.id();
         signal(bridge_pid, "-STOP");
         tokio::time::sleep(Duration::from_secs(12)).await;
-        signal(kafka.child.id(), "-STOP");
+        signal(g.kafka.child.id(), "-STOP");
         signal(bridge_pid, "-CONT");
         tokio::time::sleep(Duration::from_secs(40)).await;
-        signal(kafka.child.id(), "-CONT");
+        signal(g.kafka.child.id(), "-CONT");
 
-        // Ten conversations cover both partitions.
-        ids.extend(send_all(&gw, 10..30).await);
-        eventually("all 60 rows after the outage", Duration::from_secs(90), || async {
-            (count(&db, "SELECT count(*) FROM messages").await >= 60).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_stored_once(&db.url(), &ids).await;
-        let (_, m) = http(&bridge.http, "GET", "/metrics", None).await;
+        let m = g.all_stored_within(Duration::from_secs(90)).await;
         let (rejoins, assigned) = (
             metric(&m, "rumor_bridge_group_rejoins_total"),
             metric(&m, "rumor_bridge_assigned_partitions"),
@@ -1387,7 +1421,7 @@ async fn a_partition_the_group_strands_after_a_broker_outage_is_stored_once_the_
         // and the test proved nothing.
         assert!(rejoins >= 1, "the bridge never rejoined: was a partition stranded?");
         assert_eq!(assigned, 2, "every partition assigned in the end");
-        let _ = bridge.child.kill();
+        let _ = g.bridge.child.kill();
     };
     tokio::time::timeout(Duration::from_secs(240), run)
         .await
@@ -1405,28 +1439,10 @@ async fn a_partition_the_group_strands_after_a_broker_outage_is_stored_once_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_group_member_s_partitions_are_stored_once_the_bridge_rejoins() {
     let run = async {
-        let kafka = PrivateKafka::start().await;
-        let db = TestDb::create("rumor_cli").await;
-        let topics = format!("t{}", nanos());
-        let events = event_config_at(kafka.brokers(), &topics);
-        let nodes = gateway_and_worker(&events).await;
-        let mut bridge = BridgeProc::start_full(
-            &db.url(),
-            kafka.brokers(),
-            &topics,
-            "stall_timeout_ms = 10000",
-            &[],
-            &[("RUMOR_LOG", "info,bridge=info")],
-        );
-        let gw = nodes[0].client();
-        let mut ids = send_all(&gw, 0..10).await;
-        eventually("the first 20 rows", Duration::from_secs(30), || async {
-            (count(&db, "SELECT count(*) FROM messages").await == 20).then_some(())
-        })
-        .await;
-
-        let mut cfg = events::KafkaConfig::new(kafka.brokers());
+        let mut g = StrandedGroup::start("10000").await;
+        let mut cfg = events::KafkaConfig::new(g.kafka.brokers());
         cfg.consumer.insert("max.poll.interval.ms".into(), "600000".into());
+        let topics = &g.topics;
         let mut hung =
             events::kafka::KafkaConsumer::new(&cfg, &format!("{topics}-bridge"), &[&format!("{topics}.messages")])
                 .expect("the second member");
@@ -1445,22 +1461,14 @@ async fn a_hung_group_member_s_partitions_are_stored_once_the_bridge_rejoins() {
             "the second member took no partition: nothing was withheld"
         );
 
-        // Ten conversations cover both partitions.
-        ids.extend(send_all(&gw, 10..30).await);
-        eventually("all 60 rows with a hung member", Duration::from_secs(150), || async {
-            (count(&db, "SELECT count(*) FROM messages").await >= 60).then_some(())
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_stored_once(&db.url(), &ids).await;
-        let (_, m) = http(&bridge.http, "GET", "/metrics", None).await;
+        let m = g.all_stored_within(Duration::from_secs(150)).await;
         let rejoins = metric(&m, "rumor_bridge_group_rejoins_total");
         eprintln!(
             "bridge: group rejoins {rejoins}, reads alone {}",
             metric(&m, "rumor_bridge_reads_alone_total")
         );
         assert!(rejoins >= 1, "the hung member's partition was stored without a rejoin");
-        let _ = bridge.child.kill();
+        let _ = g.bridge.child.kill();
         tokio::task::spawn_blocking(move || drop(hung));
     };
     tokio::time::timeout(Duration::from_secs(300), run)
