@@ -218,6 +218,10 @@ struct Inner {
     /// Set when a reply's records took longer than `wait_for_records`;
     /// replies do not wait until a record gets through again.
     records_slow: Arc<AtomicBool>,
+    /// The conversations whose answered messages have records not yet in
+    /// the event log: this worker keeps taking their messages (see
+    /// [`Worker::holds_records_of`]).
+    unrecorded: Arc<Unrecorded>,
     /// Guards the queues, the in-flight count and the window together, so
     /// that the duplicate check, the capacity check and the enqueue are one
     /// atomic step. Held only for map operations, never across an await.
@@ -361,6 +365,7 @@ impl Worker {
                 sink: None,
                 draining: AtomicBool::new(false),
                 records_slow: Arc::default(),
+                unrecorded: Arc::default(),
                 state: Mutex::new(State::default()),
                 counters: Counters::default(),
                 queued: stats::prom::seconds(),
@@ -426,6 +431,22 @@ impl Worker {
     /// tries the next owner) while the ones it holds finish.
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// True while a reply of conversation `key` answered here has records
+    /// (the message's or the reply's) that are not yet in the event log.
+    /// The router then keeps the conversation's messages here whatever the
+    /// ring says: the records of one conversation reach the log in the order
+    /// one worker sent them, so a later message answered elsewhere while
+    /// these wait would be stored before them.
+    pub fn holds_records_of(&self, key: &str) -> bool {
+        self.inner.unrecorded.holds(key)
+    }
+
+    /// Conversations with answered messages whose records are not yet in
+    /// the event log (see [`Worker::holds_records_of`]).
+    pub fn conversations_unrecorded(&self) -> usize {
+        self.inner.unrecorded.len()
     }
 
     /// Messages queued or being processed now.
@@ -851,7 +872,15 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         reply.error = terminal.error.as_ref().map(|e| (e.code, e.message.clone()));
         reply.usage = terminal.usage.clone();
         let reply_recorded = sink.reply(&inner.name, env, &reply);
-        wait_for_records(inner, sink.as_ref(), inbound_recorded, reply_recorded, deadline).await;
+        terminal.records_pending = !wait_for_records(
+            inner,
+            sink.as_ref(),
+            &env.key,
+            inbound_recorded,
+            reply_recorded,
+            deadline,
+        )
+        .await;
     }
     terminal.position = Some(end_event_with(
         inner,
@@ -872,49 +901,98 @@ fn wire_error(code: Code, message: &str) -> WireError {
 
 /// Holds the final chunk until the message's and the reply's records are
 /// in the event log, while the log is healthy and for at most
-/// [`WorkerConfig::wait_for_records`] (and never past the deadline).
+/// [`WorkerConfig::wait_for_records`] (and never past the deadline). False
+/// when the reply goes out with its records still on their way: conversation
+/// `key` is then held here until they are in the log (or given up on).
 async fn wait_for_records(
     inner: &Inner,
     sink: &dyn RecordSink,
+    key: &str,
     inbound: Option<Recorded>,
     reply: Recorded,
     deadline: Instant,
-) {
+) -> bool {
     let c = &inner.counters;
-    let Some(limit) = inner.config.wait_for_records else {
-        return;
-    };
-    let slow = &inner.records_slow;
-    if sink.health().is_err() || slow.load(Ordering::Relaxed) {
-        // The log is down or slow: answering now beats answering late. The
-        // first record that gets through again ends the slow spell.
-        c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
-        let slow = slow.clone();
-        tokio::spawn(async move {
-            if reply.await.is_ok() {
-                slow.store(false, Ordering::Relaxed);
-            }
-        });
-        return;
-    }
-    let both = async {
+    let slow = inner.records_slow.clone();
+    let mut both: Recorded = Box::pin(async move {
         let inbound = match inbound {
             Some(r) => r.await,
             None => Ok(()),
         };
         inbound.and(reply.await)
+    });
+    let waited = match inner.config.wait_for_records {
+        // The log is down or slow: answering now beats answering late.
+        Some(_) if sink.health().is_err() || slow.load(Ordering::Relaxed) => None,
+        Some(limit) => {
+            let until = deadline.min(Instant::now() + limit);
+            match tokio::time::timeout_at(until, &mut both).await {
+                Ok(Ok(())) => {
+                    c.replies_recorded_first.fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                // Set aside for good: nothing of it will reach the log later.
+                Ok(Err(_)) => Some(false),
+                Err(_) => {
+                    slow.store(true, Ordering::Relaxed);
+                    Some(true)
+                }
+            }
+        }
+        None => None,
     };
-    let until = deadline.min(Instant::now() + limit);
-    match tokio::time::timeout_at(until, both).await {
-        Ok(Ok(())) => {
-            c.replies_recorded_first.fetch_add(1, Ordering::Relaxed);
+    c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
+    if waited == Some(false) {
+        return false;
+    }
+    // The records are still on their way: the conversation stays here until
+    // they arrive, and the first that gets through ends a slow spell.
+    let held = inner.unrecorded.hold(key);
+    tokio::spawn(async move {
+        if both.await.is_ok() {
+            slow.store(false, Ordering::Relaxed);
         }
-        Ok(Err(_)) => {
-            c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(_) => {
-            c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
-            slow.store(true, Ordering::Relaxed);
+        drop(held);
+    });
+    false
+}
+
+/// Conversations with records on their way to the event log, counted per
+/// conversation (several replies may wait at once).
+#[derive(Debug, Default)]
+struct Unrecorded(Mutex<HashMap<String, usize>>);
+
+impl Unrecorded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        self.lock().contains_key(key)
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Holds `key` until the returned guard is dropped.
+    fn hold(self: &Arc<Self>, key: &str) -> Held {
+        *self.lock().entry(key.to_owned()).or_default() += 1;
+        Held(self.clone(), key.to_owned())
+    }
+}
+
+/// One reply's records on their way; dropping it lets the conversation go.
+struct Held(Arc<Unrecorded>, String);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut map = self.0.lock();
+        if let Some(n) = map.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.1);
+            }
         }
     }
 }

@@ -45,6 +45,16 @@ struct TestNode {
 
 impl TestNode {
     async fn start(name: &str, seeds: &[SocketAddr], processor: Option<Arc<dyn Processor>>) -> Self {
+        Self::start_with(name, seeds, processor, None).await
+    }
+
+    /// As [`TestNode::start`], the worker reporting to `sink`.
+    async fn start_with(
+        name: &str,
+        seeds: &[SocketAddr],
+        processor: Option<Arc<dyn Processor>>,
+        sink: Option<Arc<dyn node::worker::RecordSink>>,
+    ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mesh_addr = listener.local_addr().unwrap();
         let mut cfg = GossipConfig::new(name, "127.0.0.1:0".parse().unwrap());
@@ -53,7 +63,10 @@ impl TestNode {
         cfg.stream_timeout = Duration::from_secs(2);
         cfg.meta.services.insert("mesh".into(), mesh_addr.to_string());
         let worker = processor.map(|p| {
-            let w = Worker::new(name, WorkerConfig::default(), p);
+            let mut w = Worker::new(name, WorkerConfig::default(), p);
+            if let Some(sink) = sink {
+                w = w.with_sink(sink);
+            }
             cfg.meta.roles = vec!["worker".into()];
             cfg.meta.capacity = w.capacity() as u32;
             w
@@ -147,6 +160,8 @@ struct Answer {
     replayed: bool,
     /// The error chunk that ended the reply, if any.
     error: Option<(u32, String)>,
+    /// The final chunk said the reply's records were not yet in the log.
+    records_pending: bool,
 }
 
 /// Reads a reply to its end, checking that chunks are numbered 0, 1, 2, ...
@@ -159,6 +174,7 @@ async fn collect(
         data: Vec::new(),
         replayed: false,
         error: None,
+        records_pending: false,
     };
     let mut seq = 0;
     let mut ended = false;
@@ -169,6 +185,7 @@ async fn collect(
         seq += 1;
         answer.data.extend_from_slice(&chunk.data);
         answer.replayed |= chunk.replayed;
+        answer.records_pending |= chunk.records_pending;
         if !chunk.worker.is_empty() {
             answer.worker = chunk.worker.clone();
         }
@@ -819,8 +836,9 @@ async fn the_final_chunk_waits_until_the_records_are_in_the_log_while_the_log_is
             tx.send(Ok(())).unwrap();
         }
         let last = reply.next().await.unwrap().unwrap();
-        assert!(last.last);
+        assert!(last.last && !last.records_pending);
         assert_eq!(worker.stats().replies_recorded_first, 1);
+        assert!(!worker.holds_records_of("k"));
 
         // With the log down, nobody waits: the reply goes out at once.
         log.down.store(true, Ordering::SeqCst);
@@ -829,6 +847,15 @@ async fn the_final_chunk_waits_until_the_records_are_in_the_log_while_the_log_is
             .unwrap();
         assert_eq!(answer.data, b"abc");
         assert_eq!(worker.stats().replies_unrecorded, 1);
+        // ... saying so, and the conversation is held here until its
+        // records are in the log.
+        assert!(answer.records_pending);
+        assert!(worker.holds_records_of("k") && !worker.holds_records_of("other"));
+        assert_eq!(worker.conversations_unrecorded(), 1);
+        log.recover();
+        while worker.holds_records_of("k") {
+            sleep(Duration::from_millis(5)).await;
+        }
     })
     .await;
 }
@@ -945,6 +972,104 @@ async fn a_lane_that_fails_fails_its_queued_messages_and_the_conversation_goes_o
             .await
             .unwrap();
         assert_eq!(next.data, b"three");
+    })
+    .await;
+}
+
+impl SlowLog {
+    /// The log is back: every record on its way is durable now.
+    fn recover(&self) {
+        self.down.store(false, Ordering::SeqCst);
+        for tx in self.durable.lock().unwrap().drain(..) {
+            let _ = tx.send(Ok(()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_conversation_stays_with_the_worker_holding_its_records_until_they_are_in_the_log() {
+    within(async {
+        // Two workers whose log is down: replies go out with their records
+        // still on the way.
+        let logs = [Arc::new(SlowLog::default()), Arc::new(SlowLog::default())];
+        for log in &logs {
+            log.down.store(true, Ordering::SeqCst);
+        }
+        let gw = TestNode::start("gw", &[], None).await;
+        let echo: Arc<dyn Processor> = Arc::new(Echo::default());
+        let mut ws = Vec::new();
+        for (i, log) in logs.iter().enumerate() {
+            let sink: Arc<dyn node::worker::RecordSink> = log.clone();
+            ws.push(TestNode::start_with(&format!("w{i}"), &[gw.gossip.addr()], Some(echo.clone()), Some(sink)).await);
+        }
+        wait_rings(&[&gw, &ws[0], &ws[1]], 2).await;
+        let keys: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let mut answered_by = HashMap::new();
+        for k in &keys {
+            let a = send(&gw.router, envelope(&mid(&format!("{k}/1")), k, "one"))
+                .await
+                .unwrap();
+            assert!(
+                a.records_pending,
+                "{k}: the log is down, yet the reply says its records are in"
+            );
+            answered_by.insert(k.clone(), a.worker);
+        }
+        assert_eq!(gw.router.pinned(), keys.len());
+
+        // A third worker joins and owns about a third of the conversations
+        // now; their next messages still go where their records wait.
+        let w2 = TestNode::start("w2", &[gw.gossip.addr()], Some(echo.clone())).await;
+        wait_rings(&[&gw, &ws[0], &ws[1], &w2], 3).await;
+        let moved: Vec<&String> = keys
+            .iter()
+            .filter(|k| gw.router.owner(k).as_deref() == Some("w2"))
+            .collect();
+        assert!(moved.len() >= 5, "{} of {} moved", moved.len(), keys.len());
+        for k in &moved {
+            let b = send(&gw.router, envelope(&mid(&format!("{k}/2")), k, "two"))
+                .await
+                .unwrap();
+            assert_eq!(b.worker, answered_by[*k], "{k}: answered away from its records");
+        }
+        assert_eq!(gw.router.stats().pinned, moved.len() as u64);
+
+        // The log is back: once the records are in, the conversations go to
+        // their owner, and a reply whose records are in unpins them.
+        for log in &logs {
+            log.recover();
+        }
+        for w in &ws {
+            let worker = w.router.worker().unwrap().clone();
+            while worker.conversations_unrecorded() > 0 {
+                sleep(Duration::from_millis(5)).await;
+            }
+        }
+        for k in &moved {
+            let c = send(&gw.router, envelope(&mid(&format!("{k}/3")), k, "three"))
+                .await
+                .unwrap();
+            assert_eq!((c.worker.as_str(), c.records_pending), ("w2", false), "{k}");
+        }
+        assert_eq!(gw.router.pinned(), keys.len() - moved.len());
+
+        // A pinned worker that is gone: the message goes by the ring, and
+        // the lost pin is counted.
+        let (dying, survivor) = (&ws[0], &ws[1]);
+        let pinned_there = keys
+            .iter()
+            .find(|k| !moved.contains(k) && answered_by[*k] == dying.name)
+            .expect("a conversation still pinned to w0");
+        dying.gossip.shutdown().await.unwrap();
+        wait_rings(&[&gw, survivor, &w2], 2).await;
+        let d = send(
+            &gw.router,
+            envelope(&mid(&format!("{pinned_there}/2")), pinned_there, "four"),
+        )
+        .await
+        .unwrap();
+        assert_ne!(d.worker, dying.name);
+        assert_eq!(gw.router.stats().pins_lost, 1);
     })
     .await;
 }

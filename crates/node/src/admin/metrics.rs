@@ -25,6 +25,11 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
         s.gossip.delay().as_secs_f64(),
     );
     e.counters("rumor_mesh_", s.router.stats().fields());
+    e.gauge(
+        "rumor_mesh_conversations_pinned",
+        "Conversations entering here whose next message goes to the worker holding their records not yet in the event log, rather than by the ring.",
+        s.router.pinned() as i64,
+    );
     if let Some(w) = s.router.worker() {
         e.counters("rumor_worker_", w.stats().fields());
         e.gauge(
@@ -36,6 +41,11 @@ pub(super) async fn metrics(State(s): Shr) -> Response {
             "rumor_worker_capacity",
             "Messages the worker accepts at once.",
             w.capacity() as i64,
+        );
+        e.gauge(
+            "rumor_worker_conversations_unrecorded",
+            "Conversations with answered messages whose records are not yet in the event log; the worker keeps taking their messages until they are.",
+            w.conversations_unrecorded() as i64,
         );
         let r = w.remembered();
         e.gauge(

@@ -6,6 +6,7 @@
 //! | [`config`] | [`MeshConfig`], shared by the server and the router |
 //! | [`envelope`] | message ids, deadlines, and the checks every envelope passes |
 //! | [`table`] | the routing [`Table`] of one gossip view: the ring over live workers and their addresses |
+//! | `pins` | conversations pinned to the worker that holds their records not yet in the event log |
 //! | [`router`] | the [`Router`]: the pure rule of `rumor_ring` applied, forwarding, re-routing, relaying |
 //! | [`server`] | the gRPC server of `rumor.mesh.v1.Mesh/Deliver` |
 //! | [`stats`] | the counters |
@@ -54,6 +55,7 @@
 
 pub mod config;
 pub mod envelope;
+mod pins;
 pub mod router;
 pub mod server;
 pub mod stats;

@@ -53,6 +53,7 @@ use tracing::{Instrument as _, debug};
 
 use super::config::MeshConfig;
 use super::envelope::{self, PROTOCOL_VERSION};
+use super::pins::Pins;
 use super::stats::{Counters, DecoderRefusal, MeshStats, count};
 use super::table::Table;
 use crate::gossip::View;
@@ -91,6 +92,9 @@ struct Inner {
     /// it was made for. tonic multiplexes calls over it, so this is the whole
     /// pool. A plain mutex: held only to look up or insert.
     peers: Mutex<HashMap<String, (String, Channel)>>,
+    /// Conversations whose messages enter here, pinned to the worker that
+    /// holds their records not yet in the event log.
+    pins: Pins,
     counters: Counters,
 }
 
@@ -148,6 +152,7 @@ impl Router {
             table: table_rx,
             peers: Mutex::new(HashMap::new()),
             relays: AtomicUsize::new(0),
+            pins: Pins::default(),
             counters: Counters::default(),
         });
         tokio::spawn(maintain_table(Arc::downgrade(&inner), view, table_tx));
@@ -271,6 +276,12 @@ impl Router {
         check_call(request.version, &request.key, request.hops, &self.inner.config)?;
         rules::message_id("id", &request.id).map_err(|e| Status::invalid_argument(e.to_string()))?;
         self.inner.cancel(request, None).await
+    }
+
+    /// Conversations whose next message goes to the worker that holds their
+    /// records not yet in the event log, rather than by the ring.
+    pub fn pinned(&self) -> usize {
+        self.inner.pins.len()
     }
 
     /// The owner of `key` in this node's view now.
@@ -492,14 +503,32 @@ impl Inner {
                 )));
             }
             let table = self.table.borrow().clone();
-            let Some(route) = table.route_model(
-                &env.key,
-                &env.model,
-                &self.me,
-                env.hops,
-                self.config.max_hops,
-                &env.skip,
-            ) else {
+            let pinned = self.pinned_target(&env, &table);
+            // A worker holding the conversation's records not yet in the log
+            // keeps its messages, unless it already failed this one.
+            let keep =
+                !env.skip.contains(&self.me) && self.worker.as_ref().is_some_and(|w| w.holds_records_of(&env.key));
+            let route = if keep {
+                count(&self.counters.kept_for_records);
+                Some(Route::Local)
+            } else if let Some(target) = &pinned {
+                count(&self.counters.pinned);
+                Some(if *target == self.me {
+                    Route::Local
+                } else {
+                    Route::Forward(target)
+                })
+            } else {
+                table.route_model(
+                    &env.key,
+                    &env.model,
+                    &self.me,
+                    env.hops,
+                    self.config.max_hops,
+                    &env.skip,
+                )
+            };
+            let Some(route) = route else {
                 count(&self.counters.no_owner);
                 let served: Vec<&str> = table.models().collect();
                 return Err(Status::not_found(format!(
@@ -575,6 +604,39 @@ impl Inner {
         }
     }
 
+    /// Where a message entering at this node goes when its conversation is
+    /// pinned (see [`super::pins`]): the pinned worker while it is a live
+    /// worker this message has not failed on. Otherwise the pin is given up.
+    fn pinned_target(&self, env: &Envelope, table: &Table) -> Option<String> {
+        if env.hops > 0 {
+            return None;
+        }
+        let target = self.pins.get(&env.key)?;
+        if !env.skip.contains(&target) && table.addr(&target).is_some() {
+            return Some(target);
+        }
+        if self.pins.unpin(&env.key) {
+            count(&self.counters.pins_lost);
+            debug!(id = %env.id, key = %env.key, %target, "pinned worker gone or failed; routing by the ring");
+        }
+        None
+    }
+
+    /// Pins or unpins conversation `key` by the final chunk of a reply to a
+    /// message that entered here, as the worker that answered says.
+    fn settle_pin(&self, key: &str, end: &ReplyChunk) {
+        if end.replayed {
+            return;
+        }
+        if end.records_pending && !end.worker.is_empty() {
+            if !self.pins.pin(key, &end.worker, Instant::now()) {
+                count(&self.counters.pins_lost);
+            }
+        } else {
+            self.pins.unpin(key);
+        }
+    }
+
     fn deliver_locally(&self, env: &Envelope, deadline: Instant) -> Result<ReplyStream, Attempt> {
         let Some(worker) = &self.worker else {
             return Err(Attempt::Fail(Status::internal(format!(
@@ -642,7 +704,9 @@ impl Inner {
         match outcome {
             Ok((stream, Some(first))) => {
                 count(&self.counters.forwarded);
-                Ok(self.relay(stream, first, view, target.to_owned(), deadline))
+                // Pins are kept where messages enter the mesh.
+                let entry = (env.hops == 0).then(|| env.key.clone());
+                Ok(self.relay(stream, first, view, target.to_owned(), entry, deadline))
             }
             Ok((_, None)) => Err(Attempt::Retry(Status::unavailable(format!(
                 "owner {target} ended the reply without any chunk"
@@ -658,13 +722,16 @@ impl Inner {
     }
 
     /// Streams the rest of a remote reply to the caller. Every way the reply
-    /// can break off ends it with an explicit error chunk.
+    /// can break off ends it with an explicit error chunk. For a message
+    /// that entered here (`entry`: its key), the worker's final chunk pins
+    /// or unpins the conversation.
     fn relay(
         self: &Arc<Self>,
         mut stream: Streaming<ReplyChunk>,
         first: ReplyChunk,
         mut view: watch::Receiver<View>,
         target: String,
+        entry: Option<String>,
         deadline: Instant,
     ) -> ReplyStream {
         let (tx, rx) = mpsc::channel(16);
@@ -676,6 +743,14 @@ impl Inner {
             let id = first.id.clone();
             let mut next_seq = first.seq + 1;
             let mut end = is_end(&first);
+            let settle = |chunk: &ReplyChunk| {
+                if let Some(key) = &entry
+                    && is_end(chunk)
+                {
+                    inner.settle_pin(key, chunk);
+                }
+            };
+            settle(&first);
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -685,6 +760,7 @@ impl Inner {
                         Ok(Some(chunk)) => {
                             next_seq = chunk.seq + 1;
                             end = is_end(&chunk);
+                            settle(&chunk);
                             if tx.send(Ok(chunk)).await.is_err() {
                                 return;
                             }

@@ -41,6 +41,16 @@ stats::counters! {
     /// Replies cut off because their owner failed or was declared dead
     /// after sending some chunks (answered with an error chunk).
     replies_cut,
+    /// Messages sent to the worker that held their conversation's records
+    /// not yet in the event log, rather than to the ring's owner.
+    pinned,
+    /// Pins given up because the pinned worker was gone or failed an
+    /// attempt: the message went by the ring, and the stored history may
+    /// list it before the conversation's previous message.
+    pins_lost,
+    /// Messages this node's worker kept, whatever the ring said, because it
+    /// held their conversation's records not yet in the event log.
+    kept_for_records,
 }
 
 /// Adds one to a counter.
