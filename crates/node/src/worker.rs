@@ -872,7 +872,7 @@ async fn run_job(inner: &Arc<Inner>, job: Job) {
         reply.error = terminal.error.as_ref().map(|e| (e.code, e.message.clone()));
         reply.usage = terminal.usage.clone();
         let reply_recorded = sink.reply(&inner.name, env, &reply);
-        terminal.records_pending = !wait_for_records(
+        terminal.records_pending = wait_for_records(
             inner,
             sink.as_ref(),
             &env.key,
@@ -901,7 +901,7 @@ fn wire_error(code: Code, message: &str) -> WireError {
 
 /// Holds the final chunk until the message's and the reply's records are
 /// in the event log, while the log is healthy and for at most
-/// [`WorkerConfig::wait_for_records`] (and never past the deadline). False
+/// [`WorkerConfig::wait_for_records`] (and never past the deadline). True
 /// when the reply goes out with its records still on their way: conversation
 /// `key` is then held here until they are in the log (or given up on).
 async fn wait_for_records(
@@ -913,6 +913,10 @@ async fn wait_for_records(
     deadline: Instant,
 ) -> bool {
     let c = &inner.counters;
+    let Some(limit) = inner.config.wait_for_records else {
+        // Configured never to wait, and so never to hold a conversation.
+        return false;
+    };
     let slow = inner.records_slow.clone();
     let mut both: Recorded = Box::pin(async move {
         let inbound = match inbound {
@@ -921,30 +925,23 @@ async fn wait_for_records(
         };
         inbound.and(reply.await)
     });
-    let waited = match inner.config.wait_for_records {
-        // The log is down or slow: answering now beats answering late.
-        Some(_) if sink.health().is_err() || slow.load(Ordering::Relaxed) => None,
-        Some(limit) => {
-            let until = deadline.min(Instant::now() + limit);
-            match tokio::time::timeout_at(until, &mut both).await {
-                Ok(Ok(())) => {
-                    c.replies_recorded_first.fetch_add(1, Ordering::Relaxed);
-                    return true;
-                }
-                // Set aside for good: nothing of it will reach the log later.
-                Ok(Err(_)) => Some(false),
-                Err(_) => {
-                    slow.store(true, Ordering::Relaxed);
-                    Some(true)
-                }
+    // While the log is down or slow, answering now beats answering late.
+    if sink.health().is_ok() && !slow.load(Ordering::Relaxed) {
+        let until = deadline.min(Instant::now() + limit);
+        match tokio::time::timeout_at(until, &mut both).await {
+            Ok(Ok(())) => {
+                c.replies_recorded_first.fetch_add(1, Ordering::Relaxed);
+                return false;
             }
+            // Set aside for good: nothing of it will reach the log later.
+            Ok(Err(_)) => {
+                c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            Err(_) => slow.store(true, Ordering::Relaxed),
         }
-        None => None,
-    };
-    c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
-    if waited == Some(false) {
-        return false;
     }
+    c.replies_unrecorded.fetch_add(1, Ordering::Relaxed);
     // The records are still on their way: the conversation stays here until
     // they arrive, and the first that gets through ends a slow spell.
     let held = inner.unrecorded.hold(key);
@@ -954,7 +951,7 @@ async fn wait_for_records(
         }
         drop(held);
     });
-    false
+    true
 }
 
 /// Conversations with records on their way to the event log, counted per

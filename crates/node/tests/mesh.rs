@@ -45,15 +45,17 @@ struct TestNode {
 
 impl TestNode {
     async fn start(name: &str, seeds: &[SocketAddr], processor: Option<Arc<dyn Processor>>) -> Self {
-        Self::start_with(name, seeds, processor, None).await
+        Self::start_with(name, seeds, processor, None, MeshConfig::for_tests()).await
     }
 
-    /// As [`TestNode::start`], the worker reporting to `sink`.
+    /// As [`TestNode::start`], the worker reporting to `sink`, the router
+    /// configured with `mesh`.
     async fn start_with(
         name: &str,
         seeds: &[SocketAddr],
         processor: Option<Arc<dyn Processor>>,
         sink: Option<Arc<dyn node::worker::RecordSink>>,
+        mesh: MeshConfig,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mesh_addr = listener.local_addr().unwrap();
@@ -75,7 +77,7 @@ impl TestNode {
             cfg.meta.roles = vec!["gateway".into()];
         }
         let gossip = gossip::spawn(cfg).await.unwrap();
-        let router = Router::new(name, MeshConfig::for_tests(), gossip.view(), worker);
+        let router = Router::new(name, mesh, gossip.view(), worker);
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(mesh::serve(listener, router.clone(), async {
             let _ = stopped.await;
@@ -988,6 +990,23 @@ impl SlowLog {
 
 #[tokio::test]
 async fn a_conversation_stays_with_the_worker_holding_its_records_until_they_are_in_the_log() {
+    stays_with_its_records(MeshConfig::for_tests()).await;
+}
+
+/// With one hop, a pinned worker whose records are in cannot pass a message
+/// on: it refuses, and the entry routes by the ring at once.
+#[tokio::test]
+async fn with_one_hop_a_pinned_worker_that_holds_nothing_sends_the_message_back_to_the_ring() {
+    stays_with_its_records(MeshConfig {
+        max_hops: 1,
+        ..MeshConfig::for_tests()
+    })
+    .await;
+}
+
+/// Workers `w0` and `w1` (routers configured with `mesh`) answer while their
+/// log is down; `w2` joins and owns some of their conversations.
+async fn stays_with_its_records(mesh: MeshConfig) {
     within(async {
         // Two workers whose log is down: replies go out with their records
         // still on the way.
@@ -1000,7 +1019,16 @@ async fn a_conversation_stays_with_the_worker_holding_its_records_until_they_are
         let mut ws = Vec::new();
         for (i, log) in logs.iter().enumerate() {
             let sink: Arc<dyn node::worker::RecordSink> = log.clone();
-            ws.push(TestNode::start_with(&format!("w{i}"), &[gw.gossip.addr()], Some(echo.clone()), Some(sink)).await);
+            ws.push(
+                TestNode::start_with(
+                    &format!("w{i}"),
+                    &[gw.gossip.addr()],
+                    Some(echo.clone()),
+                    Some(sink),
+                    mesh.clone(),
+                )
+                .await,
+            );
         }
         wait_rings(&[&gw, &ws[0], &ws[1]], 2).await;
         let keys: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();

@@ -910,6 +910,24 @@ impl Cluster {
                     .collect()
             })
             .unwrap_or_else(|e| vec![format!("no metrics from the bridge: {e}")]);
+        // How often a conversation stayed with the worker holding its
+        // records not yet in the log, and how often that was given up.
+        let running: Vec<usize> = (0..self.hosts())
+            .filter(|&h| self.nodes[h].proc.as_ref().is_some_and(|p| !p.stopped))
+            .collect();
+        let pins: Vec<u64> = self
+            .counters(
+                &running,
+                &[
+                    "rumor_mesh_pinned_total",
+                    "rumor_mesh_kept_for_records_total",
+                    "rumor_mesh_pins_lost_total",
+                ],
+            )
+            .await
+            .iter()
+            .map(|by_node| by_node.values().sum())
+            .collect();
         let rows = self.db.rows().await.len() as i64;
         let (consumed, dead) = self.db.consumed_and_dead_letters().await;
         // The topic itself: every acknowledged message must be there, and a
@@ -925,7 +943,8 @@ impl Cluster {
             &format!(
                 "history: {summary}; {rows} rows in PostgreSQL ({} after the load stopped), {consumed} records \
                  consumed by the bridge ({}; its log: {}), {dead} dead letters; {} records in the topic, {} of them \
-                 there more than once{}",
+                 there more than once{}; since the running nodes started, {} messages sent to the worker \
+                 holding their conversation's records not yet in the log, {} kept there, {} pins lost",
                 ms(caught_up),
                 bridge.join(", "),
                 self.bridge_log.display(),
@@ -935,7 +954,10 @@ impl Cluster {
                     String::new()
                 } else {
                     format!(" ({})", twice.join(", "))
-                }
+                },
+                pins[0],
+                pins[1],
+                pins[2],
             ),
         );
         if !violations.is_empty() {

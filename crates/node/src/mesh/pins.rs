@@ -14,8 +14,9 @@
 //! ends without `records_pending` unpins the conversation.
 //!
 //! The pin is given up, and counted, when the pinned worker is not a live
-//! worker any more or an attempt on it fails: the message then goes by the
-//! ring and may be stored before the earlier one.
+//! worker any more, an attempt on it fails, the conversation was quiet for
+//! [`STALE`], or the map is full: the message then goes by the ring and may
+//! be stored before the earlier one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -26,8 +27,8 @@ use tokio::time::Instant;
 /// At most this many conversations are pinned at once; a full map first
 /// forgets pins older than [`STALE`], then pins nothing more.
 pub(crate) const MAX_PINS: usize = 65_536;
-/// A pin this old is forgotten when the map is full: its conversation has
-/// been quiet for that long.
+/// A pin this old is given up: its conversation has been quiet for that
+/// long (and a full map forgets it).
 pub(crate) const STALE: Duration = Duration::from_secs(600);
 
 /// Pinned conversations: key to worker name, with when it was pinned.
@@ -39,9 +40,12 @@ impl Pins {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The worker conversation `key` is pinned to.
-    pub(crate) fn get(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(|(worker, _)| worker.clone())
+    /// The worker conversation `key` is pinned to, and whether the pin is
+    /// younger than [`STALE`] at `now`.
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<(String, bool)> {
+        self.lock()
+            .get(key)
+            .map(|(worker, at)| (worker.clone(), now.saturating_duration_since(*at) < STALE))
     }
 
     /// Pins `key` to `worker`; false when the map is full of recent pins.
@@ -77,12 +81,13 @@ mod tests {
         let pins = Pins::default();
         let t0 = Instant::now();
         assert!(pins.pin("k", "w1", t0));
-        assert_eq!(pins.get("k").as_deref(), Some("w1"));
+        assert_eq!(pins.get("k", t0), Some(("w1".into(), true)));
         assert!(pins.pin("k", "w2", t0), "a later reply moves the pin");
-        assert_eq!(pins.get("k").as_deref(), Some("w2"));
+        assert_eq!(pins.get("k", t0 + STALE / 2), Some(("w2".into(), true)));
+        assert_eq!(pins.get("k", t0 + STALE), Some(("w2".into(), false)), "stale");
         assert!(pins.unpin("k"));
         assert!(!pins.unpin("k"));
-        assert_eq!(pins.get("k"), None);
+        assert_eq!(pins.get("k", t0), None);
 
         for i in 0..MAX_PINS {
             assert!(pins.pin(&format!("old-{i}"), "w", t0));
@@ -93,6 +98,6 @@ mod tests {
         let later = t0 + STALE;
         assert!(pins.pin("new", "w", later), "stale pins make room");
         assert_eq!(pins.len(), 2, "old-7 was pinned again at `soon`, so it stays");
-        assert_eq!(pins.get("old-7").as_deref(), Some("w3"));
+        assert_eq!(pins.get("old-7", later).map(|p| p.0).as_deref(), Some("w3"));
     }
 }

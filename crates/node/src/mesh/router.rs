@@ -503,21 +503,19 @@ impl Inner {
                 )));
             }
             let table = self.table.borrow().clone();
-            let pinned = self.pinned_target(&env, &table);
             // A worker holding the conversation's records not yet in the log
-            // keeps its messages, unless it already failed this one.
-            let keep =
-                !env.skip.contains(&self.me) && self.worker.as_ref().is_some_and(|w| w.holds_records_of(&env.key));
+            // keeps its messages (see `super::pins`), unless it already
+            // failed this one or does not serve its model.
+            let keep = !env.skip.contains(&self.me)
+                && self.worker.as_ref().is_some_and(|w| w.holds_records_of(&env.key))
+                && table.serves(&self.me, &env.model);
+            let pinned = if keep { None } else { self.pinned_target(&env, &table) };
             let route = if keep {
                 count(&self.counters.kept_for_records);
                 Some(Route::Local)
             } else if let Some(target) = &pinned {
                 count(&self.counters.pinned);
-                Some(if *target == self.me {
-                    Route::Local
-                } else {
-                    Route::Forward(target)
-                })
+                Some(Route::Forward(target))
             } else {
                 table.route_model(
                     &env.key,
@@ -589,6 +587,18 @@ impl Inner {
                     count(&self.counters.failed_attempts);
                     debug!(id = %env.id, %target, %status, "mesh attempt failed; re-routing");
                     failures.push(format!("{target}: {}", status.message()));
+                    if keep {
+                        // Over capacity or leaving: the conversation goes by
+                        // the ring while its records here are not in the log.
+                        count(&self.counters.pins_lost);
+                    }
+                    if pinned.is_some() && status.code() == Code::Aborted {
+                        // The pinned worker holds nothing of the conversation
+                        // any more (else it would have kept the message) and
+                        // could not pass it on: route by the ring.
+                        self.pins.unpin(&env.key);
+                        continue;
+                    }
                     if status.code() == Code::Aborted {
                         // The receiver's view disagreed with ours; it is not
                         // dead, so wait for views to converge instead.
@@ -606,19 +616,25 @@ impl Inner {
 
     /// Where a message entering at this node goes when its conversation is
     /// pinned (see [`super::pins`]): the pinned worker while it is a live
-    /// worker this message has not failed on. Otherwise the pin is given up.
+    /// worker of the message's model that this message has not failed on.
+    /// Otherwise the pin is given up.
     fn pinned_target(&self, env: &Envelope, table: &Table) -> Option<String> {
         if env.hops > 0 {
             return None;
         }
-        let target = self.pins.get(&env.key)?;
-        if !env.skip.contains(&target) && table.addr(&target).is_some() {
+        let (target, fresh) = self.pins.get(&env.key, Instant::now())?;
+        if target == self.me {
+            // This node's own worker: it keeps the message while it holds
+            // the records, and answers for itself otherwise.
+            self.pins.unpin(&env.key);
+            return None;
+        }
+        if fresh && !env.skip.contains(&target) && table.serves(&target, &env.model) {
             return Some(target);
         }
-        if self.pins.unpin(&env.key) {
-            count(&self.counters.pins_lost);
-            debug!(id = %env.id, key = %env.key, %target, "pinned worker gone or failed; routing by the ring");
-        }
+        self.pins.unpin(&env.key);
+        count(&self.counters.pins_lost);
+        debug!(id = %env.id, key = %env.key, %target, "pinned worker gone, failed or quiet too long; routing by the ring");
         None
     }
 

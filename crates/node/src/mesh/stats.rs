@@ -41,15 +41,19 @@ stats::counters! {
     /// Replies cut off because their owner failed or was declared dead
     /// after sending some chunks (answered with an error chunk).
     replies_cut,
-    /// Messages sent to the worker that held their conversation's records
-    /// not yet in the event log, rather than to the ring's owner.
+    /// Attempts to deliver a message that entered here to the worker that
+    /// held its conversation's records not yet in the event log, whoever
+    /// the ring's owner was.
     pinned,
-    /// Pins given up because the pinned worker was gone or failed an
-    /// attempt: the message went by the ring, and the stored history may
-    /// list it before the conversation's previous message.
+    /// Conversations whose records not yet in the log stopped holding them
+    /// to one worker: the pinned worker was gone, failed an attempt or was
+    /// quiet for 10 minutes, the pin map was full, or the worker holding
+    /// them refused a message (over capacity, leaving). The message went by
+    /// the ring, and the stored history may list it before the
+    /// conversation's previous message.
     pins_lost,
-    /// Messages this node's worker kept, whatever the ring said, because it
-    /// held their conversation's records not yet in the event log.
+    /// Attempts this node's worker took, whoever the ring's owner was,
+    /// because it held their conversation's records not yet in the log.
     kept_for_records,
 }
 

@@ -102,6 +102,13 @@ impl Table {
         self.ring_for(model)?.owner(key.as_bytes())
     }
 
+    /// True when worker `name` is on the ring of `model` (of all workers
+    /// for `""`).
+    pub fn serves(&self, name: &str, model: &str) -> bool {
+        self.ring_for(model)
+            .is_some_and(|ring| ring.members().iter().any(|m| m.name == name))
+    }
+
     /// A member's mesh address.
     pub fn addr(&self, name: &str) -> Option<&str> {
         self.addrs.get(name).map(String::as_str)
