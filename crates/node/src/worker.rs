@@ -955,17 +955,23 @@ async fn wait_for_records(
 }
 
 /// Conversations with records on their way to the event log, counted per
-/// conversation (several replies may wait at once).
+/// conversation (several replies may wait at once). Asked about every
+/// message the worker's node routes, so the usual answer (nothing held, the
+/// log is up) is read from a flag without taking the lock.
 #[derive(Debug, Default)]
-struct Unrecorded(Mutex<HashMap<String, usize>>);
+struct Unrecorded {
+    map: Mutex<HashMap<String, usize>>,
+    /// `!map.is_empty()`, updated under the lock.
+    any: AtomicBool,
+}
 
 impl Unrecorded {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn holds(&self, key: &str) -> bool {
-        self.lock().contains_key(key)
+        self.any.load(Ordering::Acquire) && self.lock().contains_key(key)
     }
 
     fn len(&self) -> usize {
@@ -974,7 +980,9 @@ impl Unrecorded {
 
     /// Holds `key` until the returned guard is dropped.
     fn hold(self: &Arc<Self>, key: &str) -> Held {
-        *self.lock().entry(key.to_owned()).or_default() += 1;
+        let mut map = self.lock();
+        *map.entry(key.to_owned()).or_default() += 1;
+        self.any.store(true, Ordering::Release);
         Held(self.clone(), key.to_owned())
     }
 }
@@ -989,6 +997,7 @@ impl Drop for Held {
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.1);
+                self.0.any.store(!map.is_empty(), Ordering::Release);
             }
         }
     }

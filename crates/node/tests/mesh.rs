@@ -834,9 +834,7 @@ async fn the_final_chunk_waits_until_the_records_are_in_the_log_while_the_log_is
             }
         }
         assert_eq!(data, b"abc");
-        for tx in log.durable.lock().unwrap().drain(..) {
-            tx.send(Ok(())).unwrap();
-        }
+        log.recover();
         let last = reply.next().await.unwrap().unwrap();
         assert!(last.last && !last.records_pending);
         assert_eq!(worker.stats().replies_recorded_first, 1);
